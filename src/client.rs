@@ -1,0 +1,748 @@
+//! The floor, booth and listener clients that work from and to audio files.
+//!
+//! Senders read a WAV, encode it with Opus and send one frame per frame duration, as a
+//! microphone would: the capture time of a frame is when its first sample was "heard", and it
+//! leaves once its last sample was. Listeners decode and write what a delegate would hear,
+//! placed in time by the frames' sequence numbers behind a small jitter margin, gaps kept.
+//!
+//! Every client prints what happens as JSON lines on standard output (the relay's messages as
+//! they come, plus `started`, `summary` and `disconnected` of its own), so scripts and tests can
+//! follow it; logs go to standard error.
+
+use crate::audio::{self, encode, Decoder, Encoder, WavWriter};
+use crate::protocol::{
+    level_byte, ClientMessage, ErrorCode, FrameHeader, Role, ServerMessage, Source, CHANNEL_UNSET,
+    HEADER_LEN,
+};
+use crate::relay::unix_micros;
+use futures_util::{SinkExt, StreamExt};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Longest wait for the relay to answer a connection or a hello.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Reconnection back-off: doubles from the first to the last.
+pub const BACKOFF_FIRST: Duration = Duration::from_millis(200);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("`{0}` is not a relay address: use ws://HOST:PORT or http://HOST:PORT")]
+    Url(String),
+    #[error("cannot connect to {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("the relay refused: {message} ({code:?})")]
+    Refused { code: ErrorCode, message: String },
+    #[error("connection lost: {0}")]
+    Lost(String),
+    #[error(transparent)]
+    Audio(#[from] audio::Error),
+}
+
+impl Error {
+    /// A refusal that a retry will not change (a wrong secret, an unknown booth, ...).
+    fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Error::Url(_)
+                | Error::Audio(_)
+                | Error::Refused {
+                    code: ErrorCode::Unauthorized
+                        | ErrorCode::UnknownBooth
+                        | ErrorCode::UnknownChannel
+                        | ErrorCode::BadMessage
+                        | ErrorCode::BadFrame
+                        | ErrorCode::Forbidden
+                        | ErrorCode::Replaced,
+                    ..
+                }
+        )
+    }
+}
+
+/// The WebSocket address of a relay given as `ws://`, `wss://`, `http://` or `https://`.
+pub fn ws_url(server: &str) -> Result<String, Error> {
+    let (scheme, rest) = server
+        .split_once("://")
+        .ok_or_else(|| Error::Url(server.to_string()))?;
+    let scheme = match scheme {
+        "ws" | "http" => "ws",
+        "wss" | "https" => "wss",
+        _ => return Err(Error::Url(server.to_string())),
+    };
+    let (host, path) = match rest.split_once('/') {
+        Some((h, p)) if !p.is_empty() => (h, format!("/{p}")),
+        Some((h, _)) => (h, "/ws".to_string()),
+        None => (rest, "/ws".to_string()),
+    };
+    if host.is_empty() {
+        return Err(Error::Url(server.to_string()));
+    }
+    Ok(format!("{scheme}://{host}{path}"))
+}
+
+/// Connects and says hello; returns once the relay welcomed us.
+async fn open(url: &str, hello: &ClientMessage) -> Result<Ws, Error> {
+    let connect = tokio_tungstenite::connect_async(url);
+    let (mut ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| Error::Connect {
+            url: url.to_string(),
+            reason: "timed out".into(),
+        })?
+        .map_err(|e| Error::Connect {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
+    ws.send(Message::Text(hello.to_json().into()))
+        .await
+        .map_err(|e| Error::Lost(e.to_string()))?;
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .map_err(|_| Error::Lost("no welcome from the relay".into()))?;
+        match msg {
+            Some(Ok(Message::Text(text))) => {
+                println!("{text}");
+                match ServerMessage::parse(&text) {
+                    Ok(ServerMessage::Welcome { .. }) => return Ok(ws),
+                    Ok(ServerMessage::Error { code, message, .. }) => {
+                        return Err(Error::Refused { code, message })
+                    }
+                    _ => {}
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(Error::Lost(e.to_string())),
+            None => return Err(Error::Lost("closed before welcome".into())),
+        }
+    }
+}
+
+fn emit(value: serde_json::Value) {
+    println!("{value}");
+}
+
+/// Paces frames in real time from a fixed start, as a microphone delivers them.
+struct Pacer {
+    start: tokio::time::Instant,
+    start_us: u64,
+    frame: Duration,
+    /// Index of the next frame.
+    next: u64,
+}
+
+impl Pacer {
+    fn new(frame: Duration) -> Pacer {
+        Pacer {
+            start: tokio::time::Instant::now(),
+            start_us: unix_micros(),
+            frame,
+            next: 0,
+        }
+    }
+
+    /// Waits until frame `next` has been fully "captured"; returns its index and capture time.
+    async fn tick(&mut self) -> (u64, u64) {
+        let k = self.next;
+        tokio::time::sleep_until(self.start + self.frame * (k as u32 + 1)).await;
+        self.next += 1;
+        (k, self.start_us + k * self.frame.as_micros() as u64)
+    }
+
+    /// After an outage, the frames that passed are gone: move on to now.
+    fn skip_to_now(&mut self) {
+        let elapsed = self.start.elapsed();
+        self.next = self
+            .next
+            .max((elapsed.as_micros() / self.frame.as_micros()) as u64);
+    }
+}
+
+/// Where a sender's sound comes from: a file, played once or looped, then silence.
+struct FileSource {
+    samples: Vec<f32>,
+    looped: bool,
+    frame: usize,
+}
+
+impl FileSource {
+    /// Frame `k`, or `None` once the file has ended (and a short tail was sent).
+    fn frame(&self, k: u64) -> Option<Vec<f32>> {
+        let start = k as usize * self.frame;
+        let len = self.samples.len();
+        if self.looped && len > 0 {
+            return Some(
+                (0..self.frame)
+                    .map(|i| self.samples[(start + i) % len])
+                    .collect(),
+            );
+        }
+        // A short tail of silence lets the listener's decoder finish the last word.
+        if start >= len + 10 * self.frame {
+            return None;
+        }
+        Some(
+            (0..self.frame)
+                .map(|i| self.samples.get(start + i).copied().unwrap_or(0.0))
+                .collect(),
+        )
+    }
+}
+
+/// What a sender needs to produce frames.
+pub struct SenderOptions {
+    pub input: PathBuf,
+    pub looped: bool,
+    pub encode: encode::Config,
+}
+
+struct Sender {
+    source: FileSource,
+    encoder: Encoder,
+    pacer: Pacer,
+    sequence: u32,
+}
+
+impl Sender {
+    fn new(opts: &SenderOptions) -> Result<Sender, Error> {
+        let samples = audio::read_wav(&opts.input)?;
+        let encoder = Encoder::new(&opts.encode)?;
+        let frame = encoder.frame_samples();
+        Ok(Sender {
+            source: FileSource {
+                samples,
+                looped: opts.looped,
+                frame,
+            },
+            pacer: Pacer::new(opts.encode.frame.duration()),
+            encoder,
+            sequence: 0,
+        })
+    }
+
+    /// Waits for the next frame and returns it encoded, or `None` at the end of the file.
+    async fn next_frame(&mut self, source: Source) -> Result<Option<bytes::Bytes>, Error> {
+        let (k, capture_us) = self.pacer.tick().await;
+        let Some(pcm) = self.source.frame(k) else {
+            return Ok(None);
+        };
+        let level = audio::level(&pcm);
+        let opus = self.encoder.encode(&pcm)?;
+        let header = FrameHeader {
+            source,
+            channel: CHANNEL_UNSET,
+            sequence: self.sequence,
+            capture_us,
+            relay_us: 0,
+            rms: level_byte(level.rms),
+            peak: level_byte(level.peak),
+        };
+        self.sequence = self.sequence.wrapping_add(1);
+        Ok(Some(header.frame(&opus)))
+    }
+}
+
+/// How a sender session ended.
+enum SessionEnd {
+    /// The file ended, or the user quit.
+    Done,
+}
+
+/// Runs a sender (floor or booth) until its file ends, reconnecting with back-off.
+/// `commands` are console command lines (booth only); `go_live` is sent once, on the first
+/// connection only: a reconnecting console never goes on air by itself.
+async fn run_sender(
+    url: String,
+    hello: ClientMessage,
+    source: Source,
+    opts: SenderOptions,
+    mut commands: Option<mpsc::Receiver<String>>,
+    mut go_live: Option<ClientMessage>,
+) -> Result<(), Error> {
+    let mut sender = Sender::new(&opts)?;
+    emit(serde_json::json!({
+        "type": "started",
+        "capture_start_us": sender.pacer.start_us,
+        "frame_ms": opts.encode.frame.ms(),
+    }));
+    let mut backoff = BACKOFF_FIRST;
+    loop {
+        let result = match open(&url, &hello).await {
+            Ok(mut ws) => {
+                backoff = BACKOFF_FIRST;
+                sender.pacer.skip_to_now();
+                if let Some(live) = go_live.take() {
+                    ws.send(Message::Text(live.to_json().into()))
+                        .await
+                        .map_err(|e| Error::Lost(e.to_string()))?;
+                }
+                sender_session(&mut ws, &mut sender, source, commands.as_mut()).await
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(SessionEnd::Done) => {
+                emit(serde_json::json!({"type": "ended"}));
+                return Ok(());
+            }
+            Err(e) if e.is_final() => return Err(e),
+            Err(e) => {
+                emit(serde_json::json!({"type": "disconnected", "reason": e.to_string()}));
+                tracing::warn!("{e}; reconnecting in {} ms", backoff.as_millis());
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+async fn sender_session(
+    ws: &mut Ws,
+    sender: &mut Sender,
+    source: Source,
+    mut commands: Option<&mut mpsc::Receiver<String>>,
+) -> Result<SessionEnd, Error> {
+    loop {
+        tokio::select! {
+            frame = sender.next_frame(source) => {
+                let Some(frame) = frame? else {
+                    let _ = ws.close(None).await;
+                    return Ok(SessionEnd::Done);
+                };
+                ws.send(Message::Binary(frame)).await.map_err(|e| Error::Lost(e.to_string()))?;
+            }
+            line = async {
+                match commands.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let Some(line) = line else {
+                    // Standard input closed: keep sending, no more commands.
+                    commands = None;
+                    continue;
+                };
+                match parse_command(&line) {
+                    Ok(Some(msg)) => ws.send(Message::Text(msg.to_json().into())).await.map_err(|e| Error::Lost(e.to_string()))?,
+                    Ok(None) => {
+                        let _ = ws.close(None).await;
+                        return Ok(SessionEnd::Done);
+                    }
+                    Err(e) => emit(serde_json::json!({"type": "error", "code": "bad_command", "message": e, "fatal": false})),
+                }
+            }
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(text))) => {
+                    println!("{text}");
+                    if let Ok(ServerMessage::Error { code, message, fatal: true }) = ServerMessage::parse(&text) {
+                        return Err(Error::Refused { code, message });
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None => return Err(Error::Lost("the relay closed the connection".into())),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(Error::Lost(e.to_string())),
+            }
+        }
+    }
+}
+
+/// A console command typed on a line: `live [CHANNEL]`, `mute`, `cough on|off`, `handover`,
+/// `accept`, `input floor|CHANNEL`, `quit`. `Ok(None)` means quit.
+pub fn parse_command(line: &str) -> Result<Option<ClientMessage>, String> {
+    let mut words = line.split_whitespace();
+    let cmd = words.next().unwrap_or("");
+    let arg = words.next();
+    let msg = match (cmd, arg) {
+        ("live", channel) => ClientMessage::Live {
+            channel: channel.map(str::to_string),
+        },
+        ("mute", None) => ClientMessage::Mute,
+        ("cough", Some("on" | "down")) => ClientMessage::Cough { down: true },
+        ("cough", Some("off" | "up")) => ClientMessage::Cough { down: false },
+        ("handover", None) => ClientMessage::Handover,
+        ("accept", None) => ClientMessage::Accept,
+        ("input", Some(ch)) => ClientMessage::Input {
+            channel: ch.to_string(),
+        },
+        ("quit", None) => return Ok(None),
+        _ => {
+            return Err(format!(
+                "`{}` is not a command: use live [CHANNEL], mute, cough on|off, handover, accept, input floor|CHANNEL, quit",
+                line.trim()
+            ))
+        }
+    };
+    Ok(Some(msg))
+}
+
+/// The floor feed: sends a file as the original sound of a room.
+pub struct FloorOptions {
+    pub server: String,
+    pub secret: String,
+    pub room: Option<String>,
+    pub sender: SenderOptions,
+}
+
+pub async fn floor(opts: FloorOptions) -> Result<(), Error> {
+    let url = ws_url(&opts.server)?;
+    let hello = ClientMessage::Hello {
+        role: Role::Floor,
+        booth: None,
+        console: None,
+        secret: Some(opts.secret),
+        channel: None,
+        room: opts.room,
+        client: Some("boothcast floor".into()),
+    };
+    run_sender(url, hello, Source::Floor, opts.sender, None, None).await
+}
+
+/// A booth console: sends a file as the interpreter's microphone and takes commands.
+pub struct BoothOptions {
+    pub server: String,
+    pub secret: String,
+    pub booth: String,
+    pub console: String,
+    /// Channel to go live on with `live` (default: the booth's first language).
+    pub lang: Option<String>,
+    /// Go live once connected (first connection only).
+    pub live: bool,
+    pub sender: SenderOptions,
+    /// Command lines, e.g. from standard input.
+    pub commands: Option<mpsc::Receiver<String>>,
+}
+
+pub async fn booth(opts: BoothOptions) -> Result<(), Error> {
+    let url = ws_url(&opts.server)?;
+    let hello = ClientMessage::Hello {
+        role: Role::Interpreter,
+        booth: Some(opts.booth),
+        console: Some(opts.console),
+        secret: Some(opts.secret),
+        channel: None,
+        room: None,
+        client: Some("boothcast booth".into()),
+    };
+    let live = opts.live.then(|| ClientMessage::Live {
+        channel: opts.lang.clone(),
+    });
+    run_sender(
+        url,
+        hello,
+        Source::Interpreter,
+        opts.sender,
+        opts.commands,
+        live,
+    )
+    .await
+}
+
+/// A listener writing what it hears to a WAV file.
+pub struct ListenOptions {
+    pub server: String,
+    /// The event's access code, if it has one.
+    pub secret: Option<String>,
+    pub channel: String,
+    pub output: PathBuf,
+    /// Stop after this long; `None`: until the relay goes away for good or Ctrl-C.
+    pub duration: Option<Duration>,
+    /// Jitter margin: how far behind its arrival a frame is played.
+    pub buffer: Duration,
+}
+
+/// What a listener measured.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ListenSummary {
+    pub frames: u64,
+    /// Frames missing from the sequence (concealed when few, silence otherwise).
+    pub lost: u64,
+    /// Frames that arrived after their time to play.
+    pub late: u64,
+    pub concealed: u64,
+    pub reconnects: u64,
+    /// Wall-clock time of the first sample of the output file, microseconds since the epoch.
+    pub start_us: u64,
+    /// Median of (arrival - capture time), over all frames, in milliseconds.
+    pub median_network_delay_ms: f64,
+    /// Median of (arrival - relay receive time), in milliseconds.
+    pub median_relay_to_listener_ms: f64,
+    pub seconds_written: f64,
+}
+
+/// Places decoded frames in time and writes them.
+struct Playout {
+    writer: WavWriter,
+    decoder: Decoder,
+    start: Instant,
+    margin: usize,
+    written: usize,
+    /// (sequence, sample position) of the frame that set the current timeline.
+    anchor: Option<(u32, usize, u16)>,
+    last_seq: Option<u32>,
+    summary: ListenSummary,
+    delays: Vec<f64>,
+    relay_delays: Vec<f64>,
+}
+
+/// Missing frames concealed with Opus PLC; a longer gap is written as silence.
+const MAX_CONCEAL_FRAMES: u32 = 5;
+/// A frame due further ahead than this is part of a backlog: the timeline jumps back to live.
+const MAX_AHEAD: usize = audio::SAMPLE_RATE as usize / 5;
+
+impl Playout {
+    fn pos(&self, at: Instant) -> usize {
+        (at.saturating_duration_since(self.start).as_secs_f64() * audio::SAMPLE_RATE as f64)
+            as usize
+    }
+
+    fn frame(&mut self, frame: &[u8], arrival: Instant) -> Result<(), Error> {
+        let Ok(header) = FrameHeader::parse(frame) else {
+            return Ok(());
+        };
+        let opus = &frame[HEADER_LEN..];
+        let n = audio::packet_samples(opus)?;
+        let now_us = unix_micros();
+        self.summary.frames += 1;
+        self.delays
+            .push(now_us.saturating_sub(header.capture_us) as f64 / 1000.0);
+        if header.relay_us > 0 {
+            self.relay_delays
+                .push(now_us.saturating_sub(header.relay_us) as f64 / 1000.0);
+        }
+        let now = self.pos(arrival);
+        let mut slot = self.anchor.and_then(|(seq, pos, ch)| {
+            let d = header.sequence.wrapping_sub(seq) as i64;
+            (ch == header.channel && (0..1 << 20).contains(&d)).then(|| pos + d as usize * n)
+        });
+        // Late beyond the margin (a stall, or the channel was silent), or a backlog far ahead:
+        // restart the timeline at live.
+        if let Some(s) = slot {
+            if s + self.margin < now || s > now + self.margin + MAX_AHEAD {
+                slot = None;
+            }
+        }
+        let slot = match slot {
+            Some(s) => s,
+            None => {
+                let s = (now + self.margin).max(self.written);
+                self.anchor = Some((header.sequence, s, header.channel));
+                self.last_seq = None;
+                s
+            }
+        };
+        if slot < self.written || slot < now {
+            // Its time to play has passed: too late.
+            self.summary.late += 1;
+            self.last_seq = Some(header.sequence);
+            return Ok(());
+        }
+        let missing = self
+            .last_seq
+            .map(|l| header.sequence.wrapping_sub(l).wrapping_sub(1))
+            .unwrap_or(0);
+        if missing > 0 && missing < 1 << 20 {
+            self.summary.lost += missing as u64;
+        }
+        if slot > self.written {
+            let gap = slot - self.written;
+            if missing > 0 && missing <= MAX_CONCEAL_FRAMES && gap == missing as usize * n {
+                // A few frames lost: conceal them, the last one from this frame's FEC data.
+                for i in 0..missing {
+                    let pcm = if i + 1 == missing {
+                        self.decoder.recover(opus, n)?
+                    } else {
+                        self.decoder.conceal(n)?
+                    };
+                    self.summary.concealed += 1;
+                    self.write(&pcm)?;
+                }
+            } else {
+                self.silence(gap)?;
+            }
+        }
+        let pcm = self.decoder.decode(opus)?;
+        self.write(&pcm)?;
+        self.last_seq = Some(header.sequence);
+        Ok(())
+    }
+
+    fn write(&mut self, pcm: &[f32]) -> Result<(), Error> {
+        self.writer.write(pcm)?;
+        self.written += pcm.len();
+        Ok(())
+    }
+
+    fn silence(&mut self, samples: usize) -> Result<(), Error> {
+        static CHUNK: [f32; 4800] = [0.0; 4800];
+        let mut left = samples;
+        while left > 0 {
+            let k = left.min(CHUNK.len());
+            self.write(&CHUNK[..k])?;
+            left -= k;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, total: Option<usize>) -> Result<ListenSummary, Error> {
+        if let Some(total) = total {
+            if total > self.written {
+                self.silence(total - self.written)?;
+            }
+        }
+        self.summary.seconds_written = self.written as f64 / audio::SAMPLE_RATE as f64;
+        self.summary.median_network_delay_ms = median(&mut self.delays);
+        self.summary.median_relay_to_listener_ms = median(&mut self.relay_delays);
+        self.writer.finish()?;
+        Ok(self.summary)
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Listens to a channel and writes what is heard, in real time, gaps kept.
+pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
+    let url = ws_url(&opts.server)?;
+    let writer = WavWriter::create(&opts.output)?;
+    let start = Instant::now();
+    let mut playout = Playout {
+        writer,
+        decoder: Decoder::new()?,
+        start,
+        margin: (opts.buffer.as_secs_f64() * audio::SAMPLE_RATE as f64) as usize,
+        written: 0,
+        anchor: None,
+        last_seq: None,
+        summary: ListenSummary {
+            start_us: unix_micros(),
+            ..Default::default()
+        },
+        delays: Vec::new(),
+        relay_delays: Vec::new(),
+    };
+    emit(serde_json::json!({"type": "started", "start_us": playout.summary.start_us}));
+    let deadline = opts
+        .duration
+        .map(|d| tokio::time::Instant::from_std(start) + d);
+    let hello = ClientMessage::Hello {
+        role: Role::Listener,
+        booth: None,
+        console: None,
+        secret: opts.secret.clone(),
+        channel: Some(opts.channel.clone()),
+        room: None,
+        client: Some("boothcast listen".into()),
+    };
+    let mut backoff = BACKOFF_FIRST;
+    let mut first = true;
+    loop {
+        let session = async {
+            let mut ws = open(&url, &hello).await?;
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Binary(frame))) => playout.frame(&frame, Instant::now())?,
+                    Some(Ok(Message::Text(text))) => {
+                        println!("{text}");
+                        if let Ok(ServerMessage::Error {
+                            code,
+                            message,
+                            fatal: true,
+                        }) = ServerMessage::parse(&text)
+                        {
+                            return Err(Error::Refused { code, message });
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | None => {
+                        return Err::<(), _>(Error::Lost("the relay closed the connection".into()))
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(Error::Lost(e.to_string())),
+                }
+            }
+        };
+        let result = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, session).await {
+                Ok(r) => r,
+                Err(_) => break,
+            },
+            None => tokio::select! {
+                r = session => r,
+                _ = tokio::signal::ctrl_c() => break,
+            },
+        };
+        match result {
+            Ok(()) => break,
+            Err(e) if e.is_final() || (first && matches!(e, Error::Connect { .. })) => {
+                return Err(e)
+            }
+            Err(e) => {
+                emit(serde_json::json!({"type": "disconnected", "reason": e.to_string()}));
+                playout.summary.reconnects += 1;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+        first = false;
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            break;
+        }
+    }
+    let total = opts
+        .duration
+        .map(|d| (d.as_secs_f64() * audio::SAMPLE_RATE as f64) as usize);
+    let summary = playout.finish(total)?;
+    emit(serde_json::json!({"type": "summary", "summary": summary}));
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_addresses() {
+        assert_eq!(
+            ws_url("http://127.0.0.1:8080").unwrap(),
+            "ws://127.0.0.1:8080/ws"
+        );
+        assert_eq!(ws_url("ws://h:1/").unwrap(), "ws://h:1/ws");
+        assert_eq!(ws_url("https://h/ws").unwrap(), "wss://h/ws");
+        assert!(ws_url("127.0.0.1:8080").is_err());
+        assert!(ws_url("ftp://h").is_err());
+    }
+
+    #[test]
+    fn console_command_lines() {
+        assert_eq!(
+            parse_command("live en").unwrap(),
+            Some(ClientMessage::Live {
+                channel: Some("en".into())
+            })
+        );
+        assert_eq!(
+            parse_command("live").unwrap(),
+            Some(ClientMessage::Live { channel: None })
+        );
+        assert_eq!(
+            parse_command(" cough on ").unwrap(),
+            Some(ClientMessage::Cough { down: true })
+        );
+        assert_eq!(parse_command("quit").unwrap(), None);
+        let e = parse_command("dance").unwrap_err();
+        assert!(e.contains("`dance` is not a command"), "{e}");
+    }
+}

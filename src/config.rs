@@ -1,0 +1,585 @@
+//! The event: rooms, their channels and booths, and the secrets of each role.
+//!
+//! Read from TOML (see `config/default.toml`, which is also compiled in as the default event).
+//! Every error names the file, the line and the field, so a sound engineer can fix it without
+//! reading code.
+
+use serde::Deserialize;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+use toml::Spanned;
+
+/// The default event, used when `serve` gets no `--config`.
+pub const DEFAULT_EVENT: &str = include_str!("../config/default.toml");
+/// Name shown in errors for the built-in event.
+pub const DEFAULT_EVENT_NAME: &str = "<built-in default event>";
+
+/// Default wait between an interpreter going off air and the floor coming in.
+pub const DEFAULT_HOLD_MS: u64 = 1500;
+/// Bounds on what one event may declare; every map in the relay is sized from these.
+pub const MAX_ROOMS: usize = 32;
+pub const MAX_CHANNELS_PER_ROOM: usize = 64;
+pub const MAX_BOOTHS_PER_ROOM: usize = 64;
+pub const MAX_HOLD_MS: u64 = 60_000;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("cannot read config file {file}: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}: {field}: {message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        field: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    event: RawEvent,
+    #[serde(default)]
+    secrets: RawSecrets,
+    #[serde(default)]
+    rooms: Vec<RawRoom>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvent {
+    name: String,
+    #[serde(default)]
+    access_code: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecrets {
+    floor: Option<String>,
+    engineer: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoom {
+    id: Spanned<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    channels: Vec<RawChannel>,
+    #[serde(default)]
+    booths: Vec<RawBooth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChannel {
+    lang: Spanned<String>,
+    name: String,
+    native: String,
+    #[serde(default = "default_true")]
+    auto_floor: bool,
+    #[serde(default)]
+    hold_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    takeover: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBooth {
+    id: Spanned<String>,
+    languages: Spanned<Vec<String>>,
+    #[serde(default)]
+    secret: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A validated event.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub name: String,
+    pub access_code: Option<String>,
+    pub floor_secret: String,
+    pub engineer_secret: String,
+    pub rooms: Vec<Room>,
+    /// Every channel of every room, floors included; a channel's position is its wire index.
+    pub channels: Vec<Channel>,
+    pub booths: Vec<Booth>,
+    /// Secrets that were generated at start (role, secret), to be printed once by `serve`.
+    pub generated: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Room {
+    pub id: String,
+    pub name: String,
+    /// Index of the room's floor channel.
+    pub floor: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct Channel {
+    /// `room/lang`; the floor is `room/floor`.
+    pub id: String,
+    pub room: String,
+    pub lang: String,
+    pub name: String,
+    pub native: String,
+    pub is_floor: bool,
+    /// Carry the floor when no interpreter is live.
+    pub auto_floor: bool,
+    pub hold: Duration,
+    /// A booth asking for this channel while another booth is live on it takes it over
+    /// instead of being refused.
+    pub takeover: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Booth {
+    pub id: String,
+    pub room: String,
+    /// Channel indices it may go live on, its main language first.
+    pub channels: Vec<u16>,
+    pub secret: String,
+}
+
+impl Event {
+    /// The built-in default event.
+    pub fn default_event() -> Event {
+        Event::parse(DEFAULT_EVENT, DEFAULT_EVENT_NAME, &|_| None)
+            .expect("the built-in default event is valid")
+    }
+
+    /// Reads and validates an event file; secrets may come from the environment.
+    pub fn load(path: &Path) -> Result<Event, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
+        Event::parse(&text, &path.display().to_string(), &|k| {
+            std::env::var(k).ok()
+        })
+    }
+
+    /// The built-in default event, secrets from the environment.
+    pub fn default_with_env() -> Event {
+        Event::parse(DEFAULT_EVENT, DEFAULT_EVENT_NAME, &|k| {
+            std::env::var(k).ok()
+        })
+        .expect("the built-in default event is valid")
+    }
+
+    /// Parses `text`; `file` names it in errors; `env` looks up environment variables.
+    pub fn parse(
+        text: &str,
+        file: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Event, Error> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
+            Error::Invalid {
+                file: file.to_string(),
+                line,
+                field: field_of_toml_error(&e),
+                message: e.message().to_string(),
+            }
+        })?;
+        Validator { text, file }.build(raw, env)
+    }
+
+    pub fn channel_index(&self, id: &str) -> Option<u16> {
+        self.channels
+            .iter()
+            .position(|c| c.id == id)
+            .map(|i| i as u16)
+    }
+
+    /// Resolves what a user typed: a full id (`plenary/en`) or, where unique, a language
+    /// code (`en`) or `floor`.
+    pub fn resolve_channel(&self, name: &str) -> Option<u16> {
+        if let Some(i) = self.channel_index(name) {
+            return Some(i);
+        }
+        let mut matches = self
+            .channels
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.lang == name);
+        match (matches.next(), matches.next()) {
+            (Some((i, _)), None) => Some(i as u16),
+            _ => None,
+        }
+    }
+
+    pub fn booth(&self, id: &str) -> Option<&Booth> {
+        self.booths.iter().find(|b| b.id == id)
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Best effort at naming the field of a TOML/serde error ("unknown field `x`", "missing field `y`").
+fn field_of_toml_error(e: &toml::de::Error) -> String {
+    let msg = e.message();
+    if let Some(start) = msg.find('`') {
+        if let Some(len) = msg[start + 1..].find('`') {
+            return msg[start + 1..start + 1 + len].to_string();
+        }
+    }
+    "syntax".to_string()
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    file: &'a str,
+}
+
+impl Validator<'_> {
+    fn err(&self, span: std::ops::Range<usize>, field: String, message: String) -> Error {
+        Error::Invalid {
+            file: self.file.to_string(),
+            line: line_of(self.text, span.start),
+            field,
+            message,
+        }
+    }
+
+    fn build(&self, raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Event, Error> {
+        if raw.rooms.is_empty() {
+            return Err(Error::Invalid {
+                file: self.file.to_string(),
+                line: 1,
+                field: "rooms".into(),
+                message: "the event has no room: add a [[rooms]] table with its channels".into(),
+            });
+        }
+        if raw.rooms.len() > MAX_ROOMS {
+            return Err(Error::Invalid {
+                file: self.file.to_string(),
+                line: 1,
+                field: "rooms".into(),
+                message: format!("{} rooms; at most {MAX_ROOMS} are allowed", raw.rooms.len()),
+            });
+        }
+        let mut generated = Vec::new();
+        let mut secret = |role: String, env_key: &str, from_file: Option<String>| -> String {
+            if let Some(s) = env(env_key).filter(|s| !s.is_empty()) {
+                return s;
+            }
+            if let Some(s) = from_file.filter(|s| !s.is_empty()) {
+                return s;
+            }
+            let s = generate_secret();
+            generated.push((role, s.clone()));
+            s
+        };
+        let floor_secret = secret("floor".into(), "BOOTHCAST_FLOOR_SECRET", raw.secrets.floor);
+        let engineer_secret = secret(
+            "engineer".into(),
+            "BOOTHCAST_ENGINEER_SECRET",
+            raw.secrets.engineer,
+        );
+        let access_code = env("BOOTHCAST_ACCESS_CODE")
+            .or(raw.event.access_code)
+            .filter(|s| !s.is_empty());
+
+        let mut rooms = Vec::new();
+        let mut channels: Vec<Channel> = Vec::new();
+        let mut booths: Vec<Booth> = Vec::new();
+        let mut room_ids = HashSet::new();
+        let mut booth_ids = HashSet::new();
+        for (ri, room) in raw.rooms.into_iter().enumerate() {
+            let rid = room.id.get_ref().clone();
+            let field = format!("rooms[{ri}].id");
+            check_id(&rid).map_err(|m| self.err(room.id.span(), field.clone(), m))?;
+            if !room_ids.insert(rid.clone()) {
+                return Err(self.err(
+                    room.id.span(),
+                    field,
+                    format!("room `{rid}` is declared twice"),
+                ));
+            }
+            if room.channels.is_empty() {
+                return Err(self.err(
+                    room.id.span(),
+                    format!("rooms[{ri}].channels"),
+                    format!("room `{rid}` has no channel: add [[rooms.channels]] tables"),
+                ));
+            }
+            if room.channels.len() > MAX_CHANNELS_PER_ROOM {
+                return Err(self.err(
+                    room.id.span(),
+                    format!("rooms[{ri}].channels"),
+                    format!(
+                        "{} channels; at most {MAX_CHANNELS_PER_ROOM} per room",
+                        room.channels.len()
+                    ),
+                ));
+            }
+            if room.booths.len() > MAX_BOOTHS_PER_ROOM {
+                return Err(self.err(
+                    room.id.span(),
+                    format!("rooms[{ri}].booths"),
+                    format!(
+                        "{} booths; at most {MAX_BOOTHS_PER_ROOM} per room",
+                        room.booths.len()
+                    ),
+                ));
+            }
+            let floor = channels.len() as u16;
+            channels.push(Channel {
+                id: format!("{rid}/floor"),
+                room: rid.clone(),
+                lang: "floor".into(),
+                name: "Floor".into(),
+                native: "Floor".into(),
+                is_floor: true,
+                auto_floor: false,
+                hold: Duration::ZERO,
+                takeover: false,
+            });
+            let mut langs: HashMap<String, u16> = HashMap::new();
+            for (ci, ch) in room.channels.into_iter().enumerate() {
+                let lang = ch.lang.get_ref().clone();
+                let field = format!("rooms[{ri}].channels[{ci}].lang");
+                check_id(&lang).map_err(|m| self.err(ch.lang.span(), field.clone(), m))?;
+                if lang == "floor" {
+                    return Err(self.err(
+                        ch.lang.span(),
+                        field,
+                        "`floor` is reserved: every room has its floor channel already".into(),
+                    ));
+                }
+                if langs.contains_key(&lang) {
+                    return Err(self.err(
+                        ch.lang.span(),
+                        field,
+                        format!("language `{lang}` is declared twice in room `{rid}`"),
+                    ));
+                }
+                let hold_ms = match &ch.hold_ms {
+                    Some(h) if *h.get_ref() > MAX_HOLD_MS => {
+                        return Err(self.err(
+                            h.span(),
+                            format!("rooms[{ri}].channels[{ci}].hold_ms"),
+                            format!(
+                                "{} ms is longer than the {MAX_HOLD_MS} ms allowed",
+                                h.get_ref()
+                            ),
+                        ))
+                    }
+                    Some(h) => *h.get_ref(),
+                    None => DEFAULT_HOLD_MS,
+                };
+                langs.insert(lang.clone(), channels.len() as u16);
+                channels.push(Channel {
+                    id: format!("{rid}/{lang}"),
+                    room: rid.clone(),
+                    lang,
+                    name: ch.name,
+                    native: ch.native,
+                    is_floor: false,
+                    auto_floor: ch.auto_floor,
+                    hold: Duration::from_millis(hold_ms),
+                    takeover: ch.takeover,
+                });
+            }
+            for (bi, b) in room.booths.into_iter().enumerate() {
+                let bid = b.id.get_ref().clone();
+                let field = format!("rooms[{ri}].booths[{bi}].id");
+                check_id(&bid).map_err(|m| self.err(b.id.span(), field.clone(), m))?;
+                if !booth_ids.insert(bid.clone()) {
+                    return Err(self.err(
+                        b.id.span(),
+                        field,
+                        format!("booth `{bid}` is declared twice"),
+                    ));
+                }
+                let field = format!("rooms[{ri}].booths[{bi}].languages");
+                let list = b.languages.get_ref();
+                if list.is_empty() || list.len() > 2 {
+                    return Err(self.err(
+                        b.languages.span(),
+                        field,
+                        format!(
+                            "booth `{bid}` lists {} languages; a booth works into one, or two when bi-active",
+                            list.len()
+                        ),
+                    ));
+                }
+                let mut idx = Vec::new();
+                for l in list {
+                    match langs.get(l) {
+                        Some(&i) if !idx.contains(&i) => idx.push(i),
+                        Some(_) => {
+                            return Err(self.err(
+                                b.languages.span(),
+                                field,
+                                format!("booth `{bid}` lists `{l}` twice"),
+                            ))
+                        }
+                        None => {
+                            return Err(self.err(
+                                b.languages.span(),
+                                field,
+                                format!("booth `{bid}` works into `{l}`, which is not a channel of room `{rid}`"),
+                            ))
+                        }
+                    }
+                }
+                let env_key = format!(
+                    "BOOTHCAST_BOOTH_SECRET_{}",
+                    bid.to_uppercase().replace('-', "_")
+                );
+                let secret = secret(format!("booth {bid}"), &env_key, b.secret);
+                booths.push(Booth {
+                    id: bid,
+                    room: rid.clone(),
+                    channels: idx,
+                    secret,
+                });
+            }
+            rooms.push(Room {
+                id: rid.clone(),
+                name: room.name.unwrap_or(rid),
+                floor,
+            });
+        }
+        Ok(Event {
+            name: raw.event.name,
+            access_code,
+            floor_secret,
+            engineer_secret,
+            rooms,
+            channels,
+            booths,
+            generated,
+        })
+    }
+}
+
+/// Ids appear in channel ids, URLs and environment variable names: keep them plain.
+fn check_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 32
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{id}` is not a valid id: use 1 to 32 lowercase letters, digits, `-` or `_`"
+        ))
+    }
+}
+
+/// 128 random bits, hex: long enough not to be guessed, short enough to type from a screen.
+pub fn generate_secret() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Compares secrets in time independent of where they differ.
+pub fn secret_matches(expected: &str, given: &str) -> bool {
+    let (a, b) = (expected.as_bytes(), given.as_bytes());
+    let mut diff = (a.len() ^ b.len()) as u8 | (a.len() != b.len()) as u8;
+    for (i, x) in a.iter().enumerate() {
+        diff |= x ^ b.get(i).copied().unwrap_or(0);
+    }
+    diff == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Event, Error> {
+        Event::parse(text, "event.toml", &|_| None)
+    }
+
+    #[test]
+    fn default_event_has_floor_five_languages_and_a_bi_active_booth() {
+        let e = Event::default_event();
+        assert_eq!(e.rooms.len(), 1);
+        assert!(e.channels[0].is_floor);
+        assert_eq!(e.channels[0].id, "plenary/floor");
+        assert!(e.channels.len() >= 6);
+        assert!(e.booths.iter().any(|b| b.channels.len() == 2));
+        assert_eq!(e.resolve_channel("en"), Some(2));
+        assert_eq!(e.resolve_channel("plenary/ru"), Some(3));
+        assert_eq!(e.resolve_channel("floor"), Some(0));
+        assert_eq!(e.channels[3].native, "Русский");
+        // Every secret was generated, and each differs.
+        assert_eq!(e.generated.len(), 2 + e.booths.len());
+        let set: HashSet<_> = e.generated.iter().map(|(_, s)| s.clone()).collect();
+        assert_eq!(set.len(), e.generated.len());
+    }
+
+    #[test]
+    fn environment_overrides_secrets() {
+        let env = |k: &str| match k {
+            "BOOTHCAST_BOOTH_SECRET_EN" => Some("from-env".to_string()),
+            "BOOTHCAST_ACCESS_CODE" => Some("1234".to_string()),
+            _ => None,
+        };
+        let e = Event::parse(DEFAULT_EVENT, "x", &env).unwrap();
+        assert_eq!(e.booth("en").unwrap().secret, "from-env");
+        assert_eq!(e.access_code.as_deref(), Some("1234"));
+        assert!(!e.generated.iter().any(|(r, _)| r == "booth en"));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let text = "[event]\nname = \"x\"\n\n[[rooms]]\nid = \"main\"\n[[rooms.channels]]\nlang = \"en\"\nname = \"English\"\nnative = \"English\"\n[[rooms.booths]]\nid = \"de\"\nlanguages = [\"de\"]\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "event.toml:12: rooms[0].booths[0].languages: booth `de` works into `de`, which is not a channel of room `main`"
+        );
+
+        let text = "[event]\nname = \"x\"\ncolour = 3\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.starts_with("event.toml:3: colour:"), "{err}");
+
+        let text = "[event]\nname = \"x\"\n[[rooms]]\nid = \"Main Hall\"\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("event.toml:4: rooms[0].id: `Main Hall` is not a valid id"),
+            "{err}"
+        );
+
+        let text = "[event]\nname = \"x\"\n[[rooms]]\nid = \"m\"\n[[rooms.channels]]\nlang = \"en\"\nname = \"E\"\nnative = \"E\"\nhold_ms = 999999\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("event.toml:9: rooms[0].channels[0].hold_ms:"),
+            "{err}"
+        );
+
+        let err = parse("[event\n").unwrap_err().to_string();
+        assert!(err.starts_with("event.toml:1:"), "{err}");
+    }
+
+    #[test]
+    fn secrets_compare_exactly() {
+        assert!(secret_matches("abc", "abc"));
+        assert!(!secret_matches("abc", "abd"));
+        assert!(!secret_matches("abc", "ab"));
+        assert!(!secret_matches("abc", "abcd"));
+        assert!(!secret_matches("abc", ""));
+    }
+}

@@ -1,0 +1,24 @@
+//! boothcast: a live interpretation-channel relay.
+//!
+//! Interpreters in booths and the floor (the hall's original sound) send Opus audio over
+//! WebSockets; the relay carries each language as its own channel to every delegate listening
+//! to it, with the rules of simultaneous interpretation.
+//!
+//! The modules, from the wire inwards:
+//! - [`protocol`]: control messages (JSON) and audio frames (binary header + Opus): parsing,
+//!   limits, error codes. No I/O.
+//! - [`config`]: the event (rooms, channels, booths, secrets) from TOML, with a built-in default.
+//! - [`rules`]: who is live and what each channel carries: auto-floor, interlock, handover,
+//!   cough, relay. A state machine with time as an input; no I/O.
+//! - [`relay`]: the fan-out: one queue per channel shared by its listeners; feeds [`rules`].
+//! - [`server`]: HTTP and WebSocket transport around [`relay`].
+//! - [`audio`]: WAV files, resampling, the Opus encoder and decoder (only clients touch audio).
+//! - [`client`]: the floor, booth and listener clients that work from and to audio files.
+
+pub mod audio;
+pub mod client;
+pub mod config;
+pub mod protocol;
+pub mod relay;
+pub mod rules;
+pub mod server;

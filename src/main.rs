@@ -1,0 +1,278 @@
+//! The `boothcast` command: parses the command line and calls into the library.
+
+use anyhow::Context;
+use boothcast::audio::{encode, FrameDuration};
+use boothcast::client::{self, BoothOptions, FloorOptions, ListenOptions, SenderOptions};
+use boothcast::config::{Event, DEFAULT_EVENT_NAME};
+use boothcast::relay::Relay;
+use boothcast::server;
+use clap::{Args, Parser, Subcommand};
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "boothcast",
+    version,
+    about = "Live interpretation channels: booths, floor and delegates"
+)]
+struct Cli {
+    /// Log as JSON lines (for log collectors) instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the relay (HTTP and WebSocket on one port).
+    Serve {
+        /// Event file (TOML); the built-in default event when absent.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: String,
+        /// Directory of the delegate's web page.
+        #[arg(long)]
+        web_dir: Option<PathBuf>,
+    },
+    /// Send a WAV file as the floor (the hall's original sound).
+    Floor {
+        #[command(flatten)]
+        common: SenderArgs,
+        /// Room whose floor this is (default: the first room).
+        #[arg(long)]
+        room: Option<String>,
+    },
+    /// A booth console: send a WAV file as the interpreter's microphone.
+    ///
+    /// Commands, one per line on standard input: live [CHANNEL], mute, cough on|off,
+    /// handover, accept, input floor|CHANNEL, quit.
+    Booth {
+        #[command(flatten)]
+        common: SenderArgs,
+        #[arg(long)]
+        booth: String,
+        /// Console name within the booth.
+        #[arg(long, default_value = "1")]
+        console: String,
+        /// Channel to go live on (default: the booth's first language).
+        #[arg(long)]
+        lang: Option<String>,
+        /// Go live as soon as connected (a reconnect always comes back muted).
+        #[arg(long)]
+        live: bool,
+    },
+    /// Listen to a channel and write what is heard to a WAV file.
+    Listen {
+        #[arg(long)]
+        server: String,
+        /// Channel: a language code (en) or a full id (plenary/en).
+        #[arg(long)]
+        lang: String,
+        #[arg(long)]
+        output_file: PathBuf,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// Jitter margin in milliseconds.
+        #[arg(long, default_value_t = 40)]
+        buffer_ms: u64,
+        /// The event's access code, if it has one.
+        #[arg(long, env = "BOOTHCAST_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+    },
+    /// Check an event file and print what it declares.
+    CheckConfig { file: PathBuf },
+}
+
+#[derive(Args)]
+struct SenderArgs {
+    /// Relay address, e.g. ws://127.0.0.1:8080.
+    #[arg(long)]
+    server: String,
+    /// Secret of the booth or the floor.
+    #[arg(long, env = "BOOTHCAST_SECRET", hide_env_values = true)]
+    secret: String,
+    /// WAV file: any common rate, channel count and sample format.
+    #[arg(long)]
+    input_file: PathBuf,
+    /// Play the file in a loop.
+    #[arg(long = "loop")]
+    looped: bool,
+    /// Opus frame duration in ms: 10, 20, 40 or 60.
+    #[arg(long, default_value_t = 20)]
+    frame_ms: u32,
+    /// Opus bitrate in bit/s.
+    #[arg(long, default_value_t = 32_000)]
+    bitrate: u32,
+    /// Turn off Opus in-band forward error correction.
+    #[arg(long)]
+    no_fec: bool,
+}
+
+impl SenderArgs {
+    fn sender(&self) -> anyhow::Result<SenderOptions> {
+        let frame = FrameDuration::from_ms(self.frame_ms)?;
+        Ok(SenderOptions {
+            input: self.input_file.clone(),
+            looped: self.looped,
+            encode: encode::Config {
+                frame,
+                bitrate: self.bitrate,
+                fec: !self.no_fec,
+                ..Default::default()
+            },
+        })
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Serve {
+            config,
+            listen,
+            web_dir,
+        } => {
+            let event = match &config {
+                Some(path) => Event::load(path)?,
+                None => Event::default_with_env(),
+            };
+            let name = config
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| DEFAULT_EVENT_NAME.to_string());
+            // Printed once, to the terminal only (never to the logs).
+            for (role, secret) in &event.generated {
+                println!("secret for {role}: {secret}");
+            }
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            let addr = listener.local_addr()?;
+            println!(
+                "boothcast relay for \"{}\" ({name}): {} channels, listening on http://{addr}",
+                event.name,
+                event.channels.len()
+            );
+            let relay = Relay::new(Arc::new(event));
+            let mut options = server::Options::default();
+            if let Some(dir) = web_dir {
+                options.web_dir = dir;
+            }
+            let shutdown = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            server::run(listener, relay, options, shutdown).await?;
+            Ok(())
+        }
+        Cmd::Floor { common, room } => {
+            let sender = common.sender()?;
+            client::floor(FloorOptions {
+                server: common.server,
+                secret: common.secret,
+                room,
+                sender,
+            })
+            .await?;
+            Ok(())
+        }
+        Cmd::Booth {
+            common,
+            booth,
+            console,
+            lang,
+            live,
+        } => {
+            let sender = common.sender()?;
+            client::booth(BoothOptions {
+                server: common.server,
+                secret: common.secret,
+                booth,
+                console,
+                lang,
+                live,
+                sender,
+                commands: Some(stdin_lines()),
+            })
+            .await?;
+            Ok(())
+        }
+        Cmd::Listen {
+            server,
+            lang,
+            output_file,
+            seconds,
+            buffer_ms,
+            secret,
+        } => {
+            client::listen(ListenOptions {
+                server,
+                secret,
+                channel: lang,
+                output: output_file,
+                duration: seconds.map(Duration::from_secs_f64),
+                buffer: Duration::from_millis(buffer_ms),
+            })
+            .await?;
+            Ok(())
+        }
+        Cmd::CheckConfig { file } => {
+            let event = Event::load(&file)?;
+            println!("{}: event \"{}\" is valid", file.display(), event.name);
+            for room in &event.rooms {
+                println!("room {} ({})", room.id, room.name);
+                for ch in event.channels.iter().filter(|c| c.room == room.id) {
+                    let fallback = match (ch.is_floor, ch.auto_floor) {
+                        (true, _) => String::new(),
+                        (false, true) => format!(", auto-floor after {} ms", ch.hold.as_millis()),
+                        (false, false) => ", silence when no interpreter is live".into(),
+                    };
+                    println!("  channel {} {} ({}){fallback}", ch.id, ch.native, ch.name);
+                }
+                for b in event.booths.iter().filter(|b| b.room == room.id) {
+                    let langs: Vec<&str> = b
+                        .channels
+                        .iter()
+                        .map(|i| event.channels[*i as usize].id.as_str())
+                        .collect();
+                    println!("  booth {} into {}", b.id, langs.join(", "));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Standard input, a line at a time, read on its own thread (stdin blocks).
+fn stdin_lines() -> tokio::sync::mpsc::Receiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}

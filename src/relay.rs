@@ -1,0 +1,461 @@
+//! The fan-out: one broadcast queue per channel, shared by every listener of it.
+//!
+//! A frame from a booth or the floor is checked, handed to the rules (`rules.rs`) to decide
+//! which channels it goes to, given its channel's header once per channel (not per listener)
+//! and put on that channel's queue as one `Bytes`. Each listener task keeps its own read
+//! position in the queue; the producer never waits for anyone (see `server.rs` for how a
+//! listener that lags skips ahead to live).
+//!
+//! The relay does not decode audio: it reads the Opus table-of-contents byte only to refuse a
+//! packet that is not Opus or lasts longer than 60 ms.
+
+use crate::config::Event;
+use crate::protocol::{
+    ConsoleState, ErrorCode, FrameError, FrameHeader, ServerMessage, Source, HEADER_LEN,
+};
+use crate::rules::{Action, Command, Refusal, Rules, Session};
+use bytes::Bytes;
+use dashmap::DashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{broadcast, mpsc, watch};
+
+/// Frames each channel's queue holds. A listener further behind than this has lost frames
+/// and is moved on to live. 32 frames is 640 ms at 20 ms frames: enough to ride out a
+/// scheduling hiccup, far less than anyone would accept as delay.
+pub const CHANNEL_QUEUE: usize = 32;
+/// Control messages queued for one connection; past this the connection is too slow to be
+/// told anything and is closed.
+pub const SESSION_QUEUE: usize = 64;
+/// Longest Opus packet the relay carries, in samples at 48 kHz (60 ms, the longest frame).
+pub const MAX_PACKET_SAMPLES: usize = 2880;
+
+/// Microseconds since the Unix epoch, the clock of frame headers.
+pub fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// What the relay asks a connection task to do.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Send this message.
+    Message(ServerMessage),
+    /// The console's state changed: send it and hear the (possibly new) input channel.
+    Console(ConsoleState, u16),
+    /// Send this error and close.
+    Close(ServerMessage),
+}
+
+/// One channel's queue and counters.
+pub struct Fanout {
+    tx: broadcast::Sender<Bytes>,
+    /// Next outbound sequence number. The lock also keeps frames of one channel in sequence
+    /// order on the queue when two sources meet at a handover.
+    seq: Mutex<u32>,
+    pub listeners: AtomicU32,
+    pub frames_in: AtomicU64,
+    pub frames_delivered: AtomicU64,
+    pub frames_skipped: AtomicU64,
+}
+
+/// Relay-wide counters.
+#[derive(Default)]
+pub struct Stats {
+    pub connections: AtomicU64,
+    pub refused_auth: AtomicU64,
+    pub refused_frames: AtomicU64,
+    pub refused_messages: AtomicU64,
+    pub slow_closed: AtomicU64,
+}
+
+struct SessionHandle {
+    tx: mpsc::Sender<Outbound>,
+}
+
+pub struct Relay {
+    event: Arc<Event>,
+    rules: Mutex<Rules>,
+    channels: Vec<Fanout>,
+    sessions: DashMap<Session, SessionHandle>,
+    channels_tx: watch::Sender<Bytes>,
+    audience_tx: watch::Sender<Bytes>,
+    next_session: AtomicU64,
+    pub stats: Stats,
+}
+
+impl Relay {
+    pub fn new(event: Arc<Event>) -> Arc<Relay> {
+        let rules = Rules::new(event.clone(), Instant::now());
+        let channels = (0..event.channels.len())
+            .map(|_| Fanout {
+                tx: broadcast::channel(CHANNEL_QUEUE).0,
+                seq: Mutex::new(0),
+                listeners: AtomicU32::new(0),
+                frames_in: AtomicU64::new(0),
+                frames_delivered: AtomicU64::new(0),
+                frames_skipped: AtomicU64::new(0),
+            })
+            .collect();
+        let channels_json = Bytes::from(
+            ServerMessage::Channels {
+                channels: rules.channel_infos(),
+            }
+            .to_json(),
+        );
+        Arc::new(Relay {
+            channels,
+            rules: Mutex::new(rules),
+            sessions: DashMap::new(),
+            channels_tx: watch::channel(channels_json).0,
+            audience_tx: watch::channel(Bytes::new()).0,
+            next_session: AtomicU64::new(1),
+            stats: Stats::default(),
+            event,
+        })
+    }
+
+    pub fn event(&self) -> &Arc<Event> {
+        &self.event
+    }
+
+    pub fn fanout(&self, channel: u16) -> &Fanout {
+        &self.channels[channel as usize]
+    }
+
+    /// A new connection: its session number and the queue the relay talks to it through.
+    pub fn register(&self) -> (Session, mpsc::Receiver<Outbound>) {
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        self.sessions.insert(session, SessionHandle { tx });
+        self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        (session, rx)
+    }
+
+    /// A connection ended, for whatever reason.
+    pub fn unregister(&self, session: Session) {
+        self.sessions.remove(&session);
+        let now = Instant::now();
+        self.with_rules(|rules| Ok(rules.disconnect(session, now)))
+            .expect("disconnect never refuses");
+    }
+
+    fn with_rules(
+        &self,
+        f: impl FnOnce(&mut Rules) -> Result<Vec<Action>, Refusal>,
+    ) -> Result<(), Refusal> {
+        let mut out = Vec::new();
+        {
+            let mut rules = self.rules.lock().expect("rules lock poisoned");
+            let actions = f(&mut rules)?;
+            self.plan(&rules, actions, &mut out);
+        }
+        for (session, msg) in out {
+            self.send(session, msg);
+        }
+        Ok(())
+    }
+
+    /// Turns the rules' actions into messages; runs under the rules lock so the state sent is
+    /// the state decided.
+    fn plan(&self, rules: &Rules, actions: Vec<Action>, out: &mut Vec<(Session, Outbound)>) {
+        for action in actions {
+            match action {
+                Action::ChannelsChanged => {
+                    let json = ServerMessage::Channels {
+                        channels: rules.channel_infos(),
+                    }
+                    .to_json();
+                    self.channels_tx.send_replace(Bytes::from(json));
+                }
+                Action::ConsoleChanged(s) => {
+                    if let (Some(state), Some(input)) =
+                        (rules.console_state(s), rules.console_input(s))
+                    {
+                        out.push((s, Outbound::Console(state, input)));
+                    }
+                }
+                Action::HandoverOffered { to, from } => {
+                    for s in to {
+                        out.push((
+                            s,
+                            Outbound::Message(ServerMessage::HandoverOffered {
+                                from: from.clone(),
+                            }),
+                        ));
+                    }
+                }
+                Action::Notify(s, r) => out.push((
+                    s,
+                    Outbound::Message(ServerMessage::error(r.code, r.message, false)),
+                )),
+                Action::Close(s, r) => out.push((
+                    s,
+                    Outbound::Close(ServerMessage::error(r.code, r.message, true)),
+                )),
+            }
+        }
+    }
+
+    fn send(&self, session: Session, msg: Outbound) {
+        if let Some(h) = self.sessions.get(&session) {
+            // A connection that cannot take a control message within its queue is stuck;
+            // its own task notices (the queue closes when it is dropped) and goes.
+            if h.tx.try_send(msg).is_err() {
+                tracing::warn!(session, "control queue full; the connection is closed");
+                drop(h);
+                self.sessions.remove(&session);
+            }
+        }
+    }
+
+    pub fn console_connect(
+        &self,
+        session: Session,
+        booth: usize,
+        name: &str,
+    ) -> Result<(), Refusal> {
+        let now = Instant::now();
+        self.with_rules(|r| r.console_connect(session, booth, name, now))
+    }
+
+    pub fn floor_connect(&self, session: Session, room: usize) {
+        self.with_rules(|r| Ok(r.floor_connect(session, room)))
+            .expect("floor connect never refuses");
+    }
+
+    pub fn command(&self, session: Session, cmd: Command) -> Result<(), Refusal> {
+        let now = Instant::now();
+        self.with_rules(|r| r.command(session, cmd, now))
+    }
+
+    pub fn force_mute(&self, booth: &str, console: &str) -> Result<(), Refusal> {
+        let now = Instant::now();
+        self.with_rules(|r| r.force_mute(booth, console, now))
+    }
+
+    /// An interpreter frame from a console. Errors say what is wrong with the frame.
+    pub fn console_frame(&self, session: Session, frame: &[u8]) -> Result<(), FrameError> {
+        let header = check_frame(frame)?;
+        let channel = self
+            .rules
+            .lock()
+            .expect("rules lock poisoned")
+            .console_frame(session);
+        if let Some(ch) = channel {
+            self.fan_out(ch, Source::Interpreter, &header, &frame[HEADER_LEN..]);
+        }
+        Ok(())
+    }
+
+    /// A floor frame from a floor source.
+    pub fn floor_frame(&self, session: Session, frame: &[u8]) -> Result<(), FrameError> {
+        let header = check_frame(frame)?;
+        let mut actions = Vec::new();
+        let mut out = Vec::new();
+        let targets = {
+            let mut rules = self.rules.lock().expect("rules lock poisoned");
+            let targets = rules.floor_frame(session, Instant::now(), &mut actions);
+            self.plan(&rules, actions, &mut out);
+            targets
+        };
+        for (s, m) in out {
+            self.send(s, m);
+        }
+        for ch in targets {
+            self.fan_out(ch, Source::Floor, &header, &frame[HEADER_LEN..]);
+        }
+        Ok(())
+    }
+
+    /// Stamps the frame for `channel` and puts it on the channel's queue: one allocation per
+    /// channel, shared by every listener.
+    fn fan_out(&self, channel: u16, source: Source, from: &FrameHeader, opus: &[u8]) {
+        let fan = &self.channels[channel as usize];
+        fan.frames_in.fetch_add(1, Ordering::Relaxed);
+        let mut seq = fan.seq.lock().expect("sequence lock poisoned");
+        let frame = FrameHeader {
+            source,
+            channel,
+            sequence: *seq,
+            capture_us: from.capture_us,
+            relay_us: unix_micros(),
+            rms: from.rms,
+            peak: from.peak,
+        }
+        .frame(opus);
+        *seq = seq.wrapping_add(1);
+        // No receiver is not an error: a channel nobody listens to still runs.
+        let _ = fan.tx.send(frame);
+    }
+
+    /// Starts receiving `channel`'s frames; counted as a listener until `unsubscribe`.
+    pub fn subscribe(&self, channel: u16) -> broadcast::Receiver<Bytes> {
+        let fan = &self.channels[channel as usize];
+        fan.listeners.fetch_add(1, Ordering::Relaxed);
+        fan.tx.subscribe()
+    }
+
+    pub fn unsubscribe(&self, channel: u16) {
+        self.channels[channel as usize]
+            .listeners
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The channel list, as JSON, updated on every change.
+    pub fn channels_watch(&self) -> watch::Receiver<Bytes> {
+        self.channels_tx.subscribe()
+    }
+
+    /// Listener counts, as JSON, updated at most once a second.
+    pub fn audience_watch(&self) -> watch::Receiver<Bytes> {
+        self.audience_tx.subscribe()
+    }
+
+    /// Listener counts by channel id.
+    pub fn audience(&self) -> Vec<(String, u32)> {
+        self.event
+            .channels
+            .iter()
+            .zip(&self.channels)
+            .map(|(c, f)| (c.id.clone(), f.listeners.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Runs the relay's clocks until `shutdown` fires: hold expiry (every 100 ms) and the
+    /// audience counts (once a second, only when they changed).
+    pub async fn run_timers(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut n: u64 = 0;
+        let mut last_audience = Vec::new();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let now = Instant::now();
+            self.with_rules(|r| Ok(r.tick(now)))
+                .expect("tick never refuses");
+            n += 1;
+            if n % 10 == 0 {
+                let audience = self.audience();
+                if audience != last_audience {
+                    let json = ServerMessage::Audience {
+                        listeners: audience.clone(),
+                    }
+                    .to_json();
+                    self.audience_tx.send_replace(Bytes::from(json));
+                    last_audience = audience;
+                }
+            }
+        }
+    }
+
+    /// Refuses every connection with `code` (shutdown).
+    pub fn close_all(&self, code: ErrorCode, message: &str) {
+        let sessions: Vec<Session> = self.sessions.iter().map(|e| *e.key()).collect();
+        for s in sessions {
+            self.send(
+                s,
+                Outbound::Close(ServerMessage::error(code, message, true)),
+            );
+        }
+    }
+
+    /// Metrics in the Prometheus text format.
+    pub fn metrics(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let per_channel = [
+            (
+                "boothcast_listeners",
+                "gauge",
+                "Listeners subscribed to the channel.",
+            ),
+            (
+                "boothcast_frames_in_total",
+                "counter",
+                "Frames put on the channel's queue.",
+            ),
+            (
+                "boothcast_frames_delivered_total",
+                "counter",
+                "Frames written to listeners.",
+            ),
+            (
+                "boothcast_frames_skipped_total",
+                "counter",
+                "Frames skipped for lagging listeners.",
+            ),
+        ];
+        for (name, kind, help) in per_channel {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (c, f) in self.event.channels.iter().zip(&self.channels) {
+                let v = match name {
+                    "boothcast_listeners" => f.listeners.load(Ordering::Relaxed) as u64,
+                    "boothcast_frames_in_total" => f.frames_in.load(Ordering::Relaxed),
+                    "boothcast_frames_delivered_total" => {
+                        f.frames_delivered.load(Ordering::Relaxed)
+                    }
+                    _ => f.frames_skipped.load(Ordering::Relaxed),
+                };
+                let _ = writeln!(out, "{name}{{channel=\"{}\"}} {v}", c.id);
+            }
+        }
+        let global = [
+            (
+                "boothcast_connections_total",
+                &self.stats.connections,
+                "Connections accepted.",
+            ),
+            (
+                "boothcast_refused_auth_total",
+                &self.stats.refused_auth,
+                "Connections refused for a wrong or missing secret.",
+            ),
+            (
+                "boothcast_refused_frames_total",
+                &self.stats.refused_frames,
+                "Connections closed for a malformed audio frame.",
+            ),
+            (
+                "boothcast_refused_messages_total",
+                &self.stats.refused_messages,
+                "Connections closed for a malformed control message.",
+            ),
+            (
+                "boothcast_slow_closed_total",
+                &self.stats.slow_closed,
+                "Connections closed for not reading.",
+            ),
+        ];
+        for (name, v, help) in global {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        out
+    }
+}
+
+/// Validates a frame from a sender: the header, and that the payload is one Opus packet of
+/// at most 60 ms.
+fn check_frame(frame: &[u8]) -> Result<FrameHeader, FrameError> {
+    let header = FrameHeader::parse(frame)?;
+    match opus::packet::get_nb_samples(&frame[HEADER_LEN..], 48_000) {
+        Ok(n) if n <= MAX_PACKET_SAMPLES => Ok(header),
+        Ok(n) => Err(FrameError::Opus(format!(
+            "the Opus packet lasts {} ms; at most 60 ms per frame",
+            n / 48
+        ))),
+        Err(e) => Err(FrameError::Opus(format!(
+            "the payload is not an Opus packet ({e})"
+        ))),
+    }
+}

@@ -1,0 +1,706 @@
+//! HTTP and WebSocket transport: accepts connections, authenticates them, and runs one task
+//! per connection that moves control messages and audio frames between the socket and the
+//! relay (`relay.rs`).
+//!
+//! Routes: `/ws` (the protocol of `docs/PROTOCOL.md`), `/` (the delegate's page from
+//! `web-client/`), `/healthz`, `/metrics`.
+
+use crate::config::secret_matches;
+use crate::protocol::{
+    ClientMessage, ErrorCode, Role, ServerMessage, MAX_CONTROL_LEN, MAX_FRAME_LEN,
+};
+use crate::relay::{Outbound, Relay};
+use crate::rules::{Command, Refusal, Session};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use axum::Router;
+use bytes::Bytes;
+use futures_util::SinkExt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
+use tower_http::services::ServeDir;
+
+/// Time a new connection has to say `hello`.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// A listener that has not taken a single frame for this long is not reading at all: it is
+/// closed (its client reconnects to live). Shorter stalls only skip frames.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames a listener may have waiting before it is moved on to live. At 20 ms frames this is
+/// 160 ms: a listener further behind skips to the newest `LIVE_KEEP` frames.
+pub const MAX_BACKLOG: usize = 8;
+pub const LIVE_KEEP: usize = 2;
+/// Unsent bytes the kernel may hold per socket before a write waits (TCP_NOTSENT_LOWAT).
+/// Keeps a stalled listener's backlog in the relay's queue, where it can be skipped, rather
+/// than in the kernel, where it would be played late.
+pub const NOTSENT_LOWAT: u32 = 8 * 1024;
+/// WebSocket read buffer per connection: messages are at most 4 KiB, and there may be
+/// thousands of connections (the library's default is 128 KiB).
+pub const READ_BUFFER: usize = 4096;
+
+/// How `serve` is set up.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Directory of the delegate's page.
+    pub web_dir: PathBuf,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let local = PathBuf::from("web-client");
+        let web_dir = if local.is_dir() {
+            local
+        } else {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/web-client"))
+        };
+        Options { web_dir }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    relay: Arc<Relay>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Serves the relay on an already-bound listener until `shutdown` completes.
+pub async fn run(
+    listener: TcpListener,
+    relay: Arc<Relay>,
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(relay.clone().run_timers(stop_rx.clone()));
+    let state = AppState {
+        relay: relay.clone(),
+        shutdown: stop_rx,
+    };
+    let app = Router::new()
+        .route("/ws", get(ws_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .fallback_service(ServeDir::new(&options.web_dir))
+        .with_state(state);
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+        set_notsent_lowat(tcp, NOTSENT_LOWAT);
+    });
+    let stop = async move {
+        shutdown.await;
+        relay.close_all(ErrorCode::ShuttingDown, "the relay is shutting down");
+        let _ = stop_tx.send(true);
+    };
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop)
+    .await
+}
+
+fn set_notsent_lowat(tcp: &tokio::net::TcpStream, bytes: u32) {
+    use std::os::fd::AsRawFd;
+    let value = bytes as libc::c_int;
+    // SAFETY: a valid socket descriptor and a pointer to a c_int of the given size.
+    let rc = unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            &value as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(
+            "TCP_NOTSENT_LOWAT not set: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        state.relay.metrics(),
+    )
+}
+
+async fn ws_handler(
+    ws: WebSocketUpgrade,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    State(state): State<AppState>,
+) -> impl IntoResponse {
+    ws.read_buffer_size(READ_BUFFER)
+        .write_buffer_size(8 * 1024)
+        .max_write_buffer_size(256 * 1024)
+        .max_message_size(MAX_CONTROL_LEN.max(MAX_FRAME_LEN))
+        .max_frame_size(MAX_CONTROL_LEN.max(MAX_FRAME_LEN))
+        .on_upgrade(move |socket| connection(socket, state, peer))
+}
+
+/// Why a connection ends, with what the client is told.
+struct Ending {
+    code: ErrorCode,
+    message: String,
+}
+
+impl Ending {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Ending {
+        Ending {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Refusal> for Ending {
+    fn from(r: Refusal) -> Self {
+        Ending::new(r.code, r.message)
+    }
+}
+
+/// WebSocket close code for an ending (RFC 6455 section 7.4; 4000 is ours: replaced).
+fn close_code(code: ErrorCode) -> u16 {
+    match code {
+        ErrorCode::BadFrame | ErrorCode::BadMessage => 1007,
+        ErrorCode::ShuttingDown => 1001,
+        ErrorCode::Replaced => 4000,
+        _ => 1008,
+    }
+}
+
+/// Who is on the other end, once `hello` was accepted.
+#[derive(Debug, Clone)]
+enum Peer {
+    Listener,
+    Engineer,
+    Floor,
+    Console { booth: String, console: String },
+}
+
+struct Connection {
+    relay: Arc<Relay>,
+    session: Session,
+    peer: Peer,
+    addr: SocketAddr,
+    /// The channel this connection hears, with its place in the channel's queue.
+    audio: Option<(u16, broadcast::Receiver<Bytes>)>,
+    skipped: u64,
+    delivered: u64,
+}
+
+impl Connection {
+    fn hear(&mut self, channel: Option<u16>) {
+        if self.audio.as_ref().map(|(c, _)| *c) == channel {
+            return;
+        }
+        if let Some((old, _)) = self.audio.take() {
+            self.relay.unsubscribe(old);
+        }
+        if let Some(ch) = channel {
+            self.audio = Some((ch, self.relay.subscribe(ch)));
+        }
+    }
+
+    fn channel_id(&self) -> Option<String> {
+        self.audio
+            .as_ref()
+            .map(|(c, _)| self.relay.event().channels[*c as usize].id.clone())
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.hear(None);
+        self.relay.unregister(self.session);
+    }
+}
+
+async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr) {
+    let relay = state.relay.clone();
+    let (session, ctl) = relay.register();
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, ws.recv()).await {
+        Ok(Some(Ok(Message::Text(text)))) => ClientMessage::parse(&text)
+            .map_err(|e| Ending::new(ErrorCode::BadMessage, e.to_string())),
+        Ok(Some(Ok(_))) => Err(Ending::new(
+            ErrorCode::NotHello,
+            "the first message must be a JSON hello",
+        )),
+        Ok(_) => {
+            relay.unregister(session);
+            return;
+        }
+        Err(_) => Err(Ending::new(
+            ErrorCode::NotHello,
+            format!("no hello within {} s", HELLO_TIMEOUT.as_secs()),
+        )),
+    };
+    let accepted = hello.and_then(|h| accept(&relay, session, h));
+    let (peer, first_channel) = match accepted {
+        Ok(p) => p,
+        Err(ending) => {
+            if ending.code == ErrorCode::Unauthorized {
+                relay.stats.refused_auth.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::warn!(peer = %addr, code = ?ending.code, reason = %ending.message, "refused");
+            relay.unregister(session);
+            close(&mut ws, ending).await;
+            return;
+        }
+    };
+    tracing::info!(peer = %addr, session, who = ?peer, "connected");
+    let mut conn = Connection {
+        relay,
+        session,
+        peer,
+        addr,
+        audio: None,
+        skipped: 0,
+        delivered: 0,
+    };
+    let ending = serve(&mut ws, &mut conn, ctl, first_channel, state.shutdown).await;
+    tracing::info!(
+        peer = %conn.addr,
+        session,
+        delivered = conn.delivered,
+        skipped = conn.skipped,
+        reason = ending.as_ref().map(|e| e.message.as_str()).unwrap_or("closed by the client"),
+        "disconnected"
+    );
+    if let Some(ending) = ending {
+        close(&mut ws, ending).await;
+    }
+}
+
+async fn close(ws: &mut WebSocket, ending: Ending) {
+    let msg = ServerMessage::error(ending.code, ending.message.clone(), true).to_json();
+    let reason: String = format!("{:?}", ending.code);
+    let send = async {
+        ws.send(Message::Text(msg.into())).await?;
+        ws.send(Message::Close(Some(CloseFrame {
+            code: close_code(ending.code),
+            reason: Utf8Bytes::from(reason),
+        })))
+        .await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), send).await;
+}
+
+/// Checks a hello; registers the console or floor with the rules.
+fn accept(
+    relay: &Relay,
+    session: Session,
+    hello: ClientMessage,
+) -> Result<(Peer, Option<u16>), Ending> {
+    let ClientMessage::Hello {
+        role,
+        booth,
+        console,
+        secret,
+        channel,
+        room,
+        ..
+    } = hello
+    else {
+        return Err(Ending::new(
+            ErrorCode::NotHello,
+            "the first message must be hello",
+        ));
+    };
+    let event = relay.event().clone();
+    let secret = secret.unwrap_or_default();
+    let channel = match channel {
+        Some(c) => Some(event.resolve_channel(&c).ok_or_else(|| {
+            Ending::new(
+                ErrorCode::UnknownChannel,
+                format!("there is no channel {c}"),
+            )
+        })?),
+        None => None,
+    };
+    match role {
+        Role::Listener => {
+            if let Some(code) = &event.access_code {
+                if secret.is_empty() {
+                    return Err(Ending::new(
+                        ErrorCode::Unauthorized,
+                        "this event needs an access code",
+                    ));
+                }
+                if !secret_matches(code, &secret) {
+                    return Err(Ending::new(ErrorCode::Unauthorized, "wrong access code"));
+                }
+            }
+            Ok((Peer::Listener, channel))
+        }
+        Role::Engineer => {
+            if !secret_matches(&event.engineer_secret, &secret) {
+                return Err(Ending::new(
+                    ErrorCode::Unauthorized,
+                    "wrong or missing engineer secret",
+                ));
+            }
+            Ok((Peer::Engineer, channel))
+        }
+        Role::Floor => {
+            let room = match room {
+                Some(r) => event.rooms.iter().position(|x| x.id == r).ok_or_else(|| {
+                    Ending::new(ErrorCode::UnknownChannel, format!("there is no room {r}"))
+                })?,
+                None => 0,
+            };
+            if !secret_matches(&event.floor_secret, &secret) {
+                return Err(Ending::new(
+                    ErrorCode::Unauthorized,
+                    "wrong or missing floor secret",
+                ));
+            }
+            relay.floor_connect(session, room);
+            Ok((Peer::Floor, None))
+        }
+        Role::Interpreter => {
+            let Some(booth) = booth else {
+                return Err(Ending::new(
+                    ErrorCode::UnknownBooth,
+                    "an interpreter's hello must name its booth",
+                ));
+            };
+            let Some(index) = event.booths.iter().position(|b| b.id == booth) else {
+                return Err(Ending::new(
+                    ErrorCode::UnknownBooth,
+                    format!("there is no booth {booth}"),
+                ));
+            };
+            if !secret_matches(&event.booths[index].secret, &secret) {
+                return Err(Ending::new(
+                    ErrorCode::Unauthorized,
+                    format!("wrong or missing secret for booth {booth}"),
+                ));
+            }
+            let console = console.unwrap_or_else(|| "1".to_string());
+            let valid = !console.is_empty()
+                && console.len() <= 16
+                && console
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !valid {
+                return Err(Ending::new(
+                    ErrorCode::BadMessage,
+                    "a console name is 1 to 16 letters, digits, `-` or `_`",
+                ));
+            }
+            relay.console_connect(session, index, &console)?;
+            Ok((Peer::Console { booth, console }, None))
+        }
+    }
+}
+
+async fn serve(
+    ws: &mut WebSocket,
+    conn: &mut Connection,
+    mut ctl: tokio::sync::mpsc::Receiver<Outbound>,
+    first_channel: Option<u16>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Option<Ending> {
+    let relay = conn.relay.clone();
+    let mut channels = relay.channels_watch();
+    let mut audience = relay.audience_watch();
+    let wants_audience = matches!(conn.peer, Peer::Console { .. } | Peer::Engineer);
+    let (booth, console) = match &conn.peer {
+        Peer::Console { booth, console } => (Some(booth.clone()), Some(console.clone())),
+        _ => (None, None),
+    };
+    let role = match conn.peer {
+        Peer::Listener => Role::Listener,
+        Peer::Engineer => Role::Engineer,
+        Peer::Floor => Role::Floor,
+        Peer::Console { .. } => Role::Interpreter,
+    };
+    let welcome = ServerMessage::Welcome {
+        role,
+        event: relay.event().name.clone(),
+        booth,
+        console,
+    };
+    let channels_now = channels.borrow_and_update().clone();
+    if send_text(ws, welcome.to_json().into()).await.is_err()
+        || send_bytes_text(ws, channels_now).await.is_err()
+    {
+        return None;
+    }
+    if first_channel.is_some() {
+        conn.hear(first_channel);
+        let msg = ServerMessage::Subscribed {
+            channel: conn.channel_id(),
+        };
+        if send_text(ws, msg.to_json().into()).await.is_err() {
+            return None;
+        }
+    }
+    let mut batch: Vec<Bytes> = Vec::with_capacity(MAX_BACKLOG);
+    loop {
+        tokio::select! {
+            msg = ctl.recv() => match msg {
+                Some(Outbound::Message(m)) => {
+                    if send_text(ws, m.to_json().into()).await.is_err() { return None; }
+                }
+                Some(Outbound::Console(state, input)) => {
+                    conn.hear(Some(input));
+                    if send_text(ws, ServerMessage::Console(state).to_json().into()).await.is_err() {
+                        return None;
+                    }
+                }
+                Some(Outbound::Close(ServerMessage::Error { code, message, .. })) => {
+                    return Some(Ending::new(code, message));
+                }
+                Some(Outbound::Close(_)) | None => {
+                    return Some(Ending::new(ErrorCode::Forbidden, "the relay closed this connection"));
+                }
+            },
+            incoming = ws.recv() => {
+                let msg = match incoming {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        let text = e.to_string();
+                        return Some(Ending::new(ErrorCode::BadMessage, format!("bad WebSocket input: {text}")));
+                    }
+                    None => return None,
+                };
+                if let Err(ending) = handle_incoming(conn, ws, msg).await {
+                    return ending;
+                }
+            }
+            n = next_frames(&mut conn.audio, &mut batch) => {
+                let (delivered, skipped) = n;
+                if skipped > 0 {
+                    conn.skipped += skipped;
+                    if let Some((ch, _)) = &conn.audio {
+                        relay.fanout(*ch).frames_skipped.fetch_add(skipped, Ordering::Relaxed);
+                    }
+                }
+                if delivered > 0 {
+                    let write = async {
+                        for frame in batch.drain(..) {
+                            ws.feed(Message::Binary(frame)).await?;
+                        }
+                        ws.flush().await
+                    };
+                    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return None,
+                        Err(_) => {
+                            relay.stats.slow_closed.fetch_add(1, Ordering::Relaxed);
+                            return Some(Ending::new(
+                                ErrorCode::Forbidden,
+                                format!("not reading: no frame could be written for {} s", WRITE_TIMEOUT.as_secs()),
+                            ));
+                        }
+                    }
+                    conn.delivered += delivered;
+                    if let Some((ch, _)) = &conn.audio {
+                        relay.fanout(*ch).frames_delivered.fetch_add(delivered, Ordering::Relaxed);
+                    }
+                }
+            }
+            r = channels.changed() => {
+                if r.is_err() { return None; }
+                let json = channels.borrow_and_update().clone();
+                if send_bytes_text(ws, json).await.is_err() { return None; }
+            }
+            r = audience.changed(), if wants_audience => {
+                if r.is_err() { return None; }
+                let json = audience.borrow_and_update().clone();
+                if !json.is_empty() && send_bytes_text(ws, json).await.is_err() { return None; }
+            }
+            _ = shutdown.changed() => {
+                return Some(Ending::new(ErrorCode::ShuttingDown, "the relay is shutting down"));
+            }
+        }
+    }
+}
+
+/// Waits for the next frame of the channel heard, then takes what else is queued (up to
+/// `MAX_BACKLOG`), skipping to live if the listener is further behind than that. Returns
+/// (frames in `batch`, frames skipped). Pending forever when no channel is heard.
+async fn next_frames(
+    audio: &mut Option<(u16, broadcast::Receiver<Bytes>)>,
+    batch: &mut Vec<Bytes>,
+) -> (u64, u64) {
+    let Some((_, rx)) = audio else {
+        return std::future::pending().await;
+    };
+    let mut skipped = 0u64;
+    let first = loop {
+        match rx.recv().await {
+            Ok(f) => break f,
+            // Lagging is never fatal: the queue moved on without us; count and go on.
+            Err(broadcast::error::RecvError::Lagged(n)) => skipped += n,
+            Err(broadcast::error::RecvError::Closed) => return std::future::pending().await,
+        }
+    };
+    batch.clear();
+    if rx.len() + 1 > MAX_BACKLOG {
+        // Too far behind to be live: keep the newest frames only.
+        let drop = rx.len() + 1 - LIVE_KEEP;
+        skipped += 1;
+        for _ in 1..drop {
+            match rx.try_recv() {
+                Ok(_) => skipped += 1,
+                Err(broadcast::error::TryRecvError::Lagged(n)) => skipped += n,
+                Err(_) => break,
+            }
+        }
+    } else {
+        batch.push(first);
+    }
+    while batch.len() < MAX_BACKLOG {
+        match rx.try_recv() {
+            Ok(f) => batch.push(f),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => skipped += n,
+            Err(_) => break,
+        }
+    }
+    (batch.len() as u64, skipped)
+}
+
+async fn send_text(ws: &mut WebSocket, text: Utf8Bytes) -> Result<(), axum::Error> {
+    tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Text(text)))
+        .await
+        .unwrap_or_else(|_| Err(axum::Error::new("write timed out")))
+}
+
+async fn send_bytes_text(ws: &mut WebSocket, json: Bytes) -> Result<(), axum::Error> {
+    match Utf8Bytes::try_from(json) {
+        Ok(text) => send_text(ws, text).await,
+        Err(e) => Err(axum::Error::new(e)),
+    }
+}
+
+/// One message from the client. `Err(None)`: the client closed; `Err(Some)`: close with that.
+async fn handle_incoming(
+    conn: &mut Connection,
+    ws: &mut WebSocket,
+    msg: Message,
+) -> Result<(), Option<Ending>> {
+    let relay = conn.relay.clone();
+    match msg {
+        Message::Binary(frame) => {
+            let result = match conn.peer {
+                Peer::Console { .. } => relay.console_frame(conn.session, &frame),
+                Peer::Floor => relay.floor_frame(conn.session, &frame),
+                _ => {
+                    return Err(Some(Ending::new(
+                        ErrorCode::Forbidden,
+                        "only booth consoles and the floor send audio",
+                    )))
+                }
+            };
+            result.map_err(|e| {
+                relay.stats.refused_frames.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(peer = %conn.addr, session = conn.session, error = %e, "bad frame");
+                Some(Ending::new(ErrorCode::BadFrame, e.to_string()))
+            })
+        }
+        Message::Text(text) => {
+            let msg = ClientMessage::parse(&text).map_err(|e| {
+                relay.stats.refused_messages.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(peer = %conn.addr, session = conn.session, error = %e, "bad message");
+                Some(Ending::new(ErrorCode::BadMessage, e.to_string()))
+            })?;
+            let reply = control(conn, msg);
+            let text = match reply {
+                Ok(Some(m)) => m.to_json(),
+                Ok(None) => return Ok(()),
+                Err(r) => {
+                    tracing::info!(peer = %conn.addr, session = conn.session, code = ?r.code, reason = %r.message, "refused");
+                    ServerMessage::error(r.code, r.message, false).to_json()
+                }
+            };
+            send_text(ws, text.into()).await.map_err(|_| None)
+        }
+        Message::Close(_) => Err(None),
+        Message::Ping(_) | Message::Pong(_) => Ok(()),
+    }
+}
+
+/// A control message after hello: the reply to send, if any.
+fn control(conn: &mut Connection, msg: ClientMessage) -> Result<Option<ServerMessage>, Refusal> {
+    let relay = conn.relay.clone();
+    let event = relay.event().clone();
+    let resolve = |c: &str| {
+        event.resolve_channel(c).ok_or_else(|| Refusal {
+            code: ErrorCode::UnknownChannel,
+            message: format!("there is no channel {c}"),
+        })
+    };
+    let forbid = |what: &str| Refusal {
+        code: ErrorCode::Forbidden,
+        message: format!("{what} is for booth consoles"),
+    };
+    let is_console = matches!(conn.peer, Peer::Console { .. });
+    let command = match msg {
+        ClientMessage::Ping { t } => return Ok(Some(ServerMessage::Pong { t })),
+        ClientMessage::Hello { .. } => {
+            return Err(Refusal {
+                code: ErrorCode::NotHello,
+                message: "hello was already accepted on this connection".into(),
+            })
+        }
+        ClientMessage::Subscribe { channel } => {
+            if matches!(conn.peer, Peer::Floor | Peer::Console { .. }) {
+                return Err(Refusal {
+                    code: ErrorCode::Forbidden,
+                    message: "consoles choose what they hear with input".into(),
+                });
+            }
+            let ch = resolve(&channel)?;
+            conn.hear(Some(ch));
+            tracing::debug!(peer = %conn.addr, channel = %channel, "subscribed");
+            return Ok(Some(ServerMessage::Subscribed {
+                channel: conn.channel_id(),
+            }));
+        }
+        ClientMessage::Unsubscribe => {
+            if is_console {
+                return Err(forbid("unsubscribe"));
+            }
+            conn.hear(None);
+            return Ok(Some(ServerMessage::Subscribed { channel: None }));
+        }
+        ClientMessage::ForceMute { booth, console } => {
+            if !matches!(conn.peer, Peer::Engineer) {
+                return Err(Refusal {
+                    code: ErrorCode::Forbidden,
+                    message: "force-mute is for the sound engineer".into(),
+                });
+            }
+            tracing::info!(peer = %conn.addr, booth = %booth, console = %console, "force-mute");
+            relay.force_mute(&booth, &console)?;
+            return Ok(None);
+        }
+        _ if !is_console => return Err(forbid("this command")),
+        ClientMessage::Live { channel } => {
+            Command::Live(channel.as_deref().map(resolve).transpose()?)
+        }
+        ClientMessage::Mute => Command::Mute,
+        ClientMessage::Cough { down } => Command::Cough(down),
+        ClientMessage::Handover => Command::Handover,
+        ClientMessage::Accept => Command::Accept,
+        ClientMessage::Input { channel } => Command::Input(resolve(&channel)?),
+    };
+    if let Peer::Console { booth, console } = &conn.peer {
+        tracing::info!(peer = %conn.addr, booth = %booth, console = %console, command = ?command, "console command");
+    }
+    relay.command(conn.session, command)?;
+    Ok(None)
+}
