@@ -650,8 +650,9 @@ pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
     let mut backoff = BACKOFF_FIRST;
     let mut first = true;
     loop {
+        let mut conn: Option<Ws> = None;
         let session = async {
-            let mut ws = open(&url, &hello).await?;
+            let ws = conn.insert(open(&url, &hello).await?);
             loop {
                 match ws.next().await {
                     Some(Ok(Message::Binary(frame))) => playout.frame(&frame, Instant::now())?,
@@ -675,14 +676,17 @@ pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
             }
         };
         let result = match deadline {
-            Some(d) => match tokio::time::timeout_at(d, session).await {
-                Ok(r) => r,
-                Err(_) => break,
-            },
+            Some(d) => tokio::time::timeout_at(d, session).await.ok(),
             None => tokio::select! {
-                r = session => r,
-                _ = tokio::signal::ctrl_c() => break,
+                r = session => Some(r),
+                _ = tokio::signal::ctrl_c() => None,
             },
+        };
+        let Some(result) = result else {
+            if let Some(mut ws) = conn.take() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+            }
+            break;
         };
         match result {
             Ok(()) => break,

@@ -292,17 +292,21 @@ impl Relay {
         let _ = fan.tx.send(frame);
     }
 
-    /// Starts receiving `channel`'s frames; counted as a listener until `unsubscribe`.
-    pub fn subscribe(&self, channel: u16) -> broadcast::Receiver<Bytes> {
+    /// Starts receiving `channel`'s frames; `counted` in its audience until `unsubscribe`.
+    pub fn subscribe(&self, channel: u16, counted: bool) -> broadcast::Receiver<Bytes> {
         let fan = &self.channels[channel as usize];
-        fan.listeners.fetch_add(1, Ordering::Relaxed);
+        if counted {
+            fan.listeners.fetch_add(1, Ordering::Relaxed);
+        }
         fan.tx.subscribe()
     }
 
-    pub fn unsubscribe(&self, channel: u16) {
-        self.channels[channel as usize]
-            .listeners
-            .fetch_sub(1, Ordering::Relaxed);
+    pub fn unsubscribe(&self, channel: u16, counted: bool) {
+        if counted {
+            self.channels[channel as usize]
+                .listeners
+                .fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// The channel list, as JSON, updated on every change.
@@ -341,7 +345,7 @@ impl Relay {
             self.with_rules(|r| Ok(r.tick(now)))
                 .expect("tick never refuses");
             n += 1;
-            if n % 10 == 0 {
+            if n.is_multiple_of(10) {
                 let audience = self.audience();
                 if audience != last_audience {
                     let json = ServerMessage::Audience {

@@ -51,6 +51,8 @@ pub const READ_BUFFER: usize = 4096;
 pub struct Options {
     /// Directory of the delegate's page.
     pub web_dir: PathBuf,
+    /// A connection that cannot take a single write for this long is closed.
+    pub write_timeout: Duration,
 }
 
 impl Default for Options {
@@ -61,7 +63,10 @@ impl Default for Options {
         } else {
             PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/web-client"))
         };
-        Options { web_dir }
+        Options {
+            web_dir,
+            write_timeout: WRITE_TIMEOUT,
+        }
     }
 }
 
@@ -69,6 +74,7 @@ impl Default for Options {
 struct AppState {
     relay: Arc<Relay>,
     shutdown: watch::Receiver<bool>,
+    write_timeout: Duration,
 }
 
 /// Serves the relay on an already-bound listener until `shutdown` completes.
@@ -83,6 +89,7 @@ pub async fn run(
     let state = AppState {
         relay: relay.clone(),
         shutdown: stop_rx,
+        write_timeout: options.write_timeout,
     };
     let app = Router::new()
         .route("/ws", get(ws_handler))
@@ -197,6 +204,7 @@ struct Connection {
     audio: Option<(u16, broadcast::Receiver<Bytes>)>,
     skipped: u64,
     delivered: u64,
+    write_timeout: Duration,
 }
 
 impl Connection {
@@ -205,11 +213,38 @@ impl Connection {
             return;
         }
         if let Some((old, _)) = self.audio.take() {
-            self.relay.unsubscribe(old);
+            self.relay.unsubscribe(old, self.counted());
         }
         if let Some(ch) = channel {
-            self.audio = Some((ch, self.relay.subscribe(ch)));
+            self.audio = Some((ch, self.relay.subscribe(ch, self.counted())));
         }
+    }
+
+    /// On closing a connection that stopped reading: what its queue held, or lost while it
+    /// was stuck, counts as skipped.
+    fn count_undelivered(&mut self) {
+        let Some((ch, rx)) = &mut self.audio else {
+            return;
+        };
+        let mut n = 0;
+        loop {
+            match rx.try_recv() {
+                Ok(_) => n += 1,
+                Err(broadcast::error::TryRecvError::Lagged(k)) => n += k,
+                Err(_) => break,
+            }
+        }
+        self.skipped += n;
+        self.relay
+            .fanout(*ch)
+            .frames_skipped
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Delegates count in a channel's audience; consoles hearing a relay and engineers
+    /// monitoring do not.
+    fn counted(&self) -> bool {
+        matches!(self.peer, Peer::Listener)
     }
 
     fn channel_id(&self) -> Option<String> {
@@ -267,6 +302,7 @@ async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr) {
         audio: None,
         skipped: 0,
         delivered: 0,
+        write_timeout: state.write_timeout,
     };
     let ending = serve(&mut ws, &mut conn, ctl, first_channel, state.shutdown).await;
     tracing::info!(
@@ -279,6 +315,25 @@ async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr) {
     );
     if let Some(ending) = ending {
         close(&mut ws, ending).await;
+    }
+}
+
+/// A read error: a message over the size limit is refused with the reason; anything else
+/// means the client is gone (reset, closed without a handshake) and nothing is sent.
+fn input_error(e: axum::Error) -> Option<Ending> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    match e.into_inner().downcast::<WsError>() {
+        Ok(e) => match *e {
+            WsError::Capacity(c) => Some(Ending::new(
+                ErrorCode::BadMessage,
+                format!("message too long: {c} (limit {MAX_CONTROL_LEN} bytes)"),
+            )),
+            WsError::Protocol(p) if !matches!(p, tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => {
+                Some(Ending::new(ErrorCode::BadMessage, format!("WebSocket protocol error: {p}")))
+            }
+            _ => None,
+        },
+        Err(_) => None,
     }
 }
 
@@ -470,10 +525,7 @@ async fn serve(
             incoming = ws.recv() => {
                 let msg = match incoming {
                     Some(Ok(m)) => m,
-                    Some(Err(e)) => {
-                        let text = e.to_string();
-                        return Some(Ending::new(ErrorCode::BadMessage, format!("bad WebSocket input: {text}")));
-                    }
+                    Some(Err(e)) => return input_error(e),
                     None => return None,
                 };
                 if let Err(ending) = handle_incoming(conn, ws, msg).await {
@@ -495,14 +547,15 @@ async fn serve(
                         }
                         ws.flush().await
                     };
-                    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+                    match tokio::time::timeout(conn.write_timeout, write).await {
                         Ok(Ok(())) => {}
                         Ok(Err(_)) => return None,
                         Err(_) => {
                             relay.stats.slow_closed.fetch_add(1, Ordering::Relaxed);
+                            conn.count_undelivered();
                             return Some(Ending::new(
                                 ErrorCode::Forbidden,
-                                format!("not reading: no frame could be written for {} s", WRITE_TIMEOUT.as_secs()),
+                                format!("not reading: no frame could be written for {:.1} s", conn.write_timeout.as_secs_f64()),
                             ));
                         }
                     }

@@ -1,0 +1,643 @@
+//! The relay core against real sockets: channels, the rules of the trade, access control,
+//! bad input and slow listeners.
+
+mod support;
+
+use boothcast::protocol::{Carrying, Source, HEADER_LEN};
+use serde_json::json;
+use support::*;
+
+const FLOOR: u8 = b'F';
+
+#[tokio::test]
+async fn delegate_hears_the_floor_then_the_interpreter_then_the_floor_again() {
+    let relay = TestRelay::start().await;
+    let floor = Client::floor(&relay.url).await;
+    floor.pump(FLOOR, 80);
+    let mut listener = Client::listener(&relay.url, "en").await;
+
+    // No interpreter live: en carries the floor.
+    let (h, b) = listener.frame().await;
+    assert_eq!((h.source, marker(&b), h.channel), (Source::Floor, FLOOR, 2));
+
+    let mut booth = Client::console(&relay.url, "en", "1").await;
+    booth.pump(b'E', 80);
+    booth.text(json!({"type": "live"}));
+    booth
+        .console_state(|s| s.live.as_deref() == Some("plenary/en"))
+        .await;
+    let frames = listener.frames_until(|_, b| marker(b) == b'E').await;
+    let (h, _) = frames.last().unwrap();
+    assert_eq!(h.source, Source::Interpreter);
+    assert_contiguous(&frames);
+    let info = listener
+        .channel_state("plenary/en", |c| c.carrying == Carrying::Interpreter)
+        .await;
+    assert_eq!(info.live.unwrap().booth, "en");
+
+    // Off air: after the hold, the floor comes back, on the same sequence.
+    booth.text(json!({"type": "mute"}));
+    let frames = listener.frames_until(|_, b| marker(b) == FLOOR).await;
+    assert!(frames[..frames.len() - 1]
+        .iter()
+        .all(|(_, b)| marker(b) == b'E'));
+    assert_eq!(frames.last().unwrap().0.source, Source::Floor);
+    listener
+        .channel_state("plenary/en", |c| {
+            c.carrying == Carrying::Floor && c.live.is_none()
+        })
+        .await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_booth_that_disconnects_leaves_the_floor() {
+    let relay = TestRelay::start().await;
+    let floor = Client::floor(&relay.url).await;
+    floor.pump(FLOOR, 80);
+    let mut listener = Client::listener(&relay.url, "ru").await;
+    let booth = Client::console(&relay.url, "ru", "1").await;
+    booth.pump(b'R', 80);
+    booth.text(json!({"type": "live"}));
+    listener.frames_until(|_, b| marker(b) == b'R').await;
+    drop(booth); // the connection vanishes without a word
+    let frames = listener.frames_until(|_, b| marker(b) == FLOOR).await;
+    assert_contiguous(&frames);
+    listener
+        .channel_state("plenary/ru", |c| {
+            c.carrying == Carrying::Floor && c.live.is_none()
+        })
+        .await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_channel_without_auto_floor_stays_silent() {
+    let relay = TestRelay::start().await;
+    let floor = Client::floor(&relay.url).await;
+    floor.pump(FLOOR, 80);
+    let mut fr = Client::listener(&relay.url, "fr").await;
+    let info = fr.channel_state("plenary/fr", |_| true).await;
+    assert_eq!(info.carrying, Carrying::Silence);
+    let booth = Client::console(&relay.url, "fr", "1").await;
+    booth.pump(b'R', 80);
+    booth.text(json!({"type": "live"}));
+    // The first frame fr hears is the interpreter's: no floor came before.
+    let (h, b) = fr.frame().await;
+    assert_eq!((h.source, marker(&b)), (Source::Interpreter, b'R'));
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn interlock_refuses_a_second_booth_with_the_reason() {
+    let relay = TestRelay::start().await;
+    let mut en = Client::console(&relay.url, "en", "1").await;
+    en.text(json!({"type": "live"}));
+    en.console_state(|s| s.live.is_some()).await;
+    // The bi-active az booth also works into English.
+    let mut az = Client::console(&relay.url, "az", "1").await;
+    az.text(json!({"type": "live", "channel": "en"}));
+    let (code, message, fatal) = az.error().await;
+    assert_eq!(code, "channel_taken");
+    assert_eq!(
+        message,
+        "plenary/en is live from booth en (console 1); it must go off air first"
+    );
+    assert!(!fatal);
+    // The refused booth is still connected and may go live on its own language.
+    az.text(json!({"type": "live", "channel": "az"}));
+    az.console_state(|s| s.live.as_deref() == Some("plenary/az"))
+        .await;
+    // A booth may not go live on a language it does not work into.
+    en.text(json!({"type": "live", "channel": "ru"}));
+    let (code, message, _) = en.error().await;
+    assert_eq!(
+        (code.as_str(), message.as_str()),
+        (
+            "not_booth_language",
+            "booth en does not work into plenary/ru"
+        )
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_bi_active_booth_is_live_in_one_language_at_a_time() {
+    let relay = TestRelay::start().await;
+    let mut az_listener = Client::listener(&relay.url, "az").await;
+    let mut en_listener = Client::listener(&relay.url, "en").await;
+    let booth = Client::console(&relay.url, "az", "1").await;
+    booth.pump(b'A', 80);
+    booth.text(json!({"type": "live"}));
+    az_listener.frames_until(|_, b| marker(b) == b'A').await;
+    booth.text(json!({"type": "live", "channel": "en"}));
+    en_listener.frames_until(|_, b| marker(b) == b'A').await;
+    let info = az_listener
+        .channel_state("plenary/az", |c| c.live.is_none())
+        .await;
+    assert_ne!(info.carrying, Carrying::Interpreter);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn handover_passes_the_channel_with_no_gap_and_no_overlap() {
+    let relay = TestRelay::start().await;
+    let mut listener = Client::listener(&relay.url, "en").await;
+    let mut a = Client::console(&relay.url, "en", "1").await;
+    let mut b = Client::console(&relay.url, "en", "2").await;
+    a.pump(b'1', 80);
+    b.pump(b'2', 80);
+    a.text(json!({"type": "live"}));
+    a.console_state(|s| s.live.is_some()).await;
+    let mut frames = listener
+        .frames_until(|_, f| marker(f) == b'1')
+        .await
+        .split_off(0);
+    frames.retain(|(_, f)| marker(f) == b'1');
+    for _ in 0..5 {
+        frames.push(listener.frame().await);
+    }
+    // A partner going live directly is refused: the interlock inside the booth.
+    b.text(json!({"type": "live"}));
+    assert_eq!(b.error().await.0, "partner_live");
+
+    a.text(json!({"type": "handover"}));
+    let from = b
+        .wait_text("handover offer", |m| match m {
+            boothcast::protocol::ServerMessage::HandoverOffered { from } => Some(from.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(from, "1");
+    b.text(json!({"type": "accept"}));
+    frames.extend(listener.frames_until(|_, f| marker(f) == b'2').await);
+    for _ in 0..10 {
+        frames.push(listener.frame().await);
+    }
+    assert_contiguous(&frames);
+    let first_2 = frames.iter().position(|(_, f)| marker(f) == b'2').unwrap();
+    assert!(first_2 > 0);
+    assert!(frames[..first_2].iter().all(|(_, f)| marker(f) == b'1'));
+    assert!(
+        frames[first_2..].iter().all(|(_, f)| marker(f) == b'2'),
+        "no overlap after the handover"
+    );
+    assert!(
+        frames.iter().all(|(h, _)| h.source == Source::Interpreter),
+        "the floor never came in"
+    );
+    let info = listener
+        .channel_state("plenary/en", |c| {
+            c.live.as_ref().is_some_and(|l| l.console == "2")
+        })
+        .await;
+    assert_eq!(info.carrying, Carrying::Interpreter);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn cough_mutes_while_held_without_letting_the_floor_in() {
+    let relay = TestRelay::start().await;
+    let floor = Client::floor(&relay.url).await;
+    floor.pump(FLOOR, 80);
+    let mut listener = Client::listener(&relay.url, "en").await;
+    let booth = Client::console(&relay.url, "en", "1").await;
+    booth.pump(b'E', 80);
+    booth.text(json!({"type": "live"}));
+    listener.frames_until(|_, b| marker(b) == b'E').await;
+    booth.text(json!({"type": "cough", "down": true}));
+    let info = listener
+        .channel_state("plenary/en", |c| c.live.as_ref().is_some_and(|l| l.cough))
+        .await;
+    assert_eq!(info.carrying, Carrying::Interpreter);
+    // While the key is held (longer than the 300 ms hold), nothing reaches en: no floor.
+    let before = relay
+        .relay
+        .fanout(2)
+        .frames_in
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let floor_frames = relay
+        .relay
+        .fanout(0)
+        .frames_in
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // Wait for 30 floor frames (600 ms) to pass.
+    while relay
+        .relay
+        .fanout(0)
+        .frames_in
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < floor_frames + 30
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let after = relay
+        .relay
+        .fanout(2)
+        .frames_in
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        after - before <= 1,
+        "{} frames reached en during the cough",
+        after - before
+    );
+    booth.text(json!({"type": "cough", "down": false}));
+    let frames = listener.frames_until(|_, b| marker(b) == b'E').await;
+    assert!(
+        frames.iter().all(|(_, b)| marker(b) == b'E'),
+        "the floor came in during the cough"
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn relay_consoles_hear_the_channel_they_chose_and_the_list_shows_the_chain() {
+    let relay = TestRelay::start().await;
+    let floor = Client::floor(&relay.url).await;
+    floor.pump(FLOOR, 80);
+    let mut en = Client::console(&relay.url, "en", "1").await;
+    en.pump(b'E', 80);
+    en.text(json!({"type": "live"}));
+    // The Arabic booth does not understand the speaker: it takes English as its relay.
+    let mut ar = Client::console(&relay.url, "ar", "1").await;
+    ar.pump(b'A', 80);
+    let (h, b) = ar.frame().await;
+    assert_eq!(
+        (h.channel, marker(&b)),
+        (0, FLOOR),
+        "a console starts hearing the floor"
+    );
+    ar.text(json!({"type": "input", "channel": "en"}));
+    ar.console_state(|s| s.input == "plenary/en").await;
+    let frames = ar
+        .frames_until(|h, b| h.channel == 2 && marker(b) == b'E')
+        .await;
+    assert!(!frames.is_empty());
+    ar.text(json!({"type": "live"}));
+    // Russian works from Arabic: a relay of a relay.
+    let ru = Client::console(&relay.url, "ru", "1").await;
+    ru.text(json!({"type": "input", "channel": "plenary/ar"}));
+    ru.text(json!({"type": "live"}));
+    let mut listener = Client::listener(&relay.url, "ru").await;
+    let info = listener
+        .channel_state("plenary/ru", |c| c.carrying == Carrying::Relay)
+        .await;
+    assert_eq!(
+        info.relay_chain,
+        vec!["plenary/ar", "plenary/en", "plenary/floor"]
+    );
+    let info = listener.channel_state("plenary/ar", |_| true).await;
+    assert_eq!(info.carrying, Carrying::Relay);
+    assert_eq!(info.relay_chain, vec!["plenary/en", "plenary/floor"]);
+    // A loop is refused: English may not take Russian as its relay while live.
+    en.text(json!({"type": "input", "channel": "ru"}));
+    let (code, message, _) = en.error().await;
+    assert_eq!(code, "relay_loop");
+    assert!(message.contains("plenary/ru"), "{message}");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_reconnecting_console_comes_back_muted_and_replaces_the_old_connection() {
+    let relay = TestRelay::start().await;
+    let mut old = Client::console(&relay.url, "en", "1").await;
+    old.text(json!({"type": "live"}));
+    old.console_state(|s| s.live.is_some()).await;
+    let mut new = Client::console(&relay.url, "en", "1").await;
+    new.console_state(|s| s.live.is_none() && s.console == "1")
+        .await;
+    let (code, _, fatal) = old.error().await;
+    assert_eq!((code.as_str(), fatal), ("replaced", true));
+    assert_eq!(old.closed().await.map(|c| c.0), Some(4000));
+    let mut listener = Client::listener(&relay.url, "en").await;
+    listener
+        .channel_state("plenary/en", |c| c.live.is_none())
+        .await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_or_missing_secrets_are_refused_and_nobody_else_notices() {
+    let relay = TestRelay::start().await;
+    let floor = Client::floor(&relay.url).await;
+    floor.pump(FLOOR, 80);
+    let mut healthy = Client::listener(&relay.url, "floor").await;
+    let first = healthy.frame().await.0.sequence;
+
+    let cases = [
+        (
+            json!({"type": "hello", "role": "interpreter", "booth": "en", "secret": "guess-123"}),
+            "wrong or missing secret for booth en",
+        ),
+        (
+            json!({"type": "hello", "role": "interpreter", "booth": "en"}),
+            "wrong or missing secret for booth en",
+        ),
+        // The secret of another booth does not open this one.
+        (
+            json!({"type": "hello", "role": "interpreter", "booth": "en", "secret": "secret-ru"}),
+            "wrong or missing secret for booth en",
+        ),
+        (
+            json!({"type": "hello", "role": "floor", "secret": "guess-123"}),
+            "wrong or missing floor secret",
+        ),
+        (
+            json!({"type": "hello", "role": "engineer", "secret": "floor-secret"}),
+            "wrong or missing engineer secret",
+        ),
+    ];
+    for (hello, expected) in cases {
+        let mut c = Client::connect(&relay.url, hello.clone()).await;
+        let (code, message, fatal) = c.error().await;
+        assert_eq!(
+            (code.as_str(), message.as_str(), fatal),
+            ("unauthorized", expected, true),
+            "{hello}"
+        );
+        assert!(!message.contains("guess-123") && !message.contains("secret-ru"));
+        assert_eq!(c.closed().await.map(|c| c.0), Some(1008));
+    }
+    let mut unknown = Client::connect(
+        &relay.url,
+        json!({"type": "hello", "role": "interpreter", "booth": "xx", "secret": "a"}),
+    )
+    .await;
+    assert_eq!(unknown.error().await.0, "unknown_booth");
+
+    // The healthy listener missed nothing meanwhile.
+    let mut frames = vec![];
+    for _ in 0..5 {
+        frames.push(healthy.frame().await);
+    }
+    assert_contiguous(&frames);
+    assert!(frames[0].0.sequence > first);
+    let m = relay.metrics().await;
+    assert_eq!(metric(&m, "boothcast_refused_auth_total"), 5);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_with_an_access_code_asks_delegates_for_it() {
+    let env = |k: &str| (k == "BOOTHCAST_ACCESS_CODE").then(|| "2468".to_string());
+    let relay = TestRelay::start_with(EVENT, &env).await;
+    let mut none = Client::connect(
+        &relay.url,
+        json!({"type": "hello", "role": "listener", "channel": "en"}),
+    )
+    .await;
+    assert_eq!(
+        none.error().await,
+        (
+            "unauthorized".into(),
+            "this event needs an access code".into(),
+            true
+        )
+    );
+    let mut wrong = Client::connect(
+        &relay.url,
+        json!({"type": "hello", "role": "listener", "secret": "1357"}),
+    )
+    .await;
+    assert_eq!(wrong.error().await.1, "wrong access code");
+    let mut right = Client::connect(
+        &relay.url,
+        json!({"type": "hello", "role": "listener", "secret": "2468", "channel": "en"}),
+    )
+    .await;
+    right.welcome().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_malformed_frame_or_message_closes_only_its_own_connection() {
+    let relay = TestRelay::start().await;
+    let en = Client::console(&relay.url, "en", "1").await;
+    en.pump(b'E', 80);
+    en.text(json!({"type": "live"}));
+    let mut listener = Client::listener(&relay.url, "en").await;
+    listener.frames_until(|_, b| marker(b) == b'E').await;
+
+    // A frame too short to hold a header.
+    let mut bad = Client::console(&relay.url, "ru", "1").await;
+    bad.binary(bytes::Bytes::from_static(&[1, 2, 3, 4, 5]));
+    let (code, message, fatal) = bad.error().await;
+    assert_eq!(code, "bad_frame");
+    assert_eq!(
+        message,
+        "audio frame of 5 bytes is shorter than the 28-byte header plus one Opus byte"
+    );
+    assert!(fatal);
+    assert_eq!(bad.closed().await.map(|c| c.0), Some(1007));
+
+    // A header of an unknown version.
+    let mut bad = Client::console(&relay.url, "ru", "1").await;
+    let mut frame = sender_frame(Source::Interpreter, 1, 0, 40).to_vec();
+    frame[0] = 7;
+    bad.binary(frame.into());
+    assert_eq!(
+        bad.error().await.1,
+        "audio frame version 7 is not supported (this relay speaks version 1)"
+    );
+
+    // A payload that is not Opus (a code-3 packet with no frame count byte).
+    let mut bad = Client::console(&relay.url, "ru", "1").await;
+    let mut frame = sender_frame(Source::Interpreter, 1, 0, 40).to_vec();
+    frame.truncate(HEADER_LEN);
+    frame.push(0x03);
+    bad.binary(frame.into());
+    let (code, message, _) = bad.error().await;
+    assert_eq!(code, "bad_frame");
+    assert!(message.contains("not an Opus packet"), "{message}");
+
+    // A listener sending audio, and broken JSON.
+    let mut l2 = Client::listener(&relay.url, "ar").await;
+    l2.binary(sender_frame(Source::Interpreter, 1, 0, 40));
+    assert_eq!(
+        l2.error().await.1,
+        "only booth consoles and the floor send audio"
+    );
+    let mut l3 = Client::listener(&relay.url, "ar").await;
+    l3.raw_text("{\"type\": \"subscribe\", \"channel\": ");
+    let (code, message, _) = l3.error().await;
+    assert_eq!(code, "bad_message");
+    assert!(
+        message.starts_with("control message is not valid: EOF while parsing"),
+        "{message}"
+    );
+    assert_eq!(l3.closed().await.map(|c| c.0), Some(1007));
+    // A message over the size limit.
+    let mut l4 = Client::listener(&relay.url, "ar").await;
+    l4.raw_text(&format!(
+        "{{\"type\":\"ping\",\"t\":1,\"pad\":\"{}\"}}",
+        "x".repeat(10_000)
+    ));
+    let (code, message, _) = l4.error().await;
+    assert_eq!(code, "bad_message");
+    assert!(message.contains("too long"), "{message}");
+    // An unknown channel is refused without closing.
+    l2 = Client::listener(&relay.url, "ar").await;
+    l2.text(json!({"type": "subscribe", "channel": "de"}));
+    assert_eq!(
+        l2.error().await,
+        (
+            "unknown_channel".into(),
+            "there is no channel de".into(),
+            false
+        )
+    );
+
+    // Meanwhile the healthy listener of en missed nothing.
+    let mut frames = vec![];
+    for _ in 0..10 {
+        frames.push(listener.frame().await);
+    }
+    assert_contiguous(&frames);
+    assert!(frames.iter().all(|(_, b)| marker(b) == b'E'));
+    let m = relay.metrics().await;
+    assert_eq!(metric(&m, "boothcast_refused_frames_total"), 3);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_listener_switches_channel_on_the_same_connection() {
+    let relay = TestRelay::start().await;
+    let en = Client::console(&relay.url, "en", "1").await;
+    en.pump(b'E', 80);
+    en.text(json!({"type": "live"}));
+    let mut ru = Client::console(&relay.url, "ru", "1").await;
+    ru.pump(b'R', 80);
+    ru.text(json!({"type": "live"}));
+    let mut listener = Client::listener(&relay.url, "en").await;
+    listener.frames_until(|_, b| marker(b) == b'E').await;
+    listener.text(json!({"type": "subscribe", "channel": "plenary/ru"}));
+    let frames = listener.frames_until(|_, b| marker(b) == b'R').await;
+    let (h, _) = frames.last().unwrap();
+    assert_eq!(h.channel, 3);
+    // After the switch, only Russian arrives.
+    for _ in 0..5 {
+        let (h, b) = listener.frame().await;
+        assert_eq!((h.channel, marker(&b)), (3, b'R'));
+    }
+    // Listener counts reach the booth (audience indicator).
+    let count = ru
+        .wait_text("audience", |m| match m {
+            boothcast::protocol::ServerMessage::Audience { listeners } => listeners
+                .iter()
+                .find(|(c, n)| c == "plenary/ru" && *n == 1)
+                .map(|(_, n)| *n),
+            _ => None,
+        })
+        .await;
+    assert_eq!(count, 1);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn the_engineer_can_force_mute_a_console() {
+    let relay = TestRelay::start().await;
+    let mut booth = Client::console(&relay.url, "en", "1").await;
+    booth.text(json!({"type": "live"}));
+    booth.console_state(|s| s.live.is_some()).await;
+    let mut listener = Client::listener(&relay.url, "en").await;
+    listener.text(json!({"type": "force_mute", "booth": "en", "console": "1"}));
+    assert_eq!(
+        listener.error().await.1,
+        "force-mute is for the sound engineer"
+    );
+    let engineer = Client::connect(
+        &relay.url,
+        json!({"type": "hello", "role": "engineer", "secret": "engineer-secret"}),
+    )
+    .await;
+    engineer.text(json!({"type": "force_mute", "booth": "en", "console": "1"}));
+    let (_, message, fatal) = booth.error().await;
+    assert_eq!(
+        (message.as_str(), fatal),
+        ("the sound engineer muted this console", false)
+    );
+    booth.console_state(|s| s.live.is_none()).await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_listener_that_never_reads_does_not_delay_a_healthy_one() {
+    use futures_util::SinkExt;
+    use tokio::net::TcpSocket;
+    let options = boothcast::server::Options {
+        write_timeout: std::time::Duration::from_secs(2),
+        ..Default::default()
+    };
+    let relay = TestRelay::start_opts(EVENT, &|_| None, options).await;
+    let floor = Client::floor(&relay.url).await;
+
+    // A listener with a tiny receive window that never reads a byte after its hello.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(relay.addr).await.unwrap();
+    let (mut stuck, _) = tokio_tungstenite::client_async(relay.url.as_str(), stream)
+        .await
+        .unwrap();
+    stuck
+        .send(tokio_tungstenite::tungstenite::Message::Text(
+            json!({"type": "hello", "role": "listener", "channel": "floor"})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+
+    let mut healthy = Client::listener(&relay.url, "floor").await;
+    // Large frames (1000 bytes) fill the stuck listener's buffers within a second.
+    floor.pump(FLOOR, 1000);
+    let mut frames = vec![];
+    let mut max_delay_ms: f64 = 0.0;
+    // Until the relay gives up on the stuck listener (no write for 2 s), and a second more.
+    let mut closed_at = None;
+    let metrics = loop {
+        let (h, b) = healthy.frame().await;
+        max_delay_ms =
+            max_delay_ms.max((boothcast::relay::unix_micros() - h.relay_us) as f64 / 1000.0);
+        frames.push((h, b));
+        if frames.len() % 10 == 0 {
+            let m = relay.metrics().await;
+            if closed_at.is_none() && metric(&m, "boothcast_slow_closed_total") == 1 {
+                closed_at = Some(frames.len());
+            }
+            if closed_at.is_some_and(|at| frames.len() >= at + 50) {
+                break m;
+            }
+        }
+        assert!(frames.len() < 1000, "the stuck listener was never closed");
+    };
+    assert_contiguous(&frames);
+    let skipped = metric(
+        &metrics,
+        "boothcast_frames_skipped_total{channel=\"plenary/floor\"}",
+    );
+    let delivered = metric(
+        &metrics,
+        "boothcast_frames_delivered_total{channel=\"plenary/floor\"}",
+    );
+    let sent = metric(
+        &metrics,
+        "boothcast_frames_in_total{channel=\"plenary/floor\"}",
+    );
+    let stuck_delivered = delivered.saturating_sub(frames.len() as u64);
+    assert!(
+        skipped > 0,
+        "the stuck listener's frames were skipped, not queued"
+    );
+    assert!(
+        stuck_delivered < 100,
+        "the stuck listener was given only what its buffers hold"
+    );
+    println!(
+        "frames sent {sent}; healthy listener received {} in order with no gap \
+         (max relay-to-listener delay {max_delay_ms:.1} ms); stuck listener: {stuck_delivered} written \
+         before it stalled, {skipped} skipped, closed after 2 s without a write",
+        frames.len(),
+    );
+    drop(stuck);
+    relay.stop().await;
+}
