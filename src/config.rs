@@ -190,7 +190,7 @@ impl Event {
             Error::Invalid {
                 file: file.to_string(),
                 line,
-                field: field_of_toml_error(&e),
+                field: field_of_toml_error(&e, text),
                 message: e.message().to_string(),
             }
         })?;
@@ -230,15 +230,28 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
-/// Best effort at naming the field of a TOML/serde error ("unknown field `x`", "missing field `y`").
-fn field_of_toml_error(e: &toml::de::Error) -> String {
+/// Names the field of a TOML/serde error: the one the message quotes ("unknown field `x`",
+/// "missing field `y`"), else the key on the line the error points at.
+fn field_of_toml_error(e: &toml::de::Error, text: &str) -> String {
     let msg = e.message();
     if let Some(start) = msg.find('`') {
         if let Some(len) = msg[start + 1..].find('`') {
             return msg[start + 1..start + 1 + len].to_string();
         }
     }
-    "syntax".to_string()
+    let line = e
+        .span()
+        .and_then(|s| {
+            text[..s.start.min(text.len())]
+                .lines()
+                .last()
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    match line.split_once('=') {
+        Some((key, _)) if !key.trim().is_empty() => key.trim().to_string(),
+        _ => "syntax".to_string(),
+    }
 }
 
 struct Validator<'a> {
