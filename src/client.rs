@@ -36,6 +36,10 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub enum Error {
     #[error("`{0}` is not a relay address: use ws://HOST:PORT or http://HOST:PORT")]
     Url(String),
+    #[error(
+        "`{0}`: the file clients speak plain ws:// only; connect to the relay's plain HTTP port"
+    )]
+    Tls(String),
     #[error("cannot connect to {url}: {reason}")]
     Connect { url: String, reason: String },
     #[error("the relay refused: {message} ({code:?})")]
@@ -52,6 +56,7 @@ impl Error {
         matches!(
             self,
             Error::Url(_)
+                | Error::Tls(_)
                 | Error::Audio(_)
                 | Error::Refused {
                     code: ErrorCode::Unauthorized
@@ -67,14 +72,14 @@ impl Error {
     }
 }
 
-/// The WebSocket address of a relay given as `ws://`, `wss://`, `http://` or `https://`.
+/// The WebSocket address of a relay given as `ws://` or `http://`.
 pub fn ws_url(server: &str) -> Result<String, Error> {
     let (scheme, rest) = server
         .split_once("://")
         .ok_or_else(|| Error::Url(server.to_string()))?;
     let scheme = match scheme {
         "ws" | "http" => "ws",
-        "wss" | "https" => "wss",
+        "wss" | "https" => return Err(Error::Tls(server.to_string())),
         _ => return Err(Error::Url(server.to_string())),
     };
     let (host, path) = match rest.split_once('/') {
@@ -468,6 +473,8 @@ pub struct ListenSummary {
     /// Frames that arrived after their time to play.
     pub late: u64,
     pub concealed: u64,
+    /// Packets that did not decode (concealed instead).
+    pub undecodable: u64,
     pub reconnects: u64,
     /// Wall-clock time of the first sample of the output file, microseconds since the epoch.
     pub start_us: u64,
@@ -485,8 +492,9 @@ struct Playout {
     start: Instant,
     margin: usize,
     written: usize,
-    /// (sequence, sample position) of the frame that set the current timeline.
-    anchor: Option<(u32, usize, u16)>,
+    /// (sequence, sample position, channel) of the frame expected next: frames are placed one
+    /// after the other by sequence, whatever their length.
+    next: Option<(u32, usize, u16)>,
     last_seq: Option<u32>,
     summary: ListenSummary,
     delays: Vec<f64>,
@@ -509,7 +517,12 @@ impl Playout {
             return Ok(());
         };
         let opus = &frame[HEADER_LEN..];
-        let n = audio::packet_samples(opus)?;
+        let Ok(n) = audio::packet_samples(opus) else {
+            // The relay checks only the first byte; a packet that does not parse is dropped
+            // here (and concealed like a lost one) rather than ending the listener.
+            self.summary.undecodable += 1;
+            return Ok(());
+        };
         let now_us = unix_micros();
         self.summary.frames += 1;
         self.delays
@@ -519,7 +532,7 @@ impl Playout {
                 .push(now_us.saturating_sub(header.relay_us) as f64 / 1000.0);
         }
         let now = self.pos(arrival);
-        let mut slot = self.anchor.and_then(|(seq, pos, ch)| {
+        let mut slot = self.next.and_then(|(seq, pos, ch)| {
             let d = header.sequence.wrapping_sub(seq) as i64;
             (ch == header.channel && (0..1 << 20).contains(&d)).then(|| pos + d as usize * n)
         });
@@ -534,7 +547,6 @@ impl Playout {
             Some(s) => s,
             None => {
                 let s = (now + self.margin).max(self.written);
-                self.anchor = Some((header.sequence, s, header.channel));
                 self.last_seq = None;
                 s
             }
@@ -569,8 +581,20 @@ impl Playout {
                 self.silence(gap)?;
             }
         }
-        let pcm = self.decoder.decode(opus)?;
+        let pcm = match self.decoder.decode(opus) {
+            Ok(pcm) => pcm,
+            Err(_) => {
+                self.summary.undecodable += 1;
+                self.summary.concealed += 1;
+                self.decoder.conceal(n)?
+            }
+        };
         self.write(&pcm)?;
+        self.next = Some((
+            header.sequence.wrapping_add(1),
+            self.written,
+            header.channel,
+        ));
         self.last_seq = Some(header.sequence);
         Ok(())
     }
@@ -625,7 +649,7 @@ pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
         start,
         margin: (opts.buffer.as_secs_f64() * audio::SAMPLE_RATE as f64) as usize,
         written: 0,
-        anchor: None,
+        next: None,
         last_seq: None,
         summary: ListenSummary {
             start_us: unix_micros(),
@@ -724,7 +748,7 @@ mod tests {
             "ws://127.0.0.1:8080/ws"
         );
         assert_eq!(ws_url("ws://h:1/").unwrap(), "ws://h:1/ws");
-        assert_eq!(ws_url("https://h/ws").unwrap(), "wss://h/ws");
+        assert!(matches!(ws_url("https://h/ws"), Err(Error::Tls(_))));
         assert!(ws_url("127.0.0.1:8080").is_err());
         assert!(ws_url("ftp://h").is_err());
     }

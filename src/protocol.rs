@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 pub const FRAME_VERSION: u8 = 1;
 /// Length of the fixed binary header that precedes the Opus packet.
 pub const HEADER_LEN: usize = 28;
-/// libopus never produces a packet longer than this (RFC 6716, section 3.4).
-pub const MAX_OPUS_LEN: usize = 1275;
+/// Longest Opus packet carried: up to three 1275-byte frames (RFC 6716, section 3.2.5), as a
+/// 60 ms packet at the highest bitrate may hold.
+pub const MAX_OPUS_LEN: usize = 3 * 1275;
 /// Largest binary message accepted: one header and one Opus packet.
 pub const MAX_FRAME_LEN: usize = HEADER_LEN + MAX_OPUS_LEN;
 /// Largest text (JSON control) message accepted.
@@ -52,7 +53,7 @@ impl Source {
 /// 24     1    RMS level, -dBFS (0..=127), 255 = unknown
 /// 25     1    peak level, -dBFS (0..=127), 255 = unknown
 /// 26     2    reserved, 0
-/// 28     n    one Opus packet, 1..=1275 bytes
+/// 28     n    one Opus packet, 1..=3825 bytes, at most 60 ms
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
@@ -348,6 +349,8 @@ pub enum ErrorCode {
     RelayLoop,
     /// Another connection took this console's place.
     Replaced,
+    /// The connection did not take what was sent to it for too long; reconnect to get live.
+    TooSlow,
     /// The relay is shutting down.
     ShuttingDown,
 }
@@ -466,7 +469,7 @@ mod tests {
             Err(FrameError::TooLong(MAX_FRAME_LEN + 1))
         );
         let err = FrameHeader::parse(&long).unwrap_err().to_string();
-        assert!(err.contains("1303"), "{err}");
+        assert!(err.contains("3853"), "{err}");
     }
 
     #[test]

@@ -135,6 +135,11 @@ impl Relay {
         (session, rx)
     }
 
+    /// Connections open now.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
     /// A connection ended, for whatever reason.
     pub fn unregister(&self, session: Session) {
         self.sessions.remove(&session);
@@ -414,7 +419,7 @@ impl Relay {
             (
                 "boothcast_connections_total",
                 &self.stats.connections,
-                "Connections accepted.",
+                "WebSocket connections opened.",
             ),
             (
                 "boothcast_refused_auth_total",

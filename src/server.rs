@@ -85,6 +85,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    let relay_for_drain = relay.clone();
     tokio::spawn(relay.clone().run_timers(stop_rx.clone()));
     let state = AppState {
         relay: relay.clone(),
@@ -111,7 +112,14 @@ pub async fn run(
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(stop)
-    .await
+    .await?;
+    // WebSocket connections outlive the HTTP server's shutdown: give each a moment to send its
+    // close frame, so clients learn why rather than seeing a reset.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while relay_for_drain.session_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 fn set_notsent_lowat(tcp: &tokio::net::TcpStream, bytes: u32) {
@@ -264,14 +272,11 @@ impl Drop for Connection {
 async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr) {
     let relay = state.relay.clone();
     let (session, ctl) = relay.register();
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, ws.recv()).await {
-        Ok(Some(Ok(Message::Text(text)))) => ClientMessage::parse(&text)
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, first_message(&mut ws)).await {
+        Ok(Some(Ok(text))) => ClientMessage::parse(&text)
             .map_err(|e| Ending::new(ErrorCode::BadMessage, e.to_string())),
-        Ok(Some(Ok(_))) => Err(Ending::new(
-            ErrorCode::NotHello,
-            "the first message must be a JSON hello",
-        )),
-        Ok(_) => {
+        Ok(Some(Err(ending))) => Err(ending),
+        Ok(None) => {
             relay.unregister(session);
             return;
         }
@@ -318,6 +323,24 @@ async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr) {
     }
 }
 
+/// The first text message (WebSocket pings before it are fine); `None` if the client left.
+async fn first_message(ws: &mut WebSocket) -> Option<Result<Utf8Bytes, Ending>> {
+    loop {
+        match ws.recv().await? {
+            Ok(Message::Text(text)) => return Some(Ok(text)),
+            Ok(Message::Ping(_) | Message::Pong(_)) => {}
+            Ok(Message::Close(_)) => return None,
+            Ok(Message::Binary(_)) => {
+                return Some(Err(Ending::new(
+                    ErrorCode::NotHello,
+                    "the first message must be a JSON hello",
+                )))
+            }
+            Err(e) => return input_error(e).map(Err),
+        }
+    }
+}
+
 /// A read error: a message over the size limit is refused with the reason; anything else
 /// means the client is gone (reset, closed without a handshake) and nothing is sent.
 fn input_error(e: axum::Error) -> Option<Ending> {
@@ -339,7 +362,10 @@ fn input_error(e: axum::Error) -> Option<Ending> {
 
 async fn close(ws: &mut WebSocket, ending: Ending) {
     let msg = ServerMessage::error(ending.code, ending.message.clone(), true).to_json();
-    let reason: String = format!("{:?}", ending.code);
+    let reason = serde_json::to_value(ending.code)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
     let send = async {
         ws.send(Message::Text(msg.into())).await?;
         ws.send(Message::Close(Some(CloseFrame {
@@ -493,6 +519,15 @@ async fn serve(
     {
         return None;
     }
+    if wants_audience {
+        let json = ServerMessage::Audience {
+            listeners: relay.audience(),
+        }
+        .to_json();
+        if send_text(ws, json.into()).await.is_err() {
+            return None;
+        }
+    }
     if first_channel.is_some() {
         conn.hear(first_channel);
         let msg = ServerMessage::Subscribed {
@@ -519,7 +554,7 @@ async fn serve(
                     return Some(Ending::new(code, message));
                 }
                 Some(Outbound::Close(_)) | None => {
-                    return Some(Ending::new(ErrorCode::Forbidden, "the relay closed this connection"));
+                    return Some(Ending::new(ErrorCode::TooSlow, "too slow to take the relay's messages"));
                 }
             },
             incoming = ws.recv() => {
@@ -554,7 +589,7 @@ async fn serve(
                             relay.stats.slow_closed.fetch_add(1, Ordering::Relaxed);
                             conn.count_undelivered();
                             return Some(Ending::new(
-                                ErrorCode::Forbidden,
+                                ErrorCode::TooSlow,
                                 format!("not reading: no frame could be written for {:.1} s", conn.write_timeout.as_secs_f64()),
                             ));
                         }
