@@ -16,6 +16,7 @@
 //! - [`client`]: the floor, booth and listener clients that work from and to audio files.
 
 pub mod audio;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod protocol;

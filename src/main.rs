@@ -38,6 +38,9 @@ enum Cmd {
         /// Directory of the delegate's web page.
         #[arg(long)]
         web_dir: Option<PathBuf>,
+        /// Worker threads (default: one per core).
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Send a WAV file as the floor (the hall's original sound).
     Floor {
@@ -87,6 +90,34 @@ enum Cmd {
     },
     /// Check an event file and print what it declares.
     CheckConfig { file: PathBuf },
+    /// Load generator: booths and many listeners against a relay serving config/bench.toml.
+    Bench {
+        /// Relay address, host:port.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: String,
+        #[arg(long, default_value_t = 10)]
+        channels: usize,
+        #[arg(long, default_value_t = 1000)]
+        listeners: usize,
+        /// Seconds measured, after connecting and a 2 s warm-up.
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+        /// Opus payload bytes per frame (80 is 32 kbit/s at 20 ms).
+        #[arg(long, default_value_t = 80)]
+        frame_bytes: usize,
+        #[arg(long, default_value_t = 20)]
+        frame_ms: u64,
+        /// Secret of the bench booths.
+        #[arg(long, env = "BOOTHCAST_SECRET", hide_env_values = true, default_value = "bench-secret")]
+        secret: String,
+        /// The relay's process id, for its CPU time and memory.
+        #[arg(long)]
+        relay_pid: Option<u32>,
+        /// Idle mode: connect listeners in these steps (e.g. 2000,18000) and report the relay's
+        /// memory at each; no audio.
+        #[arg(long, value_delimiter = ',')]
+        idle_steps: Vec<usize>,
+    },
 }
 
 #[derive(Args)]
@@ -142,9 +173,31 @@ fn main() -> std::process::ExitCode {
     } else {
         logs.init();
     }
-    let result = tokio::runtime::Runtime::new()
-        .context("cannot start the async runtime")
-        .and_then(|runtime| runtime.block_on(run(cli.command)));
+    let result = match cli.command {
+        // The load generator runs on one thread, as one process pinned to one core.
+        Cmd::Bench { .. } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")
+            .and_then(|runtime| {
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&runtime, run(cli.command))
+            }),
+        Cmd::Serve { threads, .. } => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = threads {
+                builder.worker_threads(n);
+            }
+            builder
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")
+                .and_then(|runtime| runtime.block_on(run(cli.command)))
+        }
+        _ => tokio::runtime::Runtime::new()
+            .context("cannot start the async runtime")
+            .and_then(|runtime| runtime.block_on(run(cli.command))),
+    };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -161,6 +214,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             config,
             listen,
             web_dir,
+            ..
         } => {
             let event = match &config {
                 Some(path) => Event::load(path)?,
@@ -243,6 +297,32 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 buffer: Duration::from_millis(buffer_ms),
             })
             .await?;
+            Ok(())
+        }
+        Cmd::Bench {
+            addr,
+            channels,
+            listeners,
+            seconds,
+            frame_bytes,
+            frame_ms,
+            secret,
+            relay_pid,
+            idle_steps,
+        } => {
+            let report = boothcast::bench::run(boothcast::bench::Options {
+                addr,
+                channels,
+                listeners,
+                seconds,
+                frame_bytes,
+                frame_ms,
+                secret,
+                relay_pid,
+                idle_steps,
+            })
+            .await?;
+            print!("{report}");
             Ok(())
         }
         Cmd::CheckConfig { file } => {
