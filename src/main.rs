@@ -90,6 +90,21 @@ enum Cmd {
     },
     /// Check an event file and print what it declares.
     CheckConfig { file: PathBuf },
+    /// Load generator for the side-by-side with Icecast: listeners of Ogg Opus mounts
+    /// `/l0.opus`.. (scripts/icecast.sh starts Icecast and its sources).
+    BenchIcecast {
+        #[arg(long, default_value = "http://127.0.0.1:18000")]
+        url: String,
+        #[arg(long, default_value_t = 10)]
+        mounts: usize,
+        #[arg(long, default_value_t = 1000)]
+        listeners: usize,
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+        /// Icecast's process id, for its CPU time and memory.
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
     /// Load generator: booths and many listeners against a relay serving config/bench.toml.
     Bench {
         /// Relay address, host:port.
@@ -117,6 +132,9 @@ enum Cmd {
         /// memory at each; no audio.
         #[arg(long, value_delimiter = ',')]
         idle_steps: Vec<usize>,
+        /// One listener in this many measures every frame's delay; the rest read every 100 ms.
+        #[arg(long, default_value_t = 50)]
+        probe_every: usize,
     },
 }
 
@@ -175,7 +193,7 @@ fn main() -> std::process::ExitCode {
     }
     let result = match cli.command {
         // The load generator runs on one thread, as one process pinned to one core.
-        Cmd::Bench { .. } => tokio::runtime::Builder::new_current_thread()
+        Cmd::Bench { .. } | Cmd::BenchIcecast { .. } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("cannot start the async runtime")
@@ -309,8 +327,10 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             secret,
             relay_pid,
             idle_steps,
+            probe_every,
         } => {
             let report = boothcast::bench::run(boothcast::bench::Options {
+                probe_every,
                 addr,
                 channels,
                 listeners,
@@ -320,6 +340,24 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 secret,
                 relay_pid,
                 idle_steps,
+            })
+            .await?;
+            print!("{report}");
+            Ok(())
+        }
+        Cmd::BenchIcecast {
+            url,
+            mounts,
+            listeners,
+            seconds,
+            server_pid,
+        } => {
+            let report = boothcast::bench::icecast::run(boothcast::bench::icecast::Options {
+                url,
+                mounts,
+                listeners,
+                seconds,
+                server_pid,
             })
             .await?;
             print!("{report}");

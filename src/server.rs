@@ -18,7 +18,7 @@ use axum::routing::get;
 use axum::serve::ListenerExt;
 use axum::Router;
 use bytes::Bytes;
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tower_http::services::ServeDir;
 
 /// Time a new connection has to say `hello`.
@@ -309,7 +309,21 @@ async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr) {
         delivered: 0,
         write_timeout: state.write_timeout,
     };
-    let ending = serve(&mut ws, &mut conn, ctl, first_channel, state.shutdown).await;
+    let (mut sink, stream) = ws.split();
+    // Reading has its own task: a console's microphone frames go on to the relay even while a
+    // write to it is waiting, and a listener's task wakes for its audio without also polling
+    // an idle socket each time.
+    let (incoming_tx, incoming) = mpsc::channel(INCOMING_QUEUE);
+    let reader = tokio::spawn(read_loop(
+        stream,
+        conn.relay.clone(),
+        conn.session,
+        conn.peer.clone(),
+        addr,
+        incoming_tx,
+    ));
+    let ending = serve(&mut sink, &mut conn, ctl, incoming, first_channel, state.shutdown).await;
+    reader.abort();
     tracing::info!(
         peer = %conn.addr,
         session,
@@ -319,7 +333,7 @@ async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr) {
         "disconnected"
     );
     if let Some(ending) = ending {
-        close(&mut ws, ending).await;
+        close(&mut sink, ending).await;
     }
 }
 
@@ -360,7 +374,10 @@ fn input_error(e: axum::Error) -> Option<Ending> {
     }
 }
 
-async fn close(ws: &mut WebSocket, ending: Ending) {
+async fn close<S>(ws: &mut S, ending: Ending)
+where
+    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+{
     let msg = ServerMessage::error(ending.code, ending.message.clone(), true).to_json();
     let reason = serde_json::to_value(ending.code)
         .ok()
@@ -486,10 +503,24 @@ fn accept(
     }
 }
 
+type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
+
+/// What the reader task passes to the connection's task.
+enum Incoming {
+    Control(ClientMessage),
+    /// The reader stopped: the client left (`None`) or sent what ends the connection.
+    Ended(Option<Ending>),
+}
+
+/// Control messages read ahead of the connection's task. A client that sends faster than its
+/// replies can be written waits (its socket is not read meanwhile).
+const INCOMING_QUEUE: usize = 16;
+
 async fn serve(
-    ws: &mut WebSocket,
+    ws: &mut Sink,
     conn: &mut Connection,
-    mut ctl: tokio::sync::mpsc::Receiver<Outbound>,
+    mut ctl: mpsc::Receiver<Outbound>,
+    mut incoming: mpsc::Receiver<Incoming>,
     first_channel: Option<u16>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Option<Ending> {
@@ -540,33 +571,8 @@ async fn serve(
     let mut batch: Vec<Bytes> = Vec::with_capacity(MAX_BACKLOG);
     loop {
         tokio::select! {
-            msg = ctl.recv() => match msg {
-                Some(Outbound::Message(m)) => {
-                    if send_text(ws, m.to_json().into()).await.is_err() { return None; }
-                }
-                Some(Outbound::Console(state, input)) => {
-                    conn.hear(Some(input));
-                    if send_text(ws, ServerMessage::Console(state).to_json().into()).await.is_err() {
-                        return None;
-                    }
-                }
-                Some(Outbound::Close(ServerMessage::Error { code, message, .. })) => {
-                    return Some(Ending::new(code, message));
-                }
-                Some(Outbound::Close(_)) | None => {
-                    return Some(Ending::new(ErrorCode::TooSlow, "too slow to take the relay's messages"));
-                }
-            },
-            incoming = ws.recv() => {
-                let msg = match incoming {
-                    Some(Ok(m)) => m,
-                    Some(Err(e)) => return input_error(e),
-                    None => return None,
-                };
-                if let Err(ending) = handle_incoming(conn, ws, msg).await {
-                    return ending;
-                }
-            }
+            // Audio first: it is what every wake-up is for, nearly always.
+            biased;
             n = next_frames(&mut conn.audio, &mut batch) => {
                 let (delivered, skipped) = n;
                 if skipped > 0 {
@@ -582,7 +588,7 @@ async fn serve(
                         }
                         ws.flush().await
                     };
-                    match tokio::time::timeout(conn.write_timeout, write).await {
+                    match write_within(conn.write_timeout, write).await {
                         Ok(Ok(())) => {}
                         Ok(Err(_)) => return None,
                         Err(_) => {
@@ -600,6 +606,38 @@ async fn serve(
                     }
                 }
             }
+            msg = ctl.recv() => match msg {
+                Some(Outbound::Message(m)) => {
+                    if send_text(ws, m.to_json().into()).await.is_err() { return None; }
+                }
+                Some(Outbound::Console(state, input)) => {
+                    conn.hear(Some(input));
+                    if send_text(ws, ServerMessage::Console(state).to_json().into()).await.is_err() {
+                        return None;
+                    }
+                }
+                Some(Outbound::Close(ServerMessage::Error { code, message, .. })) => {
+                    return Some(Ending::new(code, message));
+                }
+                Some(Outbound::Close(_)) | None => {
+                    return Some(Ending::new(ErrorCode::TooSlow, "too slow to take the relay's messages"));
+                }
+            },
+            msg = incoming.recv() => match msg {
+                Some(Incoming::Control(msg)) => {
+                    let text = match control(conn, msg) {
+                        Ok(Some(m)) => m.to_json(),
+                        Ok(None) => continue,
+                        Err(r) => {
+                            tracing::info!(peer = %conn.addr, session = conn.session, code = ?r.code, reason = %r.message, "refused");
+                            ServerMessage::error(r.code, r.message, false).to_json()
+                        }
+                    };
+                    if send_text(ws, text.into()).await.is_err() { return None; }
+                }
+                Some(Incoming::Ended(ending)) => return ending,
+                None => return None,
+            },
             r = channels.changed() => {
                 if r.is_err() { return None; }
                 let json = channels.borrow_and_update().clone();
@@ -661,64 +699,85 @@ async fn next_frames(
     (batch.len() as u64, skipped)
 }
 
-async fn send_text(ws: &mut WebSocket, text: Utf8Bytes) -> Result<(), axum::Error> {
+/// Runs a write, arming the timeout only if the write does not complete at once: nearly every
+/// write does, and a timer per frame per listener is a cost paid thousands of times a frame.
+async fn write_within<F: Future>(limit: Duration, write: F) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut write = std::pin::pin!(write);
+    let first = std::future::poll_fn(|cx| match write.as_mut().poll(cx) {
+        std::task::Poll::Ready(out) => std::task::Poll::Ready(Some(out)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await;
+    match first {
+        Some(out) => Ok(out),
+        None => tokio::time::timeout(limit, write).await,
+    }
+}
+
+async fn send_text(ws: &mut Sink, text: Utf8Bytes) -> Result<(), axum::Error> {
     tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Text(text)))
         .await
         .unwrap_or_else(|_| Err(axum::Error::new("write timed out")))
 }
 
-async fn send_bytes_text(ws: &mut WebSocket, json: Bytes) -> Result<(), axum::Error> {
+async fn send_bytes_text(ws: &mut Sink, json: Bytes) -> Result<(), axum::Error> {
     match Utf8Bytes::try_from(json) {
         Ok(text) => send_text(ws, text).await,
         Err(e) => Err(axum::Error::new(e)),
     }
 }
 
-/// One message from the client. `Err(None)`: the client closed; `Err(Some)`: close with that.
-async fn handle_incoming(
-    conn: &mut Connection,
-    ws: &mut WebSocket,
-    msg: Message,
-) -> Result<(), Option<Ending>> {
-    let relay = conn.relay.clone();
-    match msg {
-        Message::Binary(frame) => {
-            let result = match conn.peer {
-                Peer::Console { .. } => relay.console_frame(conn.session, &frame),
-                Peer::Floor => relay.floor_frame(conn.session, &frame),
-                _ => {
-                    return Err(Some(Ending::new(
-                        ErrorCode::Forbidden,
-                        "only booth consoles and the floor send audio",
-                    )))
+/// Reads the client's messages until it leaves or sends what ends the connection: audio
+/// frames go straight to the relay, control messages to the connection's task.
+async fn read_loop(
+    mut stream: futures_util::stream::SplitStream<WebSocket>,
+    relay: Arc<Relay>,
+    session: Session,
+    peer: Peer,
+    addr: SocketAddr,
+    tx: mpsc::Sender<Incoming>,
+) {
+    let ending = loop {
+        let msg = match stream.next().await {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => break input_error(e),
+            None => break None,
+        };
+        match msg {
+            Message::Binary(frame) => {
+                let result = match peer {
+                    Peer::Console { .. } => relay.console_frame(session, &frame),
+                    Peer::Floor => relay.floor_frame(session, &frame),
+                    _ => {
+                        break Some(Ending::new(
+                            ErrorCode::Forbidden,
+                            "only booth consoles and the floor send audio",
+                        ))
+                    }
+                };
+                if let Err(e) = result {
+                    relay.stats.refused_frames.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(peer = %addr, session, error = %e, "bad frame");
+                    break Some(Ending::new(ErrorCode::BadFrame, e.to_string()));
                 }
-            };
-            result.map_err(|e| {
-                relay.stats.refused_frames.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(peer = %conn.addr, session = conn.session, error = %e, "bad frame");
-                Some(Ending::new(ErrorCode::BadFrame, e.to_string()))
-            })
-        }
-        Message::Text(text) => {
-            let msg = ClientMessage::parse(&text).map_err(|e| {
-                relay.stats.refused_messages.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(peer = %conn.addr, session = conn.session, error = %e, "bad message");
-                Some(Ending::new(ErrorCode::BadMessage, e.to_string()))
-            })?;
-            let reply = control(conn, msg);
-            let text = match reply {
-                Ok(Some(m)) => m.to_json(),
-                Ok(None) => return Ok(()),
-                Err(r) => {
-                    tracing::info!(peer = %conn.addr, session = conn.session, code = ?r.code, reason = %r.message, "refused");
-                    ServerMessage::error(r.code, r.message, false).to_json()
+            }
+            Message::Text(text) => match ClientMessage::parse(&text) {
+                Ok(msg) => {
+                    if tx.send(Incoming::Control(msg)).await.is_err() {
+                        return;
+                    }
                 }
-            };
-            send_text(ws, text.into()).await.map_err(|_| None)
+                Err(e) => {
+                    relay.stats.refused_messages.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(peer = %addr, session, error = %e, "bad message");
+                    break Some(Ending::new(ErrorCode::BadMessage, e.to_string()));
+                }
+            },
+            Message::Close(_) => break None,
+            Message::Ping(_) | Message::Pong(_) => {}
         }
-        Message::Close(_) => Err(None),
-        Message::Ping(_) | Message::Pong(_) => Ok(()),
-    }
+    };
+    let _ = tx.send(Incoming::Ended(ending)).await;
 }
 
 /// A control message after hello: the reply to send, if any.

@@ -9,6 +9,8 @@
 //!
 //! Figures about the relay process (CPU time, resident memory) are read from `/proc`.
 
+pub mod icecast;
+
 use crate::protocol::{FrameHeader, Source, CHANNEL_UNSET};
 use crate::relay::unix_micros;
 use futures_util::SinkExt;
@@ -48,7 +50,14 @@ pub struct Options {
     pub relay_pid: Option<u32>,
     /// Idle mode: no booths; connect listeners in steps and report the relay's memory at each.
     pub idle_steps: Vec<usize>,
+    /// One listener in this many is a probe: it reads every frame as it arrives and measures
+    /// its delay. The others read every `BULK_READ` and only check that no frame is missing,
+    /// so that the load generator spends one read per several frames, not one per frame.
+    pub probe_every: usize,
 }
+
+/// How often a bulk (non-probe) listener reads what has arrived.
+pub const BULK_READ: Duration = Duration::from_millis(100);
 
 /// A log-linear histogram of microseconds: 1 µs resolution below 2 ms, then 1024 buckets per
 /// doubling (0.1 % precision), so p99.9 of a million samples costs 16 K counters.
@@ -151,6 +160,7 @@ struct Shared {
     measuring: bool,
     delay: Histogram,
     frames: u64,
+    probe_frames: u64,
     lost: u64,
     dropped: u64,
 }
@@ -165,6 +175,7 @@ pub struct Report {
     pub connect_p99_ms: f64,
     pub connect_max_ms: f64,
     pub frames: u64,
+    pub probe_frames: u64,
     pub expected_frames: u64,
     pub lost: u64,
     pub dropped: u64,
@@ -219,8 +230,9 @@ impl std::fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "  delay relay -> listener: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
-            self.delay_p50_ms, self.delay_p99_ms, self.delay_p999_ms, self.delay_max_ms
+            "  delay relay -> listener ({} frames to probe listeners): p50 {:.2} ms, p99 {:.2} ms, \
+             p99.9 {:.2} ms, max {:.2} ms",
+            self.probe_frames, self.delay_p50_ms, self.delay_p99_ms, self.delay_p999_ms, self.delay_max_ms
         )?;
         if let (Some(cpu), Some(rss)) = (self.relay_cpu_seconds, self.relay_rss_kib) {
             let per_million = cpu / (self.frames.max(1) as f64 / 1e6);
@@ -255,7 +267,9 @@ pub async fn run(opts: Options) -> Result<Report, Error> {
         let bytes = opts.frame_bytes;
         tokio::task::spawn_local(pump(ws, c, frame, bytes));
     }
-    let connect_times = connect_listeners(&opts, &shared, None).await?;
+    let bulk = Rc::new(RefCell::new(Vec::new()));
+    tokio::task::spawn_local(poll_bulk(bulk.clone(), shared.clone()));
+    let connect_times = connect_listeners(&opts, &shared, &bulk, None).await?;
     // Warm-up: let connections settle before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = opts.relay_pid.and_then(proc_stat);
@@ -275,6 +289,7 @@ pub async fn run(opts: Options) -> Result<Report, Error> {
         connect_p99_ms: ms(connect_times.quantile(0.99)),
         connect_max_ms: ms(connect_times.max()),
         frames: s.frames,
+        probe_frames: s.probe_frames,
         expected_frames: (opts.listeners as f64 * elapsed / frame.as_secs_f64()) as u64,
         lost: s.lost,
         dropped: s.dropped,
@@ -290,6 +305,7 @@ pub async fn run(opts: Options) -> Result<Report, Error> {
 
 async fn run_idle(opts: Options) -> Result<Report, Error> {
     let shared = Rc::new(RefCell::new(Shared::default()));
+    let bulk = Rc::new(RefCell::new(Vec::new()));
     let mut idle = Vec::new();
     let mut connected = 0;
     for &step in &opts.idle_steps {
@@ -298,7 +314,7 @@ async fn run_idle(opts: Options) -> Result<Report, Error> {
             listeners: more,
             ..opts.clone()
         };
-        connect_listeners(&step_opts, &shared, Some(connected)).await?;
+        connect_listeners(&step_opts, &shared, &bulk, Some(connected)).await?;
         connected = step;
         // Let the relay finish its side of the handshakes.
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -378,6 +394,7 @@ async fn pump(mut ws: Ws, c: usize, frame: Duration, bytes: usize) {
 async fn connect_listeners(
     opts: &Options,
     shared: &Rc<RefCell<Shared>>,
+    bulk: &Rc<RefCell<Vec<Bulk>>>,
     offset: Option<usize>,
 ) -> Result<Histogram, Error> {
     let times = Rc::new(RefCell::new(Histogram::default()));
@@ -391,6 +408,8 @@ async fn connect_listeners(
         let times = times.clone();
         let permits = permits.clone();
         let done = done_tx.clone();
+        let bulk = bulk.clone();
+        let opts_probe_every = opts.probe_every;
         tokio::task::spawn_local(async move {
             let permit = permits.acquire().await.expect("never closed");
             let t0 = Instant::now();
@@ -399,7 +418,19 @@ async fn connect_listeners(
                     times.borrow_mut().record(t0.elapsed().as_micros() as u64);
                     drop(permit);
                     let _ = done.send(Ok(()));
-                    listen(stream, buf, shared).await;
+                    let probe = opts_probe_every <= 1 || (base + i) % opts_probe_every == 0;
+                    if probe {
+                        listen(stream, buf, shared).await;
+                    } else if let Ok(socket) = stream.into_std() {
+                        if socket.set_nonblocking(true).is_ok() {
+                            bulk.borrow_mut().push(Bulk {
+                                socket,
+                                buf,
+                                last_seq: None,
+                                open: true,
+                            });
+                        }
+                    }
                 }
                 Err(e) => {
                     let _ = done.send(Err(e));
@@ -486,61 +517,115 @@ fn masked_text(payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Reads frames until the connection ends, recording each audio frame's delay and any gap
-/// in its channel's sequence.
-async fn listen(mut s: TcpStream, mut buf: Vec<u8>, shared: Rc<RefCell<Shared>>) {
-    let mut last_seq: Option<u32> = None;
-    let mut chunk = vec![0u8; 8192];
+/// Takes every complete WebSocket frame off the front of `buf`, recording each audio frame's
+/// delay (probes only) and any gap in its channel's sequence. Returns false once the server
+/// closed the connection.
+fn take_frames(buf: &mut Vec<u8>, last_seq: &mut Option<u32>, shared: &RefCell<Shared>, probe: bool) -> bool {
+    let mut at = 0;
+    let mut open = true;
     loop {
-        // Parse every complete frame in the buffer.
-        let mut at = 0;
-        loop {
-            let avail = &buf[at..];
-            if avail.len() < 2 {
-                break;
-            }
-            let opcode = avail[0] & 0x0F;
-            let (len, head) = match avail[1] & 0x7F {
-                126 if avail.len() >= 4 => (u16::from_be_bytes([avail[2], avail[3]]) as usize, 4),
-                127 if avail.len() >= 10 => {
-                    (u64::from_be_bytes(avail[2..10].try_into().expect("8 bytes")) as usize, 10)
-                }
-                126 | 127 => break,
-                n => (n as usize, 2),
-            };
-            if avail.len() < head + len {
-                break;
-            }
-            let payload = &avail[head..head + len];
-            if opcode == 0x2 {
-                if let Ok(h) = FrameHeader::parse(payload) {
-                    let now = unix_micros();
-                    let mut sh = shared.borrow_mut();
-                    if sh.measuring {
-                        sh.frames += 1;
+        let avail = &buf[at..];
+        if avail.len() < 2 {
+            break;
+        }
+        let opcode = avail[0] & 0x0F;
+        let (len, head) = match avail[1] & 0x7F {
+            126 if avail.len() >= 4 => (u16::from_be_bytes([avail[2], avail[3]]) as usize, 4),
+            127 if avail.len() >= 10 => (
+                u64::from_be_bytes(avail[2..10].try_into().expect("8 bytes")) as usize,
+                10,
+            ),
+            126 | 127 => break,
+            n => (n as usize, 2),
+        };
+        if avail.len() < head + len {
+            break;
+        }
+        let payload = &avail[head..head + len];
+        if opcode == 0x2 {
+            if let Ok(h) = FrameHeader::parse(payload) {
+                let now = unix_micros();
+                let mut sh = shared.borrow_mut();
+                if sh.measuring {
+                    sh.frames += 1;
+                    if probe {
                         sh.delay.record(now.saturating_sub(h.relay_us));
-                        if let Some(l) = last_seq {
-                            let gap = h.sequence.wrapping_sub(l).wrapping_sub(1);
-                            if gap > 0 && gap < 1 << 20 {
-                                sh.lost += gap as u64;
-                            }
+                        sh.probe_frames += 1;
+                    }
+                    if let Some(l) = *last_seq {
+                        let gap = h.sequence.wrapping_sub(l).wrapping_sub(1);
+                        if gap > 0 && gap < 1 << 20 {
+                            sh.lost += gap as u64;
                         }
                     }
-                    last_seq = Some(h.sequence);
                 }
-            } else if opcode == 0x8 {
-                shared.borrow_mut().dropped += 1;
-                return;
+                *last_seq = Some(h.sequence);
             }
-            at += head + len;
+        } else if opcode == 0x8 {
+            open = false;
         }
-        buf.drain(..at);
+        at += head + len;
+    }
+    buf.drain(..at);
+    open
+}
+
+/// A probe listener: reads each frame as soon as it arrives.
+async fn listen(mut s: TcpStream, mut buf: Vec<u8>, shared: Rc<RefCell<Shared>>) {
+    let mut last_seq = None;
+    let mut chunk = vec![0u8; 8192];
+    loop {
+        if !take_frames(&mut buf, &mut last_seq, &shared, true) {
+            shared.borrow_mut().dropped += 1;
+            return;
+        }
         match s.read(&mut chunk).await {
             Ok(0) | Err(_) => {
                 shared.borrow_mut().dropped += 1;
                 return;
             }
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// A listener that is not a probe: a plain non-blocking socket, outside the event loop (so its
+/// arrivals wake nobody), read every `BULK_READ` by `poll_bulk`.
+struct Bulk {
+    socket: std::net::TcpStream,
+    buf: Vec<u8>,
+    last_seq: Option<u32>,
+    open: bool,
+}
+
+async fn poll_bulk(bulk: Rc<RefCell<Vec<Bulk>>>, shared: Rc<RefCell<Shared>>) {
+    use std::io::Read;
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut tick = tokio::time::interval(BULK_READ);
+    loop {
+        tick.tick().await;
+        let mut conns = bulk.borrow_mut();
+        for c in conns.iter_mut().filter(|c| c.open) {
+            loop {
+                match c.socket.read(&mut chunk) {
+                    Ok(0) => {
+                        c.open = false;
+                        break;
+                    }
+                    Ok(n) => c.buf.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        c.open = false;
+                        break;
+                    }
+                }
+            }
+            if c.open {
+                c.open = take_frames(&mut c.buf, &mut c.last_seq, &shared, false);
+            }
+            if !c.open {
+                shared.borrow_mut().dropped += 1;
+            }
         }
     }
 }
