@@ -12,7 +12,8 @@ use std::sync::Arc;
 use tokio_tungstenite::tungstenite::protocol::frame::{coding::Data, coding::OpCode, Frame};
 
 fn fanout(c: &mut Criterion) {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/bench.toml")).unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/bench.toml")).unwrap();
     let mut group = c.benchmark_group("fanout");
     for listeners in [1usize, 100, 1000] {
         let event = Event::parse(&text, "bench.toml", &|_| None).unwrap();
@@ -21,7 +22,9 @@ fn fanout(c: &mut Criterion) {
         relay.console_connect(session, 0, "1").unwrap();
         relay.command(session, Command::Live(None)).unwrap();
         let channel = relay.event().resolve_channel("bench/l0").unwrap();
-        let mut receivers: Vec<_> = (0..listeners).map(|_| relay.subscribe(channel, true)).collect();
+        let mut receivers: Vec<_> = (0..listeners)
+            .map(|_| relay.subscribe(channel, true))
+            .collect();
         let frame = FrameHeader {
             source: Source::Interpreter,
             channel: CHANNEL_UNSET,
@@ -38,18 +41,22 @@ fn fanout(c: &mut Criterion) {
         });
         let mut out = Vec::with_capacity(256);
         group.throughput(Throughput::Elements(listeners as u64));
-        group.bench_with_input(BenchmarkId::from_parameter(listeners), &listeners, |b, _| {
-            b.iter(|| {
-                relay.console_frame(session, &frame).unwrap();
-                for rx in receivers.iter_mut() {
-                    let msg = rx.try_recv().unwrap();
-                    out.clear();
-                    Frame::message(msg, OpCode::Data(Data::Binary), true)
-                        .format(&mut out)
-                        .unwrap();
-                }
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::from_parameter(listeners),
+            &listeners,
+            |b, _| {
+                b.iter(|| {
+                    relay.console_frame(session, &frame).unwrap();
+                    for rx in receivers.iter_mut() {
+                        let msg = rx.try_recv().unwrap();
+                        out.clear();
+                        Frame::message(msg, OpCode::Data(Data::Binary), true)
+                            .format(&mut out)
+                            .unwrap();
+                    }
+                })
+            },
+        );
     }
     group.finish();
 }

@@ -123,7 +123,12 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         frame_ms: u64,
         /// Secret of the bench booths.
-        #[arg(long, env = "BOOTHCAST_SECRET", hide_env_values = true, default_value = "bench-secret")]
+        #[arg(
+            long,
+            env = "BOOTHCAST_SECRET",
+            hide_env_values = true,
+            default_value = "bench-secret"
+        )]
         secret: String,
         /// The relay's process id, for its CPU time and memory.
         #[arg(long)]
@@ -193,14 +198,16 @@ fn main() -> std::process::ExitCode {
     }
     let result = match cli.command {
         // The load generator runs on one thread, as one process pinned to one core.
-        Cmd::Bench { .. } | Cmd::BenchIcecast { .. } => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")
-            .and_then(|runtime| {
-                let local = tokio::task::LocalSet::new();
-                local.block_on(&runtime, run(cli.command))
-            }),
+        Cmd::Bench { .. } | Cmd::BenchIcecast { .. } => {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")
+                .and_then(|runtime| {
+                    let local = tokio::task::LocalSet::new();
+                    local.block_on(&runtime, run(cli.command))
+                })
+        }
         Cmd::Serve { threads, .. } => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
             if let Some(n) = threads {

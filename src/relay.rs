@@ -39,15 +39,16 @@ pub fn unix_micros() -> u64 {
         .unwrap_or(0)
 }
 
-/// What the relay asks a connection task to do.
+/// What the relay asks a connection task to do. Boxed payloads keep the queue's slots small:
+/// every connection has a queue, and its memory is allocated a block of slots at a time.
 #[derive(Debug)]
 pub enum Outbound {
     /// Send this message.
-    Message(ServerMessage),
+    Message(Box<ServerMessage>),
     /// The console's state changed: send it and hear the (possibly new) input channel.
-    Console(ConsoleState, u16),
+    Console(Box<ConsoleState>, u16),
     /// Send this error and close.
-    Close(ServerMessage),
+    Close(Box<ServerMessage>),
 }
 
 /// One channel's queue and counters.
@@ -180,26 +181,26 @@ impl Relay {
                     if let (Some(state), Some(input)) =
                         (rules.console_state(s), rules.console_input(s))
                     {
-                        out.push((s, Outbound::Console(state, input)));
+                        out.push((s, Outbound::Console(Box::new(state), input)));
                     }
                 }
                 Action::HandoverOffered { to, from } => {
                     for s in to {
                         out.push((
                             s,
-                            Outbound::Message(ServerMessage::HandoverOffered {
+                            Outbound::Message(Box::new(ServerMessage::HandoverOffered {
                                 from: from.clone(),
-                            }),
+                            })),
                         ));
                     }
                 }
                 Action::Notify(s, r) => out.push((
                     s,
-                    Outbound::Message(ServerMessage::error(r.code, r.message, false)),
+                    Outbound::Message(Box::new(ServerMessage::error(r.code, r.message, false))),
                 )),
                 Action::Close(s, r) => out.push((
                     s,
-                    Outbound::Close(ServerMessage::error(r.code, r.message, true)),
+                    Outbound::Close(Box::new(ServerMessage::error(r.code, r.message, true))),
                 )),
             }
         }
@@ -370,7 +371,7 @@ impl Relay {
         for s in sessions {
             self.send(
                 s,
-                Outbound::Close(ServerMessage::error(code, message, true)),
+                Outbound::Close(Box::new(ServerMessage::error(code, message, true))),
             );
         }
     }

@@ -322,7 +322,15 @@ async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr) {
         addr,
         incoming_tx,
     ));
-    let ending = serve(&mut sink, &mut conn, ctl, incoming, first_channel, state.shutdown).await;
+    let ending = serve(
+        &mut sink,
+        &mut conn,
+        ctl,
+        incoming,
+        first_channel,
+        state.shutdown,
+    )
+    .await;
     reader.abort();
     tracing::info!(
         peer = %conn.addr,
@@ -507,7 +515,7 @@ type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
 
 /// What the reader task passes to the connection's task.
 enum Incoming {
-    Control(ClientMessage),
+    Control(Box<ClientMessage>),
     /// The reader stopped: the client left (`None`) or sent what ends the connection.
     Ended(Option<Ending>),
 }
@@ -612,20 +620,23 @@ async fn serve(
                 }
                 Some(Outbound::Console(state, input)) => {
                     conn.hear(Some(input));
-                    if send_text(ws, ServerMessage::Console(state).to_json().into()).await.is_err() {
+                    if send_text(ws, ServerMessage::Console(*state).to_json().into()).await.is_err() {
                         return None;
                     }
                 }
-                Some(Outbound::Close(ServerMessage::Error { code, message, .. })) => {
+                Some(Outbound::Close(m)) => {
+                    let ServerMessage::Error { code, message, .. } = *m else {
+                        return Some(Ending::new(ErrorCode::TooSlow, "too slow to take the relay's messages"));
+                    };
                     return Some(Ending::new(code, message));
                 }
-                Some(Outbound::Close(_)) | None => {
+                None => {
                     return Some(Ending::new(ErrorCode::TooSlow, "too slow to take the relay's messages"));
                 }
             },
             msg = incoming.recv() => match msg {
                 Some(Incoming::Control(msg)) => {
-                    let text = match control(conn, msg) {
+                    let text = match control(conn, *msg) {
                         Ok(Some(m)) => m.to_json(),
                         Ok(None) => continue,
                         Err(r) => {
@@ -701,7 +712,10 @@ async fn next_frames(
 
 /// Runs a write, arming the timeout only if the write does not complete at once: nearly every
 /// write does, and a timer per frame per listener is a cost paid thousands of times a frame.
-async fn write_within<F: Future>(limit: Duration, write: F) -> Result<F::Output, tokio::time::error::Elapsed> {
+async fn write_within<F: Future>(
+    limit: Duration,
+    write: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
     let mut write = std::pin::pin!(write);
     let first = std::future::poll_fn(|cx| match write.as_mut().poll(cx) {
         std::task::Poll::Ready(out) => std::task::Poll::Ready(Some(out)),
@@ -763,7 +777,7 @@ async fn read_loop(
             }
             Message::Text(text) => match ClientMessage::parse(&text) {
                 Ok(msg) => {
-                    if tx.send(Incoming::Control(msg)).await.is_err() {
+                    if tx.send(Incoming::Control(Box::new(msg))).await.is_err() {
                         return;
                     }
                 }

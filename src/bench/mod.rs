@@ -297,7 +297,9 @@ pub async fn run(opts: Options) -> Result<Report, Error> {
         delay_p99_ms: ms(s.delay.quantile(0.99)),
         delay_p999_ms: ms(s.delay.quantile(0.999)),
         delay_max_ms: ms(s.delay.max()),
-        relay_cpu_seconds: before.zip(after).map(|(b, a)| a.cpu_seconds - b.cpu_seconds),
+        relay_cpu_seconds: before
+            .zip(after)
+            .map(|(b, a)| a.cpu_seconds - b.cpu_seconds),
         relay_rss_kib: after.map(|a| a.rss_kib),
         idle: Vec::new(),
     })
@@ -340,9 +342,11 @@ async fn booth(opts: &Options, c: usize) -> Result<Ws, Error> {
     let hello = serde_json::json!({"type": "hello", "role": "interpreter", "booth": format!("b{c}"), "secret": opts.secret, "client": "boothcast bench"});
     let live = serde_json::json!({"type": "live"});
     for m in [hello, live] {
-        ws.send(tokio_tungstenite::tungstenite::Message::Text(m.to_string().into()))
-            .await
-            .map_err(|e| Error::Booth(e.to_string()))?;
+        ws.send(tokio_tungstenite::tungstenite::Message::Text(
+            m.to_string().into(),
+        ))
+        .await
+        .map_err(|e| Error::Booth(e.to_string()))?;
     }
     // Wait until the relay says the console is live (or refuses).
     use futures_util::StreamExt;
@@ -473,7 +477,9 @@ async fn handshake(addr: &str, channel: &str) -> Result<(TcpStream, Vec<u8>), St
         "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
-    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     let end = loop {
@@ -496,7 +502,8 @@ async fn handshake(addr: &str, channel: &str) -> Result<(TcpStream, Vec<u8>), St
         ));
     }
     let rest = buf[end..].to_vec();
-    let hello = serde_json::json!({"type": "hello", "role": "listener", "channel": channel}).to_string();
+    let hello =
+        serde_json::json!({"type": "hello", "role": "listener", "channel": channel}).to_string();
     s.write_all(&masked_text(hello.as_bytes()))
         .await
         .map_err(|e| e.to_string())?;
@@ -520,7 +527,12 @@ fn masked_text(payload: &[u8]) -> Vec<u8> {
 /// Takes every complete WebSocket frame off the front of `buf`, recording each audio frame's
 /// delay (probes only) and any gap in its channel's sequence. Returns false once the server
 /// closed the connection.
-fn take_frames(buf: &mut Vec<u8>, last_seq: &mut Option<u32>, shared: &RefCell<Shared>, probe: bool) -> bool {
+fn take_frames(
+    buf: &mut Vec<u8>,
+    last_seq: &mut Option<u32>,
+    shared: &RefCell<Shared>,
+    probe: bool,
+) -> bool {
     let mut at = 0;
     let mut open = true;
     loop {
@@ -642,7 +654,10 @@ mod tests {
         }
         for (q, want) in [(0.5, 50_000u64), (0.99, 99_000), (0.999, 99_900)] {
             let got = h.quantile(q);
-            assert!((got as f64 - want as f64).abs() <= want as f64 * 0.002, "q{q}: {got} vs {want}");
+            assert!(
+                (got as f64 - want as f64).abs() <= want as f64 * 0.002,
+                "q{q}: {got} vs {want}"
+            );
         }
         assert_eq!(h.max(), 100_000);
         assert_eq!(h.quantile(0.0001), 10);
