@@ -422,7 +422,8 @@ async fn connect_listeners(
                     times.borrow_mut().record(t0.elapsed().as_micros() as u64);
                     drop(permit);
                     let _ = done.send(Ok(()));
-                    let probe = opts_probe_every <= 1 || (base + i) % opts_probe_every == 0;
+                    let probe =
+                        opts_probe_every <= 1 || (base + i).is_multiple_of(opts_probe_every);
                     if probe {
                         listen(stream, buf, shared).await;
                     } else if let Ok(socket) = stream.into_std() {
