@@ -14,7 +14,7 @@ ulimit -n 20000
 taskset -c "${RELAY_CPU:-0}" "$bin" serve --config config/bench.toml --listen "127.0.0.1:$port" --threads 1 \
     >/dev/null 2>"${TMPDIR:-/tmp}/boothcast-bench-relay.log" &
 relay=$!
-trap 'kill $relay 2>/dev/null; wait $relay 2>/dev/null' EXIT
+trap 'kill $relay 2>/dev/null; wait $relay 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
     sleep 0.05
@@ -22,7 +22,7 @@ done
 case "$mode" in
     load)
         taskset -c "${LOAD_CPU:-1}" "$bin" bench --addr "127.0.0.1:$port" --relay-pid "$relay" \
-            --listeners "${2:-1000}" --seconds "${3:-30}" --channels "${4:-10}"
+            --listeners "${2:-1000}" --seconds "${3:-30}" --channels "${4:-10}" --probe-every "${PROBE_EVERY:-50}"
         ;;
     idle)
         taskset -c "${LOAD_CPU:-1}" "$bin" bench --addr "127.0.0.1:$port" --relay-pid "$relay" \
