@@ -741,6 +741,40 @@ async fn send_bytes_text(ws: &mut Sink, json: Bytes) -> Result<(), axum::Error> 
     }
 }
 
+/// Frames a sender may send ahead of real time: a burst after a network hiccup passes, a client
+/// sending far faster than any audio does is refused before it floods its listeners.
+pub const FRAME_BURST: f64 = 100.0;
+/// Sustained frames a second a sender may send: one per 2.5 ms, the shortest Opus frame.
+pub const FRAME_RATE: f64 = 400.0;
+
+/// A token bucket of frames.
+struct FrameBudget {
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl FrameBudget {
+    fn new() -> FrameBudget {
+        FrameBudget {
+            tokens: FRAME_BURST,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * FRAME_RATE;
+        self.tokens = (self.tokens + refill).min(FRAME_BURST);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Reads the client's messages until it leaves or sends what ends the connection: audio
 /// frames go straight to the relay, control messages to the connection's task.
 async fn read_loop(
@@ -751,6 +785,7 @@ async fn read_loop(
     addr: SocketAddr,
     tx: mpsc::Sender<Incoming>,
 ) {
+    let mut budget = FrameBudget::new();
     let ending = loop {
         let msg = match stream.next().await {
             Some(Ok(m)) => m,
@@ -759,6 +794,16 @@ async fn read_loop(
         };
         match msg {
             Message::Binary(frame) => {
+                if !budget.take() {
+                    relay.stats.refused_frames.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(peer = %addr, session, "frames faster than real time");
+                    break Some(Ending::new(
+                        ErrorCode::BadFrame,
+                        format!(
+                            "frames sent faster than real time (more than {FRAME_RATE} a second)"
+                        ),
+                    ));
+                }
                 let result = match peer {
                     Peer::Console { .. } => relay.console_frame(session, &frame),
                     Peer::Floor => relay.floor_frame(session, &frame),

@@ -500,6 +500,34 @@ async fn a_malformed_frame_or_message_closes_only_its_own_connection() {
 }
 
 #[tokio::test]
+async fn a_sender_flooding_frames_is_refused_and_listeners_carry_on() {
+    let relay = TestRelay::start().await;
+    let en = Client::console(&relay.url, "en", "1").await;
+    en.pump(b'E', 80);
+    en.text(json!({"type": "live"}));
+    let mut listener = Client::listener(&relay.url, "en").await;
+    listener.frames_until(|_, b| marker(b) == b'E').await;
+    // A floor source sending a thousand frames at once, far faster than real time.
+    let mut flood = Client::floor(&relay.url).await;
+    for n in 0..1000 {
+        flood.binary(sender_frame(Source::Floor, b'X', n, 80));
+    }
+    let (code, message, fatal) = flood.error().await;
+    assert_eq!((code.as_str(), fatal), ("bad_frame", true));
+    assert_eq!(
+        message,
+        "frames sent faster than real time (more than 400 a second)"
+    );
+    let mut frames = vec![];
+    for _ in 0..10 {
+        frames.push(listener.frame().await);
+    }
+    assert_contiguous(&frames);
+    assert!(frames.iter().all(|(_, b)| marker(b) == b'E'));
+    relay.stop().await;
+}
+
+#[tokio::test]
 async fn a_listener_switches_channel_on_the_same_connection() {
     let relay = TestRelay::start().await;
     let en = Client::console(&relay.url, "en", "1").await;
