@@ -14,11 +14,14 @@
 //! - [`server`]: HTTP and WebSocket transport around [`relay`].
 //! - [`audio`]: WAV files, resampling, the Opus encoder and decoder (only clients touch audio).
 //! - [`client`]: the floor, booth and listener clients that work from and to audio files.
+//! - [`ogg`]: an Ogg Opus file writer (packets as received, silence for gaps).
+//! - [`bench`]: the load generators of `docs/BENCHMARKS.md`.
 
 pub mod audio;
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod ogg;
 pub mod protocol;
 pub mod relay;
 pub mod rules;
