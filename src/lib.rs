@@ -15,6 +15,7 @@
 //! - [`audio`]: WAV files, resampling, the Opus encoder and decoder (only clients touch audio).
 //! - [`client`]: the floor, booth and listener clients that work from and to audio files.
 //! - [`ogg`]: an Ogg Opus file writer (packets as received, silence for gaps).
+//! - [`record`]: recordings of every channel, aligned, with a session index.
 //! - [`bench`]: the load generators of `docs/BENCHMARKS.md`.
 
 pub mod audio;
@@ -23,6 +24,7 @@ pub mod client;
 pub mod config;
 pub mod ogg;
 pub mod protocol;
+pub mod record;
 pub mod relay;
 pub mod rules;
 pub mod server;

@@ -41,6 +41,9 @@ enum Cmd {
         /// Worker threads (default: one per core).
         #[arg(long)]
         threads: Option<usize>,
+        /// Record every channel into a session directory under DIR, from start to stop.
+        #[arg(long, value_name = "DIR")]
+        record: Option<PathBuf>,
     },
     /// Send a WAV file as the floor (the hall's original sound).
     Floor {
@@ -239,6 +242,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             config,
             listen,
             web_dir,
+            record,
             ..
         } => {
             let event = match &config {
@@ -263,6 +267,13 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 event.channels.len()
             );
             let relay = Relay::new(Arc::new(event));
+            let recording = match &record {
+                Some(dir) => Some(boothcast::record::start(relay.clone(), dir)?),
+                None => None,
+            };
+            if let Some(r) = &recording {
+                println!("recording into {}", r.dir.display());
+            }
             let mut options = server::Options::default();
             if let Some(dir) = web_dir {
                 options.web_dir = dir;
@@ -271,6 +282,15 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 let _ = tokio::signal::ctrl_c().await;
             };
             server::run(listener, relay, options, shutdown).await?;
+            if let Some(r) = recording {
+                let summary = r.stop().await?;
+                println!(
+                    "recorded {:.1} s of {} channels into {}",
+                    summary.seconds,
+                    summary.files.len(),
+                    summary.dir.display()
+                );
+            }
             Ok(())
         }
         Cmd::Floor { common, room } => {

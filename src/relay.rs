@@ -71,6 +71,8 @@ pub struct Stats {
     pub refused_frames: AtomicU64,
     pub refused_messages: AtomicU64,
     pub slow_closed: AtomicU64,
+    pub recording_bytes: AtomicU64,
+    pub recording_lost: AtomicU64,
 }
 
 struct SessionHandle {
@@ -436,6 +438,16 @@ impl Relay {
                 "boothcast_refused_messages_total",
                 &self.stats.refused_messages,
                 "Connections closed for a malformed control message.",
+            ),
+            (
+                "boothcast_recording_bytes_total",
+                &self.stats.recording_bytes,
+                "Bytes written to recordings.",
+            ),
+            (
+                "boothcast_recording_lost_total",
+                &self.stats.recording_lost,
+                "Frames a recording could not keep (disk too slow, or a write failed).",
             ),
             (
                 "boothcast_slow_closed_total",

@@ -1,0 +1,259 @@
+//! Recordings of every channel: real speech through the relay into Ogg Opus files, checked with
+//! opusinfo, ffprobe and ffmpeg; and what a kill -9 leaves behind.
+
+mod support;
+
+use boothcast::audio::{self, align};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_boothcast");
+
+fn tmpdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("boothcast-rec-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn speak(text: &str, path: &Path) {
+    let ok = Command::new("espeak-ng")
+        .args(["-v", "en", "-w"])
+        .arg(path)
+        .arg(text)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+fn ffprobe_seconds(file: &Path) -> f64 {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ffprobe refused {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Decodes with ffmpeg to 48 kHz mono samples.
+fn ffmpeg_decode(file: &Path) -> Vec<f32> {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(file)
+        .args(["-f", "s16le", "-ac", "1", "-ar", "48000", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ffmpeg could not decode {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0)
+        .collect()
+}
+
+fn booth(url: &str, wav: &Path) -> std::process::Child {
+    Command::new(BIN)
+        .args([
+            "booth",
+            "--server",
+            url,
+            "--booth",
+            "en",
+            "--live",
+            "--input-file",
+        ])
+        .arg(wav)
+        .env("BOOTHCAST_SECRET", "secret-en")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn wait(mut child: std::process::Child, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            assert!(s.success());
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process still running after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_keeps_every_channel_aligned_and_matches_what_was_said() {
+    let dir = tmpdir("speech");
+    let said = dir.join("said.wav");
+    speak(
+        "Distinguished delegates, the working group has finished its report on border security.",
+        &said,
+    );
+    let relay = TestRelay::start().await;
+    let started = Instant::now();
+    let recording = boothcast::record::start(relay.relay.clone(), &dir).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let url = relay.url.clone();
+    let said2 = said.clone();
+    tokio::task::spawn_blocking(move || wait(booth(&url, &said2), Duration::from_secs(30)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let summary = recording.stop().await.unwrap();
+    let truth = started.elapsed().as_secs_f64();
+    let metrics = relay.metrics().await;
+    relay.stop().await;
+
+    let en = summary.dir.join("plenary-en.opus");
+    let floor = summary.dir.join("plenary-floor.opus");
+    assert!(
+        summary.files.contains(&en) && summary.files.contains(&floor),
+        "{:?}",
+        summary.files
+    );
+    for file in &summary.files {
+        let seconds = ffprobe_seconds(file);
+        println!("{}: {seconds:.3} s (session {truth:.3} s)", file.display());
+        assert!(
+            (seconds - truth).abs() < 0.1,
+            "{} lasts {seconds:.3} s, the session {truth:.3} s",
+            file.display()
+        );
+        let out = Command::new("opusinfo").arg(file).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !text.contains("WARNING") && !text.contains("ERROR"),
+            "opusinfo on {}:\n{text}",
+            file.display()
+        );
+    }
+    let reference = audio::read_wav(&said).unwrap();
+    let recorded = ffmpeg_decode(&en);
+    let a = align(
+        &reference,
+        &recorded,
+        recorded.len().saturating_sub(reference.len()),
+    );
+    println!(
+        "recording of en: correlation {:.3}, speech starts at {:.3} s",
+        a.correlation,
+        a.lag as f64 / 48_000.0
+    );
+    assert!(
+        a.correlation >= 0.9,
+        "the recording does not match what was said: {:.3}",
+        a.correlation
+    );
+    assert!(
+        a.lag as f64 / 48_000.0 > 0.4,
+        "the silence before the speech was not kept"
+    );
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(summary.dir.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["channels"].as_array().unwrap().len(), 6);
+    let log = index["log"].as_array().unwrap();
+    assert!(
+        log.iter().any(|e| e["channels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == "plenary/en" && c["carrying"] == "interpreter")),
+        "the log shows en going live"
+    );
+    assert!(metric(&metrics, "boothcast_recording_bytes_total") > 10_000);
+    assert_eq!(metric(&metrics, "boothcast_recording_lost_total"), 0);
+}
+
+#[test]
+fn a_relay_killed_mid_recording_leaves_playable_files() {
+    let dir = tmpdir("kill");
+    let said = dir.join("said.wav");
+    speak(
+        "The session is suspended for ten minutes. Please remain in the hall.",
+        &said,
+    );
+    let config = dir.join("event.toml");
+    std::fs::write(&config, EVENT).unwrap();
+    let rec = dir.join("rec");
+    let mut relay = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--record")
+        .arg(&rec)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(relay.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("serve printed its address").unwrap();
+        if let Some(i) = line.find("listening on http://") {
+            break line[i + "listening on http://".len()..].trim().to_string();
+        }
+    };
+    let booth = booth(&format!("ws://{addr}"), &said);
+    std::thread::sleep(Duration::from_secs(3));
+    relay.kill().unwrap(); // SIGKILL: no chance to finish the files
+    relay.wait().unwrap();
+    let mut booth = booth;
+    let _ = booth.kill();
+    let _ = booth.wait();
+
+    let session = std::fs::read_dir(&rec)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let en = session.join("plenary-en.opus");
+    let seconds = ffprobe_seconds(&en);
+    println!(
+        "after kill -9 at 3 s: {} plays {seconds:.3} s",
+        en.display()
+    );
+    assert!(
+        seconds > 2.0 && seconds < 3.5,
+        "{seconds:.3} s survived of 3 s"
+    );
+    let decoded = ffmpeg_decode(&en);
+    assert!(decoded.len() as f64 / 48_000.0 > 2.0);
+    let peak = decoded.iter().fold(0f32, |m, s| m.max(s.abs()));
+    assert!(peak > 0.05, "the speech is in the file");
+    let out = Command::new("opusinfo").arg(&en).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("Playback length"),
+        "opusinfo reads the packets:\n{text}"
+    );
+    assert!(!text.contains("ERROR"), "{text}");
+    // The only complaint allowed: the stream never got its end-of-stream page.
+    for line in text.lines().filter(|l| l.contains("WARNING")) {
+        assert!(line.contains("EOS not set"), "{line}");
+    }
+}
