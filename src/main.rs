@@ -267,14 +267,11 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 event.channels.len()
             );
             let relay = Relay::new(Arc::new(event));
-            let recording = match &record {
-                Some(dir) => Some(boothcast::record::start(relay.clone(), dir)?),
-                None => None,
+            let mut options = server::Options {
+                record_at_start: record.is_some(),
+                record_dir: record,
+                ..Default::default()
             };
-            if let Some(r) = &recording {
-                println!("recording into {}", r.dir.display());
-            }
-            let mut options = server::Options::default();
             if let Some(dir) = web_dir {
                 options.web_dir = dir;
             }
@@ -282,15 +279,6 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 let _ = tokio::signal::ctrl_c().await;
             };
             server::run(listener, relay, options, shutdown).await?;
-            if let Some(r) = recording {
-                let summary = r.stop().await?;
-                println!(
-                    "recorded {:.1} s of {} channels into {}",
-                    summary.seconds,
-                    summary.files.len(),
-                    summary.dir.display()
-                );
-            }
             Ok(())
         }
         Cmd::Floor { common, room } => {

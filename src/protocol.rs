@@ -220,6 +220,8 @@ pub enum ClientMessage {
     Input { channel: String },
     /// Engineer: force a console off air.
     ForceMute { booth: String, console: String },
+    /// Engineer: start (`true`) or stop recording every channel.
+    Record { start: bool },
     /// Keep-alive and round-trip measurement; answered by `pong` with the same `t`.
     Ping { t: u64 },
 }
@@ -247,6 +249,15 @@ pub enum ServerMessage {
     Console(ConsoleState),
     /// A partner offered the microphone (to the booth's other consoles).
     HandoverOffered { from: String },
+    /// Level meters of every channel (engineers), ten times a second while they move:
+    /// `[channel id, RMS, peak]` in -dBFS (127: silence).
+    Levels { levels: Vec<(String, u8, u8)> },
+    /// Whether every channel is being recorded, and where (engineers; on connect and change).
+    Recording {
+        active: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dir: Option<String>,
+    },
     /// Answer to `ping`.
     Pong { t: u64 },
     /// A refusal. `fatal: true` means the relay closes the connection after it.

@@ -28,6 +28,8 @@ pub const CHANNEL_QUEUE: usize = 32;
 /// Control messages queued for one connection; past this the connection is too slow to be
 /// told anything and is closed.
 pub const SESSION_QUEUE: usize = 64;
+/// A channel's level meter falls to silence when no frame came for this long.
+pub const LEVEL_HOLD: Duration = Duration::from_millis(300);
 /// Longest Opus packet the relay carries, in samples at 48 kHz (60 ms, the longest frame).
 pub const MAX_PACKET_SAMPLES: usize = 2880;
 
@@ -58,6 +60,10 @@ pub struct Fanout {
     /// order on the queue when two sources meet at a handover.
     seq: Mutex<u32>,
     pub listeners: AtomicU32,
+    /// The last frame's levels as sent by its booth or floor: RMS << 8 | peak (-dBFS bytes).
+    level: AtomicU32,
+    /// When the last frame came, microseconds since the epoch (levels go quiet after it).
+    level_at_us: AtomicU64,
     pub frames_in: AtomicU64,
     pub frames_delivered: AtomicU64,
     pub frames_skipped: AtomicU64,
@@ -86,6 +92,8 @@ pub struct Relay {
     sessions: DashMap<Session, SessionHandle>,
     channels_tx: watch::Sender<Bytes>,
     audience_tx: watch::Sender<Bytes>,
+    levels_tx: watch::Sender<Bytes>,
+    recording_tx: watch::Sender<Bytes>,
     next_session: AtomicU64,
     pub stats: Stats,
 }
@@ -98,6 +106,8 @@ impl Relay {
                 tx: broadcast::channel(CHANNEL_QUEUE).0,
                 seq: Mutex::new(0),
                 listeners: AtomicU32::new(0),
+                level: AtomicU32::new(0),
+                level_at_us: AtomicU64::new(0),
                 frames_in: AtomicU64::new(0),
                 frames_delivered: AtomicU64::new(0),
                 frames_skipped: AtomicU64::new(0),
@@ -115,6 +125,15 @@ impl Relay {
             sessions: DashMap::new(),
             channels_tx: watch::channel(channels_json).0,
             audience_tx: watch::channel(Bytes::new()).0,
+            levels_tx: watch::channel(Bytes::new()).0,
+            recording_tx: watch::channel(Bytes::from(
+                ServerMessage::Recording {
+                    active: false,
+                    dir: None,
+                }
+                .to_json(),
+            ))
+            .0,
             next_session: AtomicU64::new(1),
             stats: Stats::default(),
             event,
@@ -284,6 +303,9 @@ impl Relay {
     fn fan_out(&self, channel: u16, source: Source, from: &FrameHeader, opus: &[u8]) {
         let fan = &self.channels[channel as usize];
         fan.frames_in.fetch_add(1, Ordering::Relaxed);
+        fan.level
+            .store((from.rms as u32) << 8 | from.peak as u32, Ordering::Relaxed);
+        fan.level_at_us.store(unix_micros(), Ordering::Relaxed);
         let mut seq = fan.seq.lock().expect("sequence lock poisoned");
         let frame = FrameHeader {
             source,
@@ -327,6 +349,47 @@ impl Relay {
         self.audience_tx.subscribe()
     }
 
+    /// Level meters of every channel, as JSON, ten times a second while they move.
+    pub fn levels_watch(&self) -> watch::Receiver<Bytes> {
+        self.levels_tx.subscribe()
+    }
+
+    /// Whether a recording runs, as JSON.
+    pub fn recording_watch(&self) -> watch::Receiver<Bytes> {
+        self.recording_tx.subscribe()
+    }
+
+    /// Publishes the recording state to engineers.
+    pub fn set_recording(&self, dir: Option<String>) {
+        let json = ServerMessage::Recording {
+            active: dir.is_some(),
+            dir,
+        }
+        .to_json();
+        self.recording_tx.send_replace(Bytes::from(json));
+    }
+
+    /// Each channel's levels (RMS, peak in -dBFS): those of its last frame, or silence (127)
+    /// when no frame came for `LEVEL_HOLD`.
+    pub fn levels(&self) -> Vec<(String, u8, u8)> {
+        let now = unix_micros();
+        self.event
+            .channels
+            .iter()
+            .zip(&self.channels)
+            .map(|(c, f)| {
+                let fresh = now.saturating_sub(f.level_at_us.load(Ordering::Relaxed))
+                    < LEVEL_HOLD.as_micros() as u64;
+                let l = f.level.load(Ordering::Relaxed);
+                if fresh {
+                    (c.id.clone(), (l >> 8) as u8, l as u8)
+                } else {
+                    (c.id.clone(), 127, 127)
+                }
+            })
+            .collect()
+    }
+
     /// Listener counts by channel id.
     pub fn audience(&self) -> Vec<(String, u32)> {
         self.event
@@ -337,13 +400,14 @@ impl Relay {
             .collect()
     }
 
-    /// Runs the relay's clocks until `shutdown` fires: hold expiry (every 100 ms) and the
-    /// audience counts (once a second, only when they changed).
+    /// Runs the relay's clocks until `shutdown` fires: hold expiry and level meters (every
+    /// 100 ms) and the audience counts (once a second); each published only when it changed.
     pub async fn run_timers(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut n: u64 = 0;
         let mut last_audience = Vec::new();
+        let mut last_levels = Vec::new();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -353,6 +417,15 @@ impl Relay {
             self.with_rules(|r| Ok(r.tick(now)))
                 .expect("tick never refuses");
             n += 1;
+            let levels = self.levels();
+            if levels != last_levels {
+                let json = ServerMessage::Levels {
+                    levels: levels.clone(),
+                }
+                .to_json();
+                self.levels_tx.send_replace(Bytes::from(json));
+                last_levels = levels;
+            }
             if n.is_multiple_of(10) {
                 let audience = self.audience();
                 if audience != last_audience {

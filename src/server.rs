@@ -53,6 +53,63 @@ pub struct Options {
     pub web_dir: PathBuf,
     /// A connection that cannot take a single write for this long is closed.
     pub write_timeout: Duration,
+    /// Where recordings go; without it, engineers cannot record.
+    pub record_dir: Option<PathBuf>,
+    /// Start recording as the relay starts (`serve --record`).
+    pub record_at_start: bool,
+}
+
+/// The recording in progress, if any, shared by the engineers' connections.
+#[derive(Clone)]
+struct Recorder {
+    dir: Option<PathBuf>,
+    current: Arc<tokio::sync::Mutex<Option<crate::record::Recording>>>,
+}
+
+impl Recorder {
+    /// Starts or stops recording; the refusal says why it cannot.
+    async fn set(&self, relay: &Arc<Relay>, start: bool) -> Result<(), Refusal> {
+        let mut current = self.current.lock().await;
+        match (start, current.is_some()) {
+            (true, false) => {
+                let Some(dir) = &self.dir else {
+                    return Err(Refusal {
+                        code: ErrorCode::Forbidden,
+                        message: "recording is not set up: start the relay with --record DIR"
+                            .into(),
+                    });
+                };
+                let recording = crate::record::start(relay.clone(), dir).map_err(|e| Refusal {
+                    code: ErrorCode::Forbidden,
+                    message: e.to_string(),
+                })?;
+                relay.set_recording(Some(recording.dir.display().to_string()));
+                *current = Some(recording);
+            }
+            (false, true) => {
+                let recording = current.take().expect("checked");
+                relay.set_recording(None);
+                match recording.stop().await {
+                    Ok(summary) => tracing::info!(
+                        dir = %summary.dir.display(),
+                        seconds = summary.seconds,
+                        files = summary.files.len(),
+                        "recording stopped"
+                    ),
+                    Err(e) => {
+                        tracing::error!(error = %e, "recording stopped with an error");
+                        return Err(Refusal {
+                            code: ErrorCode::Forbidden,
+                            message: e.to_string(),
+                        });
+                    }
+                }
+            }
+            // Already in the state asked for.
+            _ => {}
+        }
+        Ok(())
+    }
 }
 
 impl Default for Options {
@@ -66,6 +123,8 @@ impl Default for Options {
         Options {
             web_dir,
             write_timeout: WRITE_TIMEOUT,
+            record_dir: None,
+            record_at_start: false,
         }
     }
 }
@@ -75,6 +134,7 @@ struct AppState {
     relay: Arc<Relay>,
     shutdown: watch::Receiver<bool>,
     write_timeout: Duration,
+    recorder: Recorder,
 }
 
 /// Serves the relay on an already-bound listener until `shutdown` completes.
@@ -87,10 +147,21 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let relay_for_drain = relay.clone();
     tokio::spawn(relay.clone().run_timers(stop_rx.clone()));
+    let recorder = Recorder {
+        dir: options.record_dir.clone(),
+        current: Arc::new(tokio::sync::Mutex::new(None)),
+    };
+    if options.record_at_start {
+        recorder
+            .set(&relay, true)
+            .await
+            .map_err(|r| std::io::Error::other(r.message))?;
+    }
     let state = AppState {
         relay: relay.clone(),
         shutdown: stop_rx,
         write_timeout: options.write_timeout,
+        recorder: recorder.clone(),
     };
     let app = Router::new()
         .route("/ws", get(ws_handler))
@@ -119,6 +190,8 @@ pub async fn run(
     while relay_for_drain.session_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // A recording still running is closed properly: every file ends, the index is written.
+    let _ = recorder.set(&relay_for_drain, false).await;
     Ok(())
 }
 
@@ -213,6 +286,7 @@ struct Connection {
     skipped: u64,
     delivered: u64,
     write_timeout: Duration,
+    recorder: Recorder,
 }
 
 impl Connection {
@@ -308,19 +382,22 @@ async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr) {
         skipped: 0,
         delivered: 0,
         write_timeout: state.write_timeout,
+        recorder: state.recorder.clone(),
     };
     let (mut sink, stream) = ws.split();
     // Reading has its own task: a console's microphone frames go on to the relay even while a
     // write to it is waiting, and a listener's task wakes for its audio without also polling
     // an idle socket each time.
     let (incoming_tx, incoming) = mpsc::channel(INCOMING_QUEUE);
-    let reader = tokio::spawn(read_loop(
+    let (stop_reading, stop) = watch::channel(false);
+    let mut reader = tokio::spawn(read_loop(
         stream,
         conn.relay.clone(),
         conn.session,
         conn.peer.clone(),
         addr,
         incoming_tx,
+        stop,
     ));
     let ending = serve(
         &mut sink,
@@ -331,7 +408,7 @@ async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr) {
         state.shutdown,
     )
     .await;
-    reader.abort();
+    let _ = stop_reading.send(true);
     tracing::info!(
         peer = %conn.addr,
         session,
@@ -343,7 +420,16 @@ async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr) {
     if let Some(ending) = ending {
         close(&mut sink, ending).await;
     }
+    // The reader takes what the client still sends until it closes (briefly), so the socket is
+    // not closed with unread data: that would reset the connection, and the reset can destroy
+    // the error message before the client has read it.
+    if tokio::time::timeout(DRAIN, &mut reader).await.is_err() {
+        reader.abort();
+    }
 }
+
+/// How long a closing connection keeps reading, waiting for the client's close.
+const DRAIN: Duration = Duration::from_secs(1);
 
 /// The first text message (WebSocket pings before it are fine); `None` if the client left.
 async fn first_message(ws: &mut WebSocket) -> Option<Result<Utf8Bytes, Ending>> {
@@ -536,6 +622,9 @@ async fn serve(
     let mut channels = relay.channels_watch();
     let mut audience = relay.audience_watch();
     let wants_audience = matches!(conn.peer, Peer::Console { .. } | Peer::Engineer);
+    let is_engineer = matches!(conn.peer, Peer::Engineer);
+    let mut levels = relay.levels_watch();
+    let mut recording = relay.recording_watch();
     let (booth, console) = match &conn.peer {
         Peer::Console { booth, console } => (Some(booth.clone()), Some(console.clone())),
         _ => (None, None),
@@ -557,6 +646,12 @@ async fn serve(
         || send_bytes_text(ws, channels_now).await.is_err()
     {
         return None;
+    }
+    if is_engineer {
+        let json = recording.borrow_and_update().clone();
+        if send_bytes_text(ws, json).await.is_err() {
+            return None;
+        }
     }
     if wants_audience {
         let json = ServerMessage::Audience {
@@ -636,7 +731,14 @@ async fn serve(
             },
             msg = incoming.recv() => match msg {
                 Some(Incoming::Control(msg)) => {
-                    let text = match control(conn, *msg) {
+                    let reply = match *msg {
+                        ClientMessage::Record { start } if is_engineer => {
+                            tracing::info!(peer = %conn.addr, start, "recording asked");
+                            conn.recorder.set(&relay, start).await.map(|_| None)
+                        }
+                        msg => control(conn, msg),
+                    };
+                    let text = match reply {
                         Ok(Some(m)) => m.to_json(),
                         Ok(None) => continue,
                         Err(r) => {
@@ -652,6 +754,16 @@ async fn serve(
             r = channels.changed() => {
                 if r.is_err() { return None; }
                 let json = channels.borrow_and_update().clone();
+                if send_bytes_text(ws, json).await.is_err() { return None; }
+            }
+            r = levels.changed(), if is_engineer => {
+                if r.is_err() { return None; }
+                let json = levels.borrow_and_update().clone();
+                if !json.is_empty() && send_bytes_text(ws, json).await.is_err() { return None; }
+            }
+            r = recording.changed(), if is_engineer => {
+                if r.is_err() { return None; }
+                let json = recording.borrow_and_update().clone();
                 if send_bytes_text(ws, json).await.is_err() { return None; }
             }
             r = audience.changed(), if wants_audience => {
@@ -784,10 +896,19 @@ async fn read_loop(
     peer: Peer,
     addr: SocketAddr,
     tx: mpsc::Sender<Incoming>,
+    mut stop: watch::Receiver<bool>,
 ) {
     let mut budget = FrameBudget::new();
     let ending = loop {
-        let msg = match stream.next().await {
+        let next = tokio::select! {
+            next = stream.next() => next,
+            // The connection's task is ending it: take nothing more from this client.
+            _ = stop.changed() => {
+                drain(&mut stream).await;
+                return;
+            }
+        };
+        let msg = match next {
             Some(Ok(m)) => m,
             Some(Err(e)) => break input_error(e),
             None => break None,
@@ -836,7 +957,23 @@ async fn read_loop(
             Message::Ping(_) | Message::Pong(_) => {}
         }
     };
+    let closing = ending.is_some();
     let _ = tx.send(Incoming::Ended(ending)).await;
+    if closing {
+        drain(&mut stream).await;
+    }
+}
+
+/// Reads and drops what a client sends until it closes, for at most `DRAIN`.
+async fn drain(stream: &mut futures_util::stream::SplitStream<WebSocket>) {
+    let _ = tokio::time::timeout(DRAIN, async {
+        while let Some(Ok(m)) = stream.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// A control message after hello: the reply to send, if any.
@@ -882,6 +1019,12 @@ fn control(conn: &mut Connection, msg: ClientMessage) -> Result<Option<ServerMes
             }
             conn.hear(None);
             return Ok(Some(ServerMessage::Subscribed { channel: None }));
+        }
+        ClientMessage::Record { .. } => {
+            return Err(Refusal {
+                code: ErrorCode::Forbidden,
+                message: "recording is for the sound engineer".into(),
+            })
         }
         ClientMessage::ForceMute { booth, console } => {
             if !matches!(conn.peer, Peer::Engineer) {

@@ -257,3 +257,103 @@ fn a_relay_killed_mid_recording_leaves_playable_files() {
         assert!(line.contains("EOS not set"), "{line}");
     }
 }
+
+#[tokio::test]
+async fn the_engineer_sees_levels_and_starts_and_stops_recording() {
+    use boothcast::protocol::ServerMessage;
+    use serde_json::json;
+    let dir = tmpdir("engineer");
+    let options = boothcast::server::Options {
+        record_dir: Some(dir.clone()),
+        ..Default::default()
+    };
+    let relay = TestRelay::start_opts(EVENT, &|_| None, options).await;
+    let mut engineer = Client::connect(
+        &relay.url,
+        json!({"type": "hello", "role": "engineer", "secret": "engineer-secret"}),
+    )
+    .await;
+    engineer.welcome().await;
+    let active = engineer
+        .wait_text("recording state", |m| match m {
+            ServerMessage::Recording { active, .. } => Some(*active),
+            _ => None,
+        })
+        .await;
+    assert!(!active);
+
+    // The booth's own levels (RMS 30, peak 12 dBFS below full scale) reach the meters.
+    let booth = Client::console(&relay.url, "en", "1").await;
+    booth.pump(b'E', 80);
+    booth.text(json!({"type": "live"}));
+    engineer
+        .wait_text("en levels", |m| match m {
+            ServerMessage::Levels { levels } => levels
+                .iter()
+                .find(|(c, r, p)| c == "plenary/en" && *r == 30 && *p == 12)
+                .map(|_| ()),
+            _ => None,
+        })
+        .await;
+
+    // Only the engineer may record.
+    let listener = Client::listener(&relay.url, "en").await;
+    let mut listener = listener;
+    listener.text(json!({"type": "record", "start": true}));
+    assert_eq!(
+        listener.error().await.1,
+        "recording is for the sound engineer"
+    );
+
+    engineer.text(json!({"type": "record", "start": true}));
+    let session = engineer
+        .wait_text("recording started", |m| match m {
+            ServerMessage::Recording { active: true, dir } => dir.clone(),
+            _ => None,
+        })
+        .await;
+    let started = std::time::Instant::now();
+    // A second of audio, counted by frames reaching the listener.
+    for _ in 0..50 {
+        listener.frame().await;
+    }
+    engineer.text(json!({"type": "record", "start": false}));
+    engineer
+        .wait_text("recording stopped", |m| {
+            matches!(m, ServerMessage::Recording { active: false, .. }).then_some(())
+        })
+        .await;
+    let recorded = started.elapsed().as_secs_f64();
+    let seconds = ffprobe_seconds(&Path::new(&session).join("plenary-en.opus"));
+    assert!(
+        (seconds - recorded).abs() < 0.2,
+        "{seconds:.3} s recorded of {recorded:.3} s"
+    );
+
+    // When the booth stops sending, its meter falls to silence.
+    booth.stop_pump();
+    engineer
+        .wait_text("en silent", |m| match m {
+            ServerMessage::Levels { levels } => levels
+                .iter()
+                .find(|(c, r, _)| c == "plenary/en" && *r == 127)
+                .map(|_| ()),
+            _ => None,
+        })
+        .await;
+    relay.stop().await;
+
+    // Without a recording directory the engineer is told how to set one up.
+    let relay = TestRelay::start().await;
+    let mut engineer = Client::connect(
+        &relay.url,
+        json!({"type": "hello", "role": "engineer", "secret": "engineer-secret"}),
+    )
+    .await;
+    engineer.text(json!({"type": "record", "start": true}));
+    assert_eq!(
+        engineer.error().await.1,
+        "recording is not set up: start the relay with --record DIR"
+    );
+    relay.stop().await;
+}
