@@ -252,6 +252,8 @@ pub enum ServerMessage {
     /// Level meters of every channel (engineers), ten times a second while they move:
     /// `[channel id, RMS, peak]` in -dBFS (127: silence).
     Levels { levels: Vec<(String, u8, u8)> },
+    /// Connection health of every booth console and floor feed (engineers, once a second).
+    Health { senders: Vec<SenderHealth> },
     /// Whether every channel is being recorded, and where (engineers; on connect and change).
     Recording {
         active: bool,
@@ -266,6 +268,22 @@ pub enum ServerMessage {
         message: String,
         fatal: bool,
     },
+}
+
+/// How a sender's connection is doing, as the relay measures it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SenderHealth {
+    /// `booth/console` for a console, `floor/room` for a floor feed.
+    pub who: String,
+    /// Round-trip time of the last WebSocket ping, milliseconds (`null` before the first pong).
+    pub rtt_ms: Option<f64>,
+    /// Interarrival jitter of its frames against their capture times (RFC 3550), milliseconds.
+    pub jitter_ms: f64,
+    pub frames: u64,
+    /// Frames missing from its own sequence numbers.
+    pub lost: u64,
+    /// Connections of this console or floor before the current one.
+    pub reconnects: u32,
 }
 
 /// What one console sees of itself.

@@ -85,6 +85,37 @@ struct SessionHandle {
     tx: mpsc::Sender<Outbound>,
 }
 
+/// Bound on the identities whose reconnects are counted (consoles and floors of an event are
+/// far fewer; a client inventing console names cannot grow the map past it).
+pub const MAX_SENDER_IDENTITIES: usize = 4096;
+
+/// What the relay measures of one sender's connection.
+#[derive(Debug, Default, Clone)]
+pub struct Health {
+    pub rtt_ms: Option<f64>,
+    pub jitter_us: f64,
+    pub frames: u64,
+    pub lost: u64,
+    last: Option<(u32, u64, u64)>,
+}
+
+impl Health {
+    /// A frame with the sender's `sequence` and `capture_us` arrived at `arrival_us`.
+    pub fn frame(&mut self, sequence: u32, capture_us: u64, arrival_us: u64) {
+        self.frames += 1;
+        if let Some((seq, capture, arrival)) = self.last {
+            let gap = sequence.wrapping_sub(seq).wrapping_sub(1);
+            if gap > 0 && gap < 1 << 16 {
+                self.lost += gap as u64;
+            }
+            // RFC 3550 section 6.4.1: J += (|D| - J) / 16.
+            let d = (arrival as i64 - arrival_us as i64) - (capture as i64 - capture_us as i64);
+            self.jitter_us += ((d.unsigned_abs() as f64) - self.jitter_us) / 16.0;
+        }
+        self.last = Some((sequence, capture_us, arrival_us));
+    }
+}
+
 pub struct Relay {
     event: Arc<Event>,
     rules: Mutex<Rules>,
@@ -95,6 +126,11 @@ pub struct Relay {
     levels_tx: watch::Sender<Bytes>,
     recording_tx: watch::Sender<Bytes>,
     next_session: AtomicU64,
+    /// Health of the connected senders, by session: (who, health).
+    health: DashMap<Session, (String, Health)>,
+    /// Connections so far per sender identity, for the reconnect count.
+    connects: DashMap<String, u32>,
+    health_tx: watch::Sender<Bytes>,
     pub stats: Stats,
 }
 
@@ -135,6 +171,9 @@ impl Relay {
             ))
             .0,
             next_session: AtomicU64::new(1),
+            health: DashMap::new(),
+            connects: DashMap::new(),
+            health_tx: watch::channel(Bytes::new()).0,
             stats: Stats::default(),
             event,
         })
@@ -157,6 +196,51 @@ impl Relay {
         (session, rx)
     }
 
+    /// A sender (`booth/console` or `floor/room`) connected as `session`.
+    pub fn sender_connected(&self, session: Session, who: &str) {
+        if self.connects.len() < MAX_SENDER_IDENTITIES || self.connects.contains_key(who) {
+            *self.connects.entry(who.to_string()).or_insert(0) += 1;
+        }
+        self.health
+            .insert(session, (who.to_string(), Health::default()));
+    }
+
+    /// Updates a sender's health.
+    pub fn health_update(&self, session: Session, f: impl FnOnce(&mut Health)) {
+        if let Some(mut h) = self.health.get_mut(&session) {
+            f(&mut h.1);
+        }
+    }
+
+    /// Connection health of every sender, for engineers, once a second.
+    pub fn health_watch(&self) -> watch::Receiver<Bytes> {
+        self.health_tx.subscribe()
+    }
+
+    fn health_report(&self) -> Vec<crate::protocol::SenderHealth> {
+        let mut out: Vec<_> = self
+            .health
+            .iter()
+            .map(|e| {
+                let (who, h) = e.value();
+                crate::protocol::SenderHealth {
+                    who: who.clone(),
+                    rtt_ms: h.rtt_ms,
+                    jitter_ms: (h.jitter_us / 10.0).round() / 100.0,
+                    frames: h.frames,
+                    lost: h.lost,
+                    reconnects: self
+                        .connects
+                        .get(who)
+                        .map(|n| n.saturating_sub(1))
+                        .unwrap_or(0),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.who.cmp(&b.who));
+        out
+    }
+
     /// Connections open now.
     pub fn session_count(&self) -> usize {
         self.sessions.len()
@@ -165,6 +249,7 @@ impl Relay {
     /// A connection ended, for whatever reason.
     pub fn unregister(&self, session: Session) {
         self.sessions.remove(&session);
+        self.health.remove(&session);
         let now = Instant::now();
         self.with_rules(|rules| Ok(rules.disconnect(session, now)))
             .expect("disconnect never refuses");
@@ -427,6 +512,11 @@ impl Relay {
                 last_levels = levels;
             }
             if n.is_multiple_of(10) {
+                let json = ServerMessage::Health {
+                    senders: self.health_report(),
+                }
+                .to_json();
+                self.health_tx.send_replace(Bytes::from(json));
                 let audience = self.audience();
                 if audience != last_audience {
                     let json = ServerMessage::Audience {

@@ -428,6 +428,9 @@ async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr) {
     }
 }
 
+/// How often booth consoles and floor feeds are pinged to measure their round-trip time.
+pub const PING_EVERY: Duration = Duration::from_secs(1);
+
 /// How long a closing connection keeps reading, waiting for the client's close.
 const DRAIN: Duration = Duration::from_secs(1);
 
@@ -624,6 +627,11 @@ async fn serve(
     let wants_audience = matches!(conn.peer, Peer::Console { .. } | Peer::Engineer);
     let is_engineer = matches!(conn.peer, Peer::Engineer);
     let mut levels = relay.levels_watch();
+    let mut health = relay.health_watch();
+    let is_sender = matches!(conn.peer, Peer::Console { .. } | Peer::Floor);
+    // Senders are pinged once a second: the pong's delay is their round-trip time.
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut recording = relay.recording_watch();
     let (booth, console) = match &conn.peer {
         Peer::Console { booth, console } => (Some(booth.clone()), Some(console.clone())),
@@ -755,6 +763,15 @@ async fn serve(
                 if r.is_err() { return None; }
                 let json = channels.borrow_and_update().clone();
                 if send_bytes_text(ws, json).await.is_err() { return None; }
+            }
+            _ = ping.tick(), if is_sender => {
+                let stamp = crate::relay::unix_micros().to_be_bytes();
+                if ws.send(Message::Ping(Bytes::copy_from_slice(&stamp))).await.is_err() { return None; }
+            }
+            r = health.changed(), if is_engineer => {
+                if r.is_err() { return None; }
+                let json = health.borrow_and_update().clone();
+                if !json.is_empty() && send_bytes_text(ws, json).await.is_err() { return None; }
             }
             r = levels.changed(), if is_engineer => {
                 if r.is_err() { return None; }
@@ -899,6 +916,13 @@ async fn read_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut budget = FrameBudget::new();
+    match &peer {
+        Peer::Console { booth, console } => {
+            relay.sender_connected(session, &format!("{booth}/{console}"))
+        }
+        Peer::Floor => relay.sender_connected(session, "floor"),
+        _ => {}
+    }
     let ending = loop {
         let next = tokio::select! {
             next = stream.next() => next,
@@ -924,6 +948,14 @@ async fn read_loop(
                             "frames sent faster than real time (more than {FRAME_RATE} a second)"
                         ),
                     ));
+                }
+                if matches!(peer, Peer::Console { .. } | Peer::Floor) {
+                    if let Ok(h) = crate::protocol::FrameHeader::parse(&frame) {
+                        let now = crate::relay::unix_micros();
+                        relay.health_update(session, |health| {
+                            health.frame(h.sequence, h.capture_us, now)
+                        });
+                    }
                 }
                 let result = match peer {
                     Peer::Console { .. } => relay.console_frame(session, &frame),
@@ -954,7 +986,14 @@ async fn read_loop(
                 }
             },
             Message::Close(_) => break None,
-            Message::Ping(_) | Message::Pong(_) => {}
+            Message::Pong(payload) => {
+                // Our own ping's send time came back: the round trip.
+                if let Ok(sent) = <[u8; 8]>::try_from(payload.as_ref()) {
+                    let rtt = crate::relay::unix_micros().saturating_sub(u64::from_be_bytes(sent));
+                    relay.health_update(session, |h| h.rtt_ms = Some(rtt as f64 / 1000.0));
+                }
+            }
+            Message::Ping(_) => {}
         }
     };
     let closing = ending.is_some();

@@ -669,3 +669,54 @@ async fn a_listener_that_never_reads_does_not_delay_a_healthy_one() {
     drop(stuck);
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn the_engineer_sees_each_senders_connection_health() {
+    use boothcast::protocol::ServerMessage;
+    let relay = TestRelay::start().await;
+    let first = Client::console(&relay.url, "en", "1").await;
+    first.close();
+    let booth = Client::console(&relay.url, "en", "1").await; // a reconnect
+    booth.pump(b'E', 80);
+    let floor = Client::floor(&relay.url).await;
+    floor.pump(FLOOR, 80);
+    let mut engineer = Client::connect(
+        &relay.url,
+        json!({"type": "hello", "role": "engineer", "secret": "engineer-secret"}),
+    )
+    .await;
+    let senders = engineer
+        .wait_text("health with round trips", |m| match m {
+            ServerMessage::Health { senders }
+                if senders.len() == 2
+                    && senders.iter().all(|s| s.rtt_ms.is_some() && s.frames >= 10) =>
+            {
+                Some(senders.clone())
+            }
+            _ => None,
+        })
+        .await;
+    println!("{senders:?}");
+    let en = senders.iter().find(|s| s.who == "en/1").unwrap();
+    assert_eq!(en.reconnects, 1);
+    assert_eq!(en.lost, 0);
+    assert!(en.rtt_ms.unwrap() < 1000.0);
+    let fl = senders.iter().find(|s| s.who == "floor").unwrap();
+    assert_eq!((fl.reconnects, fl.lost), (0, 0));
+    // Frames missing from a sender's own sequence are counted as lost.
+    let gappy = Client::console(&relay.url, "ru", "1").await;
+    for n in [0u32, 1, 2, 6, 7] {
+        gappy.binary(sender_frame(Source::Interpreter, b'R', n, 80));
+    }
+    let lost = engineer
+        .wait_text("ru losses", |m| match m {
+            ServerMessage::Health { senders } => senders
+                .iter()
+                .find(|s| s.who == "ru/1" && s.frames == 5)
+                .map(|s| s.lost),
+            _ => None,
+        })
+        .await;
+    assert_eq!(lost, 3);
+    relay.stop().await;
+}
