@@ -256,12 +256,6 @@ impl Sender {
     }
 }
 
-/// How a sender session ended.
-enum SessionEnd {
-    /// The file ended, or the user quit.
-    Done,
-}
-
 /// Runs a sender (floor or booth) until its file ends, reconnecting with back-off.
 /// `commands` are console command lines (booth only); `go_live` is sent once, on the first
 /// connection only: a reconnecting console never goes on air by itself.
@@ -295,7 +289,7 @@ async fn run_sender(
             Err(e) => Err(e),
         };
         match result {
-            Ok(SessionEnd::Done) => {
+            Ok(()) => {
                 emit(serde_json::json!({"type": "ended"}));
                 return Ok(());
             }
@@ -315,13 +309,14 @@ async fn sender_session(
     sender: &mut Sender,
     source: Source,
     mut commands: Option<&mut mpsc::Receiver<String>>,
-) -> Result<SessionEnd, Error> {
+) -> Result<(), Error> {
+    // Ok: the file ended or the user quit; an error: the connection was lost or refused.
     loop {
         tokio::select! {
             frame = sender.next_frame(source) => {
                 let Some(frame) = frame? else {
                     let _ = ws.close(None).await;
-                    return Ok(SessionEnd::Done);
+                    return Ok(());
                 };
                 ws.send(Message::Binary(frame)).await.map_err(|e| Error::Lost(e.to_string()))?;
             }
@@ -340,7 +335,7 @@ async fn sender_session(
                     Ok(Some(msg)) => ws.send(Message::Text(msg.to_json().into())).await.map_err(|e| Error::Lost(e.to_string()))?,
                     Ok(None) => {
                         let _ = ws.close(None).await;
-                        return Ok(SessionEnd::Done);
+                        return Ok(());
                     }
                     Err(e) => emit(serde_json::json!({"type": "error", "code": "bad_command", "message": e, "fatal": false})),
                 }

@@ -199,33 +199,25 @@ fn main() -> std::process::ExitCode {
     } else {
         logs.init();
     }
-    let result = match cli.command {
-        // The load generator runs on one thread, as one process pinned to one core.
-        Cmd::Bench { .. } | Cmd::BenchIcecast { .. } => {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")
-                .and_then(|runtime| {
-                    let local = tokio::task::LocalSet::new();
-                    local.block_on(&runtime, run(cli.command))
-                })
-        }
-        Cmd::Serve { threads, .. } => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            if let Some(n) = threads {
-                builder.worker_threads(n);
-            }
-            builder
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")
-                .and_then(|runtime| runtime.block_on(run(cli.command)))
-        }
-        _ => tokio::runtime::Runtime::new()
-            .context("cannot start the async runtime")
-            .and_then(|runtime| runtime.block_on(run(cli.command))),
+    // The load generators run on one thread, as one process pinned to one core; everything
+    // else on a worker per core (or `serve --threads`).
+    let single = matches!(cli.command, Cmd::Bench { .. } | Cmd::BenchIcecast { .. });
+    let mut builder = if single {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
     };
+    if let Cmd::Serve {
+        threads: Some(n), ..
+    } = cli.command
+    {
+        builder.worker_threads(n);
+    }
+    let result = builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .and_then(|runtime| tokio::task::LocalSet::new().block_on(&runtime, run(cli.command)));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

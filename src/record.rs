@@ -38,6 +38,11 @@ pub const PRE_SKIP: u16 = 312;
 pub enum Error {
     #[error("cannot create the recording directory {dir}: {source}")]
     Dir { dir: String, source: std::io::Error },
+    #[error("cannot create recording file {file}: {source}")]
+    Create {
+        file: String,
+        source: std::io::Error,
+    },
     #[error("cannot write recording file {file}: {source}")]
     File { file: String, source: ogg::Error },
     #[error("cannot write {file}: {source}")]
@@ -91,8 +96,8 @@ pub fn start(relay: Arc<Relay>, root: &Path) -> Result<Recording, Error> {
     let mut tracks = Vec::new();
     for (i, ch) in event.channels.iter().enumerate() {
         let file = dir.join(format!("{}.opus", ch.id.replace('/', "-")));
-        let out = std::fs::File::create(&file).map_err(|source| Error::Dir {
-            dir: file.display().to_string(),
+        let out = std::fs::File::create(&file).map_err(|source| Error::Create {
+            file: file.display().to_string(),
             source,
         })?;
         let comments = vec![
@@ -258,7 +263,7 @@ fn writer_thread(
     start_us: u64,
     relay: Arc<Relay>,
 ) {
-    let mut log: Vec<serde_json::Value> = Vec::new();
+    index["log"] = serde_json::Value::Array(Vec::new());
     let mut failed: Option<Error> = None;
     let index_file = dir.join("index.json");
     let write_index = |index: &serde_json::Value| {
@@ -316,9 +321,9 @@ fn writer_thread(
                 }
             }
             Job::Log(entry) => {
+                let log = index["log"].as_array_mut().expect("set above");
                 if log.len() < MAX_LOG {
                     log.push(entry);
-                    index["log"] = serde_json::Value::Array(log.clone());
                     if let Err(e) = write_index(&index) {
                         failed.get_or_insert(e);
                     }

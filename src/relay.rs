@@ -10,9 +10,7 @@
 //! packet that is not Opus or lasts longer than 60 ms.
 
 use crate::config::Event;
-use crate::protocol::{
-    ConsoleState, ErrorCode, FrameError, FrameHeader, ServerMessage, Source, HEADER_LEN,
-};
+use crate::protocol::{ConsoleState, FrameError, FrameHeader, ServerMessage, Source, HEADER_LEN};
 use crate::rules::{Action, Command, Refusal, Rules, Session};
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -351,7 +349,7 @@ impl Relay {
 
     /// An interpreter frame from a console. Errors say what is wrong with the frame.
     pub fn console_frame(&self, session: Session, frame: &[u8]) -> Result<(), FrameError> {
-        let header = check_frame(frame)?;
+        let header = self.check_sender_frame(session, frame)?;
         let channel = self
             .rules
             .lock()
@@ -363,9 +361,23 @@ impl Relay {
         Ok(())
     }
 
+    /// Checks a sender's frame and counts it in the sender's health.
+    fn check_sender_frame(
+        &self,
+        session: Session,
+        frame: &[u8],
+    ) -> Result<FrameHeader, FrameError> {
+        let header = check_frame(frame)?;
+        let now = unix_micros();
+        self.health_update(session, |h| {
+            h.frame(header.sequence, header.capture_us, now)
+        });
+        Ok(header)
+    }
+
     /// A floor frame from a floor source.
     pub fn floor_frame(&self, session: Session, frame: &[u8]) -> Result<(), FrameError> {
-        let header = check_frame(frame)?;
+        let header = self.check_sender_frame(session, frame)?;
         let mut actions = Vec::new();
         let mut out = Vec::new();
         let targets = {
@@ -527,17 +539,6 @@ impl Relay {
                     last_audience = audience;
                 }
             }
-        }
-    }
-
-    /// Refuses every connection with `code` (shutdown).
-    pub fn close_all(&self, code: ErrorCode, message: &str) {
-        let sessions: Vec<Session> = self.sessions.iter().map(|e| *e.key()).collect();
-        for s in sessions {
-            self.send(
-                s,
-                Outbound::Close(Box::new(ServerMessage::error(code, message, true))),
-            );
         }
     }
 

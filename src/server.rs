@@ -175,7 +175,7 @@ pub async fn run(
     });
     let stop = async move {
         shutdown.await;
-        relay.close_all(ErrorCode::ShuttingDown, "the relay is shutting down");
+        // Every connection's task sees this and closes with `shutting_down`.
         let _ = stop_tx.send(true);
     };
     axum::serve(
@@ -948,14 +948,6 @@ async fn read_loop(
                             "frames sent faster than real time (more than {FRAME_RATE} a second)"
                         ),
                     ));
-                }
-                if matches!(peer, Peer::Console { .. } | Peer::Floor) {
-                    if let Ok(h) = crate::protocol::FrameHeader::parse(&frame) {
-                        let now = crate::relay::unix_micros();
-                        relay.health_update(session, |health| {
-                            health.frame(h.sequence, h.capture_us, now)
-                        });
-                    }
                 }
                 let result = match peer {
                     Peer::Console { .. } => relay.console_frame(session, &frame),

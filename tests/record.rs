@@ -115,6 +115,8 @@ async fn a_recording_keeps_every_channel_aligned_and_matches_what_was_said() {
     let relay = TestRelay::start().await;
     let started = Instant::now();
     let recording = boothcast::record::start(relay.relay.clone(), &dir).unwrap();
+    // Half a second with nothing on the channels before the speech and after it: the
+    // recording must keep that silence in place (checked below), not close the gap.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let url = relay.url.clone();
     let said2 = said.clone();
@@ -217,6 +219,7 @@ fn a_relay_killed_mid_recording_leaves_playable_files() {
         }
     };
     let booth = booth(&format!("ws://{addr}"), &said);
+    // Three seconds of recording, then the kill in the middle of the speech.
     std::thread::sleep(Duration::from_secs(3));
     relay.kill().unwrap(); // SIGKILL: no chance to finish the files
     relay.wait().unwrap();

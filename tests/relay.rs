@@ -211,31 +211,20 @@ async fn cough_mutes_while_held_without_letting_the_floor_in() {
         .await;
     assert_eq!(info.carrying, Carrying::Interpreter);
     // While the key is held (longer than the 300 ms hold), nothing reaches en: no floor.
-    let before = relay
-        .relay
-        .fanout(2)
-        .frames_in
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let floor_frames = relay
-        .relay
-        .fanout(0)
-        .frames_in
-        .load(std::sync::atomic::Ordering::Relaxed);
-    // Wait for 30 floor frames (600 ms) to pass.
-    while relay
-        .relay
-        .fanout(0)
-        .frames_in
-        .load(std::sync::atomic::Ordering::Relaxed)
-        < floor_frames + 30
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let en_frames = || {
+        relay
+            .relay
+            .fanout(2)
+            .frames_in
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = en_frames();
+    // 30 floor frames (600 ms) pass, as a floor listener hears them.
+    let mut floor_listener = Client::listener(&relay.url, "floor").await;
+    for _ in 0..30 {
+        floor_listener.frame().await;
     }
-    let after = relay
-        .relay
-        .fanout(2)
-        .frames_in
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let after = en_frames();
     assert!(
         after - before <= 1,
         "{} frames reached en during the cough",
@@ -719,4 +708,17 @@ async fn the_engineer_sees_each_senders_connection_health() {
         .await;
     assert_eq!(lost, 3);
     relay.stop().await;
+}
+
+#[tokio::test]
+async fn stopping_the_relay_tells_every_connection_why() {
+    let relay = TestRelay::start().await;
+    let mut listener = Client::listener(&relay.url, "en").await;
+    let mut booth = Client::console(&relay.url, "en", "1").await;
+    relay.stop().await;
+    for c in [&mut listener, &mut booth] {
+        let (code, _, fatal) = c.error().await;
+        assert_eq!((code.as_str(), fatal), ("shutting_down", true));
+        assert_eq!(c.closed().await.map(|c| c.0), Some(1001));
+    }
 }

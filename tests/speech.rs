@@ -10,35 +10,70 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_boothcast");
 
-/// A child process killed when the test ends, whatever happens.
-struct Proc(Child);
+/// A child process killed when the test ends, whatever happens, whose standard output lines
+/// are collected as they come.
+struct Proc {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
 impl Proc {
-    /// Waits for the process to exit by itself; returns its standard output lines.
+    fn spawn(cmd: &mut Command) -> Proc {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for an output line containing `text`, and returns it.
+    fn wait_for(&mut self, text: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(text);
+                    self.seen.push(line.clone());
+                    if found {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no `{text}` within {limit:?}; output: {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Waits for the process to exit by itself; returns all its standard output lines.
     fn finish(mut self, limit: Duration) -> Vec<String> {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                let mut out = String::new();
-                use std::io::Read;
-                self.0
-                    .stdout
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut out)
-                    .unwrap();
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut out = std::mem::take(&mut self.seen);
+                out.extend(self.lines.iter());
                 assert!(
                     status.success(),
-                    "process failed ({status}); output:\n{out}"
+                    "process failed ({status}); output:\n{out:#?}"
                 );
-                return out.lines().map(str::to_string).collect();
+                return out;
             }
             assert!(
                 Instant::now() < deadline,
@@ -70,24 +105,18 @@ fn speak(text: &str, voice: &str, path: &Path) {
 fn serve(dir: &Path) -> (Proc, String) {
     let config = dir.join("event.toml");
     std::fs::write(&config, EVENT).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines.next().expect("serve printed its address").unwrap();
-        if let Some(i) = line.find("listening on http://") {
-            break line[i + "listening on http://".len()..].trim().to_string();
-        }
-    };
-    // Keep draining its output so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (Proc(child), format!("ws://{addr}"))
+    let mut relay = Proc::spawn(
+        Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .stderr(Stdio::null()),
+    );
+    const LISTENING: &str = "listening on http://";
+    let line = relay.wait_for(LISTENING, Duration::from_secs(10));
+    let addr = line[line.find(LISTENING).unwrap() + LISTENING.len()..]
+        .trim()
+        .to_string();
+    (relay, format!("ws://{addr}"))
 }
 
 const EVENT: &str = r#"
@@ -147,57 +176,57 @@ fn compare(
     (a.correlation, delay_ms)
 }
 
-#[test]
-fn speech_into_a_booth_reaches_the_listener_of_its_channel() {
-    let dir = tmpdir("booth");
-    let said = dir.join("said.wav");
-    speak(
-        "Good morning, distinguished delegates. The forum is now in session. \
-         We begin with the report of the working group on border security.",
-        "en",
-        &said,
-    );
+/// Starts a relay and a listener of `lang`; once the listener is subscribed, runs the sender
+/// (`sender` arguments plus `--input-file said`) to its end, and compares what the listener
+/// wrote with what was said: (correlation, delay in ms).
+fn through_the_relay(
+    name: &str,
+    said: &Path,
+    lang: &str,
+    seconds: &str,
+    sender: &[&str],
+) -> (f64, f64) {
+    let dir = tmpdir(name);
     let heard = dir.join("heard.wav");
     let (_relay, url) = serve(&dir);
-    let listener = Proc(
+    let mut listener = Proc::spawn(
         Command::new(BIN)
             .args([
                 "listen",
                 "--server",
                 &url,
                 "--lang",
-                "en",
+                lang,
                 "--seconds",
-                "12",
+                seconds,
                 "--output-file",
             ])
-            .arg(&heard)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
+            .arg(&heard),
     );
-    std::thread::sleep(Duration::from_millis(500));
-    let booth = Proc(
+    listener.wait_for("\"type\":\"subscribed\"", Duration::from_secs(10));
+    let sender = Proc::spawn(
         Command::new(BIN)
-            .args([
-                "booth",
-                "--server",
-                &url,
-                "--booth",
-                "en",
-                "--live",
-                "--input-file",
-            ])
-            .arg(&said)
-            .env("BOOTHCAST_SECRET", "secret-en")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
+            .args(sender)
+            .args(["--server", &url, "--input-file"])
+            .arg(said)
+            .stdin(Stdio::null()),
     );
-    let booth_out = booth.finish(Duration::from_secs(30));
+    let sender_out = sender.finish(Duration::from_secs(30));
     let listener_out = listener.finish(Duration::from_secs(30));
-    let (correlation, delay_ms) = compare(&said, &heard, &booth_out, &listener_out);
+    compare(said, &heard, &sender_out, &listener_out)
+}
+
+#[test]
+fn speech_into_a_booth_reaches_the_listener_of_its_channel() {
+    let said = tmpdir("booth-said").join("said.wav");
+    speak(
+        "Good morning, distinguished delegates. The forum is now in session. \
+         We begin with the report of the working group on border security.",
+        "en",
+        &said,
+    );
+    let booth = ["booth", "--booth", "en", "--live", "--secret", "secret-en"];
+    let (correlation, delay_ms) = through_the_relay("booth", &said, "en", "12", &booth);
     println!("booth -> relay -> listener: correlation {correlation:.3}, delay from booth input to listener output {delay_ms:.1} ms");
     assert!(
         correlation >= 0.9,
@@ -211,51 +240,14 @@ fn speech_into_a_booth_reaches_the_listener_of_its_channel() {
 
 #[test]
 fn the_floor_reaches_a_channel_with_no_interpreter() {
-    let dir = tmpdir("floor");
-    let said = dir.join("floor.wav");
+    let said = tmpdir("floor-said").join("floor.wav");
     speak(
         "Добрый день, уважаемые делегаты. Заседание форума объявляется открытым.",
         "ru",
         &said,
     );
-    let heard = dir.join("heard.wav");
-    let (_relay, url) = serve(&dir);
-    let listener = Proc(
-        Command::new(BIN)
-            .args([
-                "listen",
-                "--server",
-                &url,
-                "--lang",
-                "plenary/ar",
-                "--seconds",
-                "9",
-                "--output-file",
-            ])
-            .arg(&heard)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    let floor = Proc(
-        Command::new(BIN)
-            .args([
-                "floor",
-                "--server",
-                &url,
-                "--secret",
-                "floor-secret",
-                "--input-file",
-            ])
-            .arg(&said)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let floor_out = floor.finish(Duration::from_secs(30));
-    let listener_out = listener.finish(Duration::from_secs(30));
-    let (correlation, delay_ms) = compare(&said, &heard, &floor_out, &listener_out);
+    let floor = ["floor", "--secret", "floor-secret"];
+    let (correlation, delay_ms) = through_the_relay("floor", &said, "plenary/ar", "9", &floor);
     println!("floor -> relay -> Arabic listener (auto-floor): correlation {correlation:.3}, delay {delay_ms:.1} ms");
     assert!(
         correlation >= 0.9,

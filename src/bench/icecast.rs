@@ -7,6 +7,7 @@
 //! Everything runs on the caller's (current-thread) runtime: listener state lives in `Rc`s on a
 //! `LocalSet`, so one core can drive ten thousand connections without any locking.
 
+use super::Histogram;
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io;
@@ -65,10 +66,8 @@ pub enum Error {
         attempts: usize,
         first_error: String,
     },
-    #[error("reading {path}: {source}")]
-    Proc { path: String, source: io::Error },
-    #[error("unexpected contents in {path}")]
-    ProcFormat { path: String },
+    #[error("cannot read the CPU time and memory of process {pid} from /proc")]
+    Proc { pid: u32 },
     #[error("listener task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -241,7 +240,7 @@ struct ListenerResult {
 }
 
 async fn drive(opts: Options, target: Rc<Target>) -> Result<Report, Error> {
-    let lateness = Rc::new(RefCell::new(Histogram::new()));
+    let lateness = Rc::new(RefCell::new(Histogram::default()));
     let shared = Rc::new(Shared {
         phase: Cell::new(Phase::Warming),
         stop: Notify::new(),
@@ -629,104 +628,18 @@ impl PageReader {
     }
 }
 
-/// Log-bucketed histogram: exact below 64, then 32 buckets per power of two (about 3% relative
-/// resolution), which keeps it small enough to hold every page of every listener.
-struct Histogram {
-    counts: Vec<u64>,
-    total: u64,
-    max: u64,
-}
-
-const SUB_BITS: u32 = 5;
-const LINEAR: u64 = 1 << (SUB_BITS + 1);
-
-impl Histogram {
-    fn new() -> Self {
-        Histogram {
-            counts: vec![0; Self::index(u64::MAX) + 1],
-            total: 0,
-            max: 0,
-        }
-    }
-
-    fn index(v: u64) -> usize {
-        if v < LINEAR {
-            return v as usize;
-        }
-        let msb = 63 - v.leading_zeros();
-        let shift = msb - SUB_BITS;
-        let top = (v >> shift) as usize; // in [32, 64)
-        LINEAR as usize + ((msb - SUB_BITS - 1) as usize) * (1 << SUB_BITS) + top - (1 << SUB_BITS)
-    }
-
-    /// Largest value that falls into bucket `i`.
-    fn upper(i: usize) -> u64 {
-        if (i as u64) < LINEAR {
-            return i as u64;
-        }
-        let j = i - LINEAR as usize;
-        let shift = (j >> SUB_BITS) as u32 + 1;
-        let top = (j & ((1 << SUB_BITS) - 1)) as u128 + (1 << SUB_BITS);
-        (((top + 1) << shift) - 1).min(u128::from(u64::MAX)) as u64
-    }
-
-    fn record(&mut self, v: u64) {
-        self.counts[Self::index(v)] += 1;
-        self.total += 1;
-        self.max = self.max.max(v);
-    }
-
-    fn quantile(&self, q: f64) -> u64 {
-        if self.total == 0 {
-            return 0;
-        }
-        let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total);
-        let mut seen = 0;
-        for (i, &count) in self.counts.iter().enumerate() {
-            seen += count;
-            if seen >= rank {
-                return Self::upper(i).min(self.max);
-            }
-        }
-        self.max
-    }
-}
-
-fn proc_file(pid: u32, name: &str) -> Result<(String, String), Error> {
-    let path = format!("/proc/{pid}/{name}");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Ok((path, text)),
-        Err(source) => Err(Error::Proc { path, source }),
-    }
+/// CPU time and resident memory of a process, from /proc.
+fn proc(pid: u32) -> Result<super::ProcStat, Error> {
+    super::proc_stat(pid).ok_or(Error::Proc { pid })
 }
 
 /// User plus system CPU time of the whole process (all threads), in seconds.
 fn cpu_seconds(pid: u32) -> Result<f64, Error> {
-    let (path, stat) = proc_file(pid, "stat")?;
-    // The command name may contain spaces and parentheses; the fields resume after the last ')'.
-    let fields: Vec<&str> = stat
-        .rfind(')')
-        .map(|at| stat[at + 1..].split_whitespace().collect())
-        .unwrap_or_default();
-    // Fields 14 (utime) and 15 (stime) of stat(5), counted from the state field (3).
-    let ticks = match (fields.get(11), fields.get(12)) {
-        (Some(u), Some(s)) => u.parse::<u64>().ok().zip(s.parse::<u64>().ok()),
-        _ => None,
-    };
-    let (utime, stime) = ticks.ok_or(Error::ProcFormat { path })?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let hz = if hz > 0 { hz as f64 } else { 100.0 };
-    Ok((utime + stime) as f64 / hz)
+    proc(pid).map(|s| s.cpu_seconds)
 }
 
 fn rss_kib(pid: u32) -> Result<u64, Error> {
-    let (path, status) = proc_file(pid, "status")?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or(Error::ProcFormat { path })
+    proc(pid).map(|s| s.rss_kib)
 }
 
 impl fmt::Display for Report {
@@ -815,26 +728,6 @@ impl fmt::Display for Report {
 mod tests {
     use super::*;
 
-    #[test]
-    fn histogram_buckets_are_contiguous_and_bound_values() {
-        let mut prev_upper = None;
-        for i in 0..Histogram::index(u64::MAX) {
-            let upper = Histogram::upper(i);
-            if let Some(p) = prev_upper {
-                assert_eq!(Histogram::index(p + 1), i, "bucket {i} starts after {p}");
-            }
-            assert_eq!(Histogram::index(upper), i);
-            prev_upper = Some(upper);
-        }
-        let mut h = Histogram::new();
-        for v in 1..=1000u64 {
-            h.record(v * 1000);
-        }
-        let p50 = h.quantile(0.5);
-        assert!((500_000..=516_000).contains(&p50), "{p50}");
-        assert_eq!(h.quantile(1.0), 1_000_000);
-    }
-
     fn page(granule: i64, serial: u32, seq: u32, body: &[u8]) -> Vec<u8> {
         let mut p = b"OggS\0\0".to_vec();
         p.extend_from_slice(&granule.to_le_bytes());
@@ -853,7 +746,7 @@ mod tests {
             phase: Cell::new(Phase::Measuring),
             stop: Notify::new(),
             epoch: Instant::now(),
-            lateness: Rc::new(RefCell::new(Histogram::new())),
+            lateness: Rc::new(RefCell::new(Histogram::default())),
         };
         let mut stream = Vec::new();
         stream.extend(page(0, 7, 0, b"OpusHead"));
