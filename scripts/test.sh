@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Runs every boothcast test on a Debian machine with Rust, installing what the tests need first:
-# cmake (the bundled libopus), espeak-ng (speech), sox, ffmpeg and opus-tools (checking audio).
+# cmake (the bundled libopus), espeak-ng (speech), sox, ffmpeg and opus-tools (checking audio),
+# chromium (the web pages' tests, driven by playwright-core from web-client/package.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(cmake pkg-config espeak-ng sox ffmpeg opus-tools)
+packages=(cmake pkg-config espeak-ng sox ffmpeg opus-tools chromium)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo=sudo
@@ -19,6 +21,8 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi
+
+npm ci --prefix web-client --no-audit --no-fund
 
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings

@@ -156,11 +156,14 @@ async function main() {
   const recordDir = join(work, 'recordings');
   mkdirSync(recordDir);
 
-  const relay = start(['serve', '--config', join(work, 'event.toml'), '--listen', '127.0.0.1:0',
-    '--web-dir', join(root, 'web-client'), '--record', recordDir],
-  { BOOTHCAST_ENGINEER_SECRET: ENGINEER });
-  const listening = await relay.seen((l) => l.includes('http://'), 'the relay\'s address');
-  const base = listening.slice(listening.indexOf('http://')).trim();
+  const serve = async (listen) => {
+    const relay = start(['serve', '--config', join(work, 'event.toml'), '--listen', listen,
+      '--web-dir', join(root, 'web-client'), '--record', recordDir],
+    { BOOTHCAST_ENGINEER_SECRET: ENGINEER });
+    const listening = await relay.seen((l) => l.includes('http://'), 'the relay\'s address');
+    return { relay, base: listening.slice(listening.indexOf('http://')).trim() };
+  };
+  const { relay, base } = await serve('127.0.0.1:0');
   const ws = base.replace('http://', 'ws://');
 
   const floor = start(['floor', '--server', ws, '--input-file', tone('floor', TONES.floor), '--loop'],
@@ -188,9 +191,8 @@ async function main() {
   page.on('request', (r) => requested.push(r.url()));
 
   // The relay serves the page at /console.
-  const path = (await fetch(`${base}/console`)).ok ? '/console' : '/console.html';
-  const response = await page.goto(`${base}${path}`);
-  if (!response.ok()) fail(`GET ${path} answered ${response.status()}`);
+  const response = await page.goto(`${base}/console`);
+  if (!response.ok()) fail(`GET /console answered ${response.status()}`);
 
   // A wrong secret: refused, and the page says why.
   await page.fill('#secret', 'not-the-secret');
@@ -302,8 +304,24 @@ async function main() {
   if (monitor) report(monitor);
 
   // The event log lists what happened, newest first.
-  const log = await page.$$eval('#log li', (lis) => lis.map((li) => li.dataset.kind));
-  report({ check: 'event log', entries: log.length, kinds: [...new Set(log)] });
+  const log = await page.$$eval('#log li', (lis) => lis.map((li) => ({
+    kind: li.dataset.kind, t: Date.parse(li.querySelector('time').dateTime), text: li.textContent,
+  })));
+  if (!log.some((e) => e.kind === 'force_mute' && e.text.includes('en/1'))) fail('the log has no force-mute of en/1');
+  if (!log.some((e) => e.kind === 'recording')) fail('the log has no recording entry');
+  if (log.some((e, i) => i > 0 && e.t > log[i - 1].t)) fail('the log is not newest first');
+  report({ check: 'event log', entries: log.length, kinds: [...new Set(log.map((e) => e.kind))] });
+
+  // The relay restarts: the page says the connection is lost and comes back by itself.
+  relay.child.kill('SIGKILL');
+  await withTimeout(relay.exited, WAIT, 'the relay to exit');
+  await page.waitForFunction(() => document.querySelector('#conn').dataset.state === 'reconnecting');
+  const lost = (await page.textContent('#conn')).trim();
+  await serve(base.replace('http://', ''));
+  await page.waitForFunction(() => window.boothcastConsole.stats.connects === 2
+    && document.querySelector('#conn').dataset.state === 'connected'
+    && document.querySelectorAll('#channels tbody tr').length === 4);
+  report({ check: 'reconnects by itself', shown_meanwhile: lost });
 
   if (pageErrors.length) fail(`errors in the page: ${pageErrors.join('; ')}`);
 }
