@@ -141,9 +141,15 @@ class Player {
     };
   }
 
-  // Every delay measured recently, for benchmarks: { local: [ms…], relay: [ms…] }.
-  delays() {
-    return { local: this.local.slice(), relay: this.relay.slice() };
+  // Every delay measured recently, for benchmarks: { local: [ms…], relay: [ms…] }; with
+  // `clear`, each figure is returned once.
+  delays({ clear = false } = {}) {
+    const out = { local: this.local.slice(), relay: this.relay.slice() };
+    if (clear) {
+      this.local.length = 0;
+      this.relay.length = 0;
+    }
+    return out;
   }
 
   resume() {

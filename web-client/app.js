@@ -1,0 +1,469 @@
+// The delegate's page: lists the channels with what each carries, plays the chosen one, switches
+// language on the same connection, reconnects by itself, and asks for the access code when the
+// relay wants one. The protocol is docs/PROTOCOL.md; the audio is player.js.
+
+import { createPlayer, parseHeader } from './player.js';
+import { pickLanguage, translator } from './i18n.js';
+
+const lang = pickLanguage();
+const t = translator(lang);
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+// AudioWorklet and WebCodecs need a secure context; `?fallback=1` forces the other path.
+const FALLBACK = params.get('fallback') === '1' || !window.isSecureContext;
+
+// Reconnect back-off: back within a fraction of a second after a blip, without hammering a
+// relay that is down (the same steps as the boothcast clients).
+const BACKOFF_FIRST = 200;
+const BACKOFF_MAX = 5000;
+// A ping every 2 s; a connection that brought nothing for 6 s is dead (a Wi-Fi that dropped
+// without closing the TCP connection) and is replaced.
+const PING_EVERY = 2000;
+const DEAD_AFTER = 6000;
+// Refusals that a retry would only repeat.
+const FINAL = new Set(['unknown_channel', 'bad_message', 'bad_frame', 'forbidden', 'replaced', 'not_hello']);
+
+const stored = {
+  get: (k) => {
+    try {
+      return localStorage.getItem('boothcast.' + k);
+    } catch {
+      return null;
+    }
+  },
+  set: (k, v) => {
+    try {
+      if (v === null) localStorage.removeItem('boothcast.' + k);
+      else localStorage.setItem('boothcast.' + k, v);
+    } catch {}
+  },
+};
+
+const state = {
+  ws: null,
+  welcomed: false,
+  channels: [],
+  wanted: stored.get('channel'), // channel id the delegate chose
+  playing: false,
+  player: null,
+  starting: null,
+  // The access code lives for this tab only and is never put in the address.
+  code: sessionStorage.getItem('boothcast.code') || '',
+  askingCode: false,
+  backoff: BACKOFF_FIRST,
+  retry: null,
+  lastMessage: 0,
+  rttMs: null,
+  eventDelayMs: 0,
+  carrying: new Map(), // channel id → state text last shown, to announce changes
+  switchedAt: null,
+  lostConnection: false,
+};
+
+// Test hooks for the browser tests, and handy in a console.
+window.boothcast = {
+  state,
+  get player() {
+    return state.player;
+  },
+  select: (id) => select(id),
+};
+
+function setPageState(s) {
+  document.body.dataset.state = s;
+}
+
+function say(text) {
+  $('status').textContent = text;
+}
+
+function showError(text) {
+  $('error').textContent = text;
+  $('error').hidden = false;
+  setPageState('error');
+}
+
+function clearError() {
+  $('error').hidden = true;
+  $('error').textContent = '';
+}
+
+// --- the page's own words -------------------------------------------------------------------
+
+function translate() {
+  document.documentElement.lang = lang;
+  for (const el of document.querySelectorAll('[data-i18n]')) el.textContent = t(el.dataset.i18n);
+  document.title = t('title');
+  updateExtraHint();
+}
+
+// --- channels -------------------------------------------------------------------------------
+
+function channelById(id) {
+  return state.channels.find((c) => c.id === id) || null;
+}
+
+function describe(c) {
+  if (c.carrying === 'relay') {
+    const via = channelById((c.relay_chain || [])[0]);
+    if (c.live && c.live.cough) return t('carrying.cough');
+    return t('carrying.relay', { via: via ? channelName(via) : (c.relay_chain || [''])[0] });
+  }
+  if (c.carrying === 'interpreter' && c.live && c.live.cough) return t('carrying.cough');
+  return t('carrying.' + c.carrying);
+}
+
+// A channel's name for people: the language in itself; the floor in the page's language.
+function channelName(c) {
+  return c.lang === 'floor' ? t('floorName') : c.native;
+}
+
+function channelLabel(c) {
+  const rooms = new Set(state.channels.map((x) => x.room));
+  return rooms.size > 1 ? `${channelName(c)} · ${c.room}` : channelName(c);
+}
+
+function renderChannels() {
+  const list = $('channel-list');
+  const existing = new Map([...list.children].map((el) => [el.dataset.id, el]));
+  const order = [];
+  for (const c of state.channels) {
+    let el = existing.get(c.id);
+    if (!el) {
+      el = document.createElement('label');
+      el.className = 'channel';
+      el.dataset.id = c.id;
+      const input = document.createElement('input');
+      input.type = 'radio';
+      input.name = 'channel';
+      input.value = c.id;
+      input.addEventListener('change', () => select(c.id));
+      const text = document.createElement('span');
+      text.className = 'text';
+      const name = document.createElement('span');
+      name.className = 'name';
+      const st = document.createElement('span');
+      st.className = 'state';
+      text.append(name, st);
+      el.append(input, text);
+    }
+    const name = el.querySelector('.name');
+    name.textContent = channelLabel(c);
+    // The native name in its own language, so a screen reader pronounces it right.
+    if (c.lang !== 'floor') name.lang = c.lang;
+    else name.removeAttribute('lang');
+    const text = describe(c);
+    el.querySelector('.state').textContent = text;
+    el.dataset.carrying = c.carrying;
+    el.querySelector('input').checked = c.id === state.wanted;
+    order.push(el);
+    const before = state.carrying.get(c.id);
+    if (c.id === state.wanted && before !== undefined && before !== text) {
+      say(t('announce', { name: channelName(c), state: text }));
+    }
+    state.carrying.set(c.id, text);
+  }
+  list.replaceChildren(...order);
+}
+
+// --- the connection -------------------------------------------------------------------------
+
+function wsUrl() {
+  return (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws';
+}
+
+function send(msg) {
+  if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(msg));
+}
+
+function connect() {
+  clearTimeout(state.retry);
+  state.retry = null;
+  if (state.ws) {
+    state.ws.onclose = null;
+    state.ws.close();
+  }
+  state.welcomed = false;
+  const ws = new WebSocket(wsUrl());
+  ws.binaryType = 'arraybuffer';
+  state.ws = ws;
+  let refusal = null;
+  ws.onopen = () => {
+    state.lastMessage = performance.now();
+    const hello = { type: 'hello', role: 'listener', client: 'boothcast-web' };
+    if (state.code) hello.secret = state.code;
+    if (state.playing && state.wanted) hello.channel = state.wanted;
+    ws.send(JSON.stringify(hello));
+  };
+  ws.onmessage = (e) => {
+    state.lastMessage = performance.now();
+    if (typeof e.data === 'string') {
+      const m = JSON.parse(e.data);
+      if (m.type === 'error' && m.fatal) refusal = m;
+      onMessage(m);
+    } else {
+      onFrame(e.data);
+    }
+  };
+  ws.onclose = () => {
+    if (state.ws !== ws) return;
+    state.ws = null;
+    state.welcomed = false;
+    if (refusal && refusal.code === 'unauthorized') {
+      askCode(!!state.code);
+      return;
+    }
+    if (refusal && FINAL.has(refusal.code)) {
+      if (refusal.code === 'unknown_channel') {
+        // The remembered channel is gone from the event: forget it and connect without it.
+        state.wanted = null;
+        stored.set('channel', null);
+        stopPlaying();
+        showError(t('unknownChannel'));
+        scheduleReconnect();
+        return;
+      }
+      showError(t('refused', { message: refusal.message }));
+      return;
+    }
+    if (!state.lostConnection) {
+      state.lostConnection = true;
+      say(t('reconnecting'));
+    }
+    setPageState('reconnecting');
+    scheduleReconnect();
+  };
+}
+
+function scheduleReconnect() {
+  clearTimeout(state.retry);
+  state.retry = setTimeout(connect, state.backoff);
+  state.backoff = Math.min(BACKOFF_MAX, state.backoff * 2);
+}
+
+function onMessage(m) {
+  switch (m.type) {
+    case 'welcome':
+      state.welcomed = true;
+      state.backoff = BACKOFF_FIRST;
+      $('event').textContent = m.event;
+      state.eventDelayMs = m.listener_delay_ms || 0;
+      applyDelay();
+      updateExtraHint();
+      hideCode();
+      if (!$('error').hidden && document.body.dataset.state === 'error') clearError();
+      if (state.lostConnection) {
+        state.lostConnection = false;
+        say(t('reconnected'));
+      } else if (!state.playing) {
+        say(t('ready'));
+      }
+      setPageState(state.playing ? 'playing' : 'ready');
+      break;
+    case 'channels':
+      state.channels = m.channels;
+      renderChannels();
+      break;
+    case 'subscribed':
+      state.subscribed = m.channel;
+      break;
+    case 'pong':
+      state.rttMs = performance.now() - m.t / 1000;
+      break;
+    case 'error':
+      if (m.fatal) return; // handled when the connection closes
+      if (m.code === 'unknown_channel') showError(t('unknownChannel'));
+      break;
+    default:
+      break;
+  }
+}
+
+function onFrame(data) {
+  if (!state.playing || !state.player) return;
+  const h = parseHeader(data);
+  const c = channelById(state.wanted);
+  // Frames of the previous channel may still arrive right after a switch: never play them.
+  if (!h || !c || h.channel !== c.index) return;
+  state.player.push(data);
+}
+
+// Keep-alive and the dead-connection watchdog.
+setInterval(() => {
+  if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return;
+  if (performance.now() - state.lastMessage > DEAD_AFTER) {
+    state.ws.close();
+    return;
+  }
+  send({ type: 'ping', t: Math.round(performance.now() * 1000) });
+}, PING_EVERY);
+
+// --- access code ----------------------------------------------------------------------------
+
+function askCode(wrong) {
+  state.askingCode = true;
+  if (wrong) {
+    state.code = '';
+    sessionStorage.removeItem('boothcast.code');
+  }
+  $('code-message').textContent = wrong ? t('codeWrong') : t('codeNeeded');
+  $('code-form').hidden = false;
+  setPageState('code');
+  say(wrong ? t('codeWrong') : t('codeNeeded'));
+  $('code').value = '';
+  $('code').focus();
+}
+
+function hideCode() {
+  state.askingCode = false;
+  $('code-form').hidden = true;
+}
+
+$('code-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  const code = $('code').value.trim();
+  if (!code) return;
+  state.code = code;
+  sessionStorage.setItem('boothcast.code', code);
+  say(t('connecting'));
+  state.backoff = BACKOFF_FIRST;
+  connect();
+});
+
+// --- playing --------------------------------------------------------------------------------
+
+async function ensurePlayer() {
+  if (state.player) return state.player;
+  state.starting ??= (async () => {
+    const delayMs = effectiveDelay();
+    let player;
+    try {
+      player = await createPlayer({ fallback: FALLBACK, delayMs });
+    } catch (e) {
+      if (FALLBACK) throw e;
+      player = await createPlayer({ fallback: true, delayMs });
+    }
+    player.setVolume(Number($('volume').value));
+    $('path').textContent = player.path === 'fallback' ? `(${t('compat')})` : '';
+    state.player = player;
+    return player;
+  })();
+  try {
+    return await state.starting;
+  } finally {
+    state.starting = null;
+  }
+}
+
+async function startPlaying() {
+  if (!state.wanted) {
+    say(t('chooseLanguage'));
+    const first = document.querySelector('#channel-list input');
+    if (first) first.focus();
+    return;
+  }
+  let player;
+  try {
+    player = await ensurePlayer();
+    await player.resume();
+  } catch (e) {
+    showError(t('noAudio'));
+    return;
+  }
+  state.playing = true;
+  $('play').setAttribute('aria-pressed', 'true');
+  $('play').textContent = t('stop');
+  subscribe();
+}
+
+function subscribe() {
+  const c = channelById(state.wanted);
+  if (state.player) state.player.reset();
+  state.switchedAt = performance.now();
+  if (c) say(t('listening', { name: channelName(c) }));
+  setPageState('playing');
+  if (state.welcomed) send({ type: 'subscribe', channel: state.wanted });
+  else if (!state.ws) connect();
+}
+
+function stopPlaying() {
+  const was = state.playing;
+  state.playing = false;
+  $('play').setAttribute('aria-pressed', 'false');
+  $('play').textContent = t('listen');
+  if (state.player) state.player.reset();
+  if (was) {
+    send({ type: 'unsubscribe' });
+    say(t('stopped'));
+    if (state.welcomed) setPageState('ready');
+  }
+}
+
+function select(id) {
+  if (!channelById(id)) return;
+  state.wanted = id;
+  stored.set('channel', id);
+  if (document.body.dataset.state === 'error') clearError();
+  renderChannels();
+  // Choosing a language is the gesture that starts the sound.
+  if (state.playing) subscribe();
+  else startPlaying();
+}
+
+$('play').addEventListener('click', () => {
+  if (state.playing) stopPlaying();
+  else startPlaying();
+});
+
+// --- volume and delay -----------------------------------------------------------------------
+
+const savedVolume = Number(stored.get('volume'));
+if (stored.get('volume') !== null && Number.isFinite(savedVolume)) $('volume').value = String(savedVolume);
+$('volume').addEventListener('input', () => {
+  const v = Number($('volume').value);
+  stored.set('volume', String(v));
+  if (state.player) state.player.setVolume(v);
+});
+
+function userDelay() {
+  const v = stored.get('delay');
+  return v === null || v === '' ? null : Number(v);
+}
+
+function effectiveDelay() {
+  const own = userDelay();
+  return Number.isFinite(own) && own !== null ? own : state.eventDelayMs;
+}
+
+function applyDelay() {
+  if (state.player) state.player.setDelay(effectiveDelay());
+}
+
+function updateExtraHint() {
+  $('extra-hint').textContent = t('extraDelayHint', { n: state.eventDelayMs });
+  $('extra').placeholder = String(state.eventDelayMs);
+}
+
+if (userDelay() !== null) $('extra').value = String(userDelay());
+$('extra').addEventListener('change', () => {
+  const raw = $('extra').value.trim();
+  const v = Number(raw);
+  stored.set('delay', raw === '' || !Number.isFinite(v) ? null : String(Math.min(60000, Math.max(0, v))));
+  applyDelay();
+});
+
+// The delay shown: from the relay to the ear, as far as the page can tell (half the round trip
+// to the relay, then the page's own buffering and the audio output).
+setInterval(() => {
+  const out = $('delay');
+  const s = state.player && state.playing ? state.player.stats() : null;
+  const text = s && s.delayMs !== null ? t('ms', { n: Math.round(s.delayMs + (state.rttMs || 0) / 2) }) : t('delayUnknown');
+  if (out.textContent !== text) out.textContent = text;
+}, 500);
+
+// --- start ----------------------------------------------------------------------------------
+
+translate();
+if (typeof AudioContext !== 'function') showError(t('noAudio'));
+say(t('connecting'));
+connect();
