@@ -43,7 +43,7 @@ const stats = {
   connects: 0,
   shownAt: new Map(),    // channel id -> Date.now() when its live console was last rendered
 };
-window.boothcastConsole = { state, stats };
+window.boothcast = { state, stats };
 
 let ws = null;
 let backoff = BACKOFF_FIRST_MS;
@@ -465,7 +465,7 @@ async function loadPlayer() {
       .then((p) => {
         player = p;
         player.setVolume(Number(el.volume.value));
-        window.boothcastConsole.player = p;
+        window.boothcast.player = p;
         return p;
       })
       .catch((err) => {

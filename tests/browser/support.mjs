@@ -167,13 +167,14 @@ function track(proc, label) {
 }
 
 // `boothcast serve` on loopback; resolves once it says where it listens.
-export async function startRelay({ env = {}, port = 0, event = EVENT } = {}) {
+// `flags`: more options of `serve` (`--record DIR`).
+export async function startRelay({ env = {}, port = 0, event = EVENT, flags = [] } = {}) {
   const config = join(tmp(), 'event.toml');
   writeFileSync(config, event);
   const proc = track(
     spawn(
       BIN,
-      ['serve', '--config', config, '--listen', `127.0.0.1:${port}`, '--web-dir', join(ROOT, 'web-client')],
+      ['serve', '--config', config, '--listen', `127.0.0.1:${port}`, '--web-dir', join(ROOT, 'web-client'), ...flags],
       { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] },
     ),
     'relay',
@@ -203,29 +204,34 @@ export async function startRelay({ env = {}, port = 0, event = EVENT } = {}) {
   };
 }
 
-// A WAV of a sine, 48 kHz mono, at -10 dBFS (under the page's limiter ceiling).
-export function sine(freq, seconds = 10) {
-  const path = join(tmp(), `sine-${freq}.wav`);
+// A WAV of a sine, 48 kHz mono, at -10 dBFS (under the page's limiter ceiling). With
+// `tremolo` its level moves three times a second, as speech's does: the relay sends level
+// meters only while they change.
+export function sine(freq, seconds = 10, { tremolo = false } = {}) {
+  const path = join(tmp(), `sine-${freq}${tremolo ? '-tremolo' : ''}.wav`);
   if (!existsSync(path)) {
-    execFileSync('sox', ['-n', '-r', '48000', '-c', '1', '-b', '16', path, 'synth', `${seconds}`, 'sine', `${freq}`, 'vol', '0.3']);
+    const effects = tremolo ? ['tremolo', '3', '60'] : [];
+    execFileSync('sox', ['-n', '-r', '48000', '-c', '1', '-b', '16', path, 'synth', `${seconds}`, 'sine', `${freq}`, 'vol', '0.3', ...effects]);
   }
   return path;
 }
 
 // The floor feed, looping its sine.
-export function startFloor(relay, freq = TONES['plenary/floor']) {
-  const proc = spawn(BIN, ['floor', '--server', relay.ws, '--input-file', sine(freq), '--loop'], {
+export function startFloor(relay, freq = TONES['plenary/floor'], { tremolo = false } = {}) {
+  const proc = spawn(BIN, ['floor', '--server', relay.ws, '--input-file', sine(freq, 10, { tremolo }), '--loop'], {
     env: { ...process.env, BOOTHCAST_SECRET: SECRETS.floor },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   return track(proc, 'floor');
 }
 
-// A booth console looping its sine, live at once; commands go to its standard input.
-export function startBooth(relay, booth, freq = TONES[`plenary/${booth}`]) {
+// A booth console looping its sine, live at once unless `live: false`; commands go to its
+// standard input, its JSON lines collect in `lines`.
+export function startBooth(relay, booth, freq = TONES[`plenary/${booth}`], { live = true, tremolo = false } = {}) {
   const proc = spawn(
     BIN,
-    ['booth', '--server', relay.ws, '--booth', booth, '--input-file', sine(freq), '--loop', '--live'],
+    ['booth', '--server', relay.ws, '--booth', booth, '--input-file', sine(freq, 10, { tremolo }), '--loop',
+      ...(live ? ['--live'] : [])],
     { env: { ...process.env, BOOTHCAST_SECRET: SECRETS[booth] }, stdio: ['pipe', 'pipe', 'pipe'] },
   );
   track(proc, `booth ${booth}`);
