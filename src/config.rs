@@ -56,6 +56,9 @@ struct RawEvent {
     name: String,
     #[serde(default)]
     access_code: Option<String>,
+    /// Extra delay suggested to listeners, to line up with a delayed video.
+    #[serde(default)]
+    listener_delay_ms: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,11 +107,17 @@ fn default_true() -> bool {
     true
 }
 
+/// Longest extra delay a listener may be asked to add (a video delay is rarely above a second
+/// or two).
+pub const MAX_LISTENER_DELAY_MS: u32 = 5000;
+
 /// A validated event.
 #[derive(Debug, Clone)]
 pub struct Event {
     pub name: String,
     pub access_code: Option<String>,
+    /// Extra delay suggested to listeners (milliseconds), to line up with a delayed video.
+    pub listener_delay_ms: u32,
     pub floor_secret: String,
     pub engineer_secret: String,
     pub rooms: Vec<Room>,
@@ -307,6 +316,17 @@ impl Validator<'_> {
         let access_code = env("BOOTHCAST_ACCESS_CODE")
             .or(raw.event.access_code)
             .filter(|s| !s.is_empty());
+        let listener_delay_ms = match raw.event.listener_delay_ms {
+            Some(d) if *d.get_ref() > MAX_LISTENER_DELAY_MS => {
+                return Err(self.err(
+                    d.span(),
+                    "event.listener_delay_ms".into(),
+                    format!("at most {MAX_LISTENER_DELAY_MS} ms"),
+                ))
+            }
+            Some(d) => d.into_inner(),
+            None => 0,
+        };
 
         let mut rooms = Vec::new();
         let mut channels: Vec<Channel> = Vec::new();
@@ -473,6 +493,7 @@ impl Validator<'_> {
         Ok(Event {
             name: raw.event.name,
             access_code,
+            listener_delay_ms,
             floor_secret,
             engineer_secret,
             rooms,

@@ -11,7 +11,8 @@
 //! - [`rules`]: who is live and what each channel carries: auto-floor, interlock, handover,
 //!   cough, relay. A state machine with time as an input; no I/O.
 //! - [`relay`]: the fan-out: one queue per channel shared by its listeners; feeds [`rules`].
-//! - [`server`]: HTTP and WebSocket transport around [`relay`].
+//! - [`server`]: HTTP and WebSocket transport around [`relay`]; [`tls`] for HTTPS/WSS and
+//!   [`join`] for the address delegates join at and its QR code.
 //! - [`audio`]: WAV files, resampling, the Opus encoder and decoder (only clients touch audio).
 //! - [`client`]: the floor, booth and listener clients that work from and to audio files.
 //! - [`ogg`]: an Ogg Opus file writer (packets as received, silence for gaps).
@@ -22,9 +23,11 @@ pub mod audio;
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod join;
 pub mod ogg;
 pub mod protocol;
 pub mod record;
 pub mod relay;
 pub mod rules;
 pub mod server;
+pub mod tls;

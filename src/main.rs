@@ -44,6 +44,16 @@ enum Cmd {
         /// Record every channel into a session directory under DIR, from start to stop.
         #[arg(long, value_name = "DIR")]
         record: Option<PathBuf>,
+        /// Serve HTTPS and WSS with this certificate chain (PEM); needs --tls-key.
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// The address delegates join at, shown as a QR code (default: this machine's address
+        /// on its network and the port listened on).
+        #[arg(long, value_name = "URL")]
+        public_url: Option<String>,
     },
     /// Send a WAV file as the floor (the hall's original sound).
     Floor {
@@ -235,6 +245,9 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             listen,
             web_dir,
             record,
+            tls_cert,
+            tls_key,
+            public_url,
             ..
         } => {
             let event = match &config {
@@ -249,19 +262,36 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             for (role, secret) in &event.generated {
                 println!("secret for {role}: {secret}");
             }
+            let tls = match (&tls_cert, &tls_key) {
+                (Some(cert), Some(key)) => Some(boothcast::tls::load(cert, key)?),
+                _ => None,
+            };
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
             let addr = listener.local_addr()?;
+            let scheme = if tls.is_some() { "https" } else { "http" };
             println!(
-                "boothcast relay for \"{}\" ({name}): {} channels, listening on http://{addr}",
+                "boothcast relay for \"{}\" ({name}): {} channels, listening on {scheme}://{addr}",
                 event.name,
                 event.channels.len()
             );
+            let mut join_url =
+                public_url.unwrap_or_else(|| boothcast::join::url(addr, tls.is_some()));
+            if !join_url.ends_with('/') {
+                join_url.push('/');
+            }
+            println!("delegates join at {join_url} (QR code: {join_url}qr.svg)");
+            if let Ok(qr) = boothcast::join::text(&join_url) {
+                println!("{qr}");
+            }
+            println!("sound engineer's console: {join_url}console");
             let relay = Relay::new(Arc::new(event));
             let mut options = server::Options {
                 record_at_start: record.is_some(),
                 record_dir: record,
+                tls,
+                join_url: Some(join_url),
                 ..Default::default()
             };
             if let Some(dir) = web_dir {

@@ -224,6 +224,10 @@ pub enum ClientMessage {
     Record { start: bool },
     /// Keep-alive and round-trip measurement; answered by `pong` with the same `t`.
     Ping { t: u64 },
+    /// Booth consoles and floor feeds: how their capture is doing, at most once a second.
+    /// `overruns`: capture overruns (blocks of samples the device delivered that could not be
+    /// kept) since the client started.
+    Stats { overruns: u64 },
 }
 
 /// Messages the relay sends, as JSON text frames tagged by `type`.
@@ -238,6 +242,10 @@ pub enum ServerMessage {
         booth: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         console: Option<String>,
+        /// Listeners: the event's suggested extra delay, milliseconds, to line up with a
+        /// delayed video (0: none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        listener_delay_ms: Option<u32>,
     },
     /// Every channel with what it carries now. Sent after `welcome` and on every change.
     Channels { channels: Vec<ChannelInfo> },
@@ -260,6 +268,8 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         dir: Option<String>,
     },
+    /// The event log (engineers): the latest entries on connect, then each new one.
+    Log { entries: Vec<LogEntry> },
     /// Answer to `ping`.
     Pong { t: u64 },
     /// A refusal. `fatal: true` means the relay closes the connection after it.
@@ -284,6 +294,43 @@ pub struct SenderHealth {
     pub lost: u64,
     /// Connections of this console or floor before the current one.
     pub reconnects: u32,
+    /// Capture overruns the sender reports (`stats`).
+    #[serde(default)]
+    pub overruns: u64,
+}
+
+/// One entry of the event log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// When, milliseconds since the Unix epoch.
+    pub t: u64,
+    pub kind: LogKind,
+    /// What happened, for people.
+    pub text: String,
+}
+
+/// What an event-log entry is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogKind {
+    /// A booth console or floor feed connected.
+    Connect,
+    /// A booth console or floor feed left.
+    Disconnect,
+    /// A console went live (also by taking a handover).
+    Live,
+    /// A console went off air.
+    Mute,
+    /// A console offered the microphone to its partners.
+    Handover,
+    /// A console chose what it hears: the floor, or a relay channel.
+    Input,
+    /// The engineer force-muted a console.
+    ForceMute,
+    /// Something was refused: a wrong secret, a command the rules do not allow.
+    Refused,
+    /// A recording started or stopped.
+    Recording,
 }
 
 /// What one console sees of itself.

@@ -10,10 +10,13 @@
 //! packet that is not Opus or lasts longer than 60 ms.
 
 use crate::config::Event;
-use crate::protocol::{ConsoleState, FrameError, FrameHeader, ServerMessage, Source, HEADER_LEN};
+use crate::protocol::{
+    ConsoleState, FrameError, FrameHeader, LogEntry, LogKind, ServerMessage, Source, HEADER_LEN,
+};
 use crate::rules::{Action, Command, Refusal, Rules, Session};
 use bytes::Bytes;
 use dashmap::DashMap;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -94,6 +97,8 @@ pub struct Health {
     pub jitter_us: f64,
     pub frames: u64,
     pub lost: u64,
+    /// Capture overruns, as the sender reports them.
+    pub overruns: u64,
     last: Option<(u32, u64, u64)>,
 }
 
@@ -129,8 +134,18 @@ pub struct Relay {
     /// Connections so far per sender identity, for the reconnect count.
     connects: DashMap<String, u32>,
     health_tx: watch::Sender<Bytes>,
+    /// The latest entries of the event log, oldest first, at most `LOG_KEEP`.
+    log: Mutex<VecDeque<LogEntry>>,
+    /// Each new log entry, as JSON, to the engineers connected.
+    log_tx: broadcast::Sender<Bytes>,
     pub stats: Stats,
 }
+
+/// Event-log entries kept for an engineer who connects (a show day's worth of going live and
+/// handing over fits; older ones are in the recording's index when recording).
+pub const LOG_KEEP: usize = 200;
+/// New log entries queued for an engineer's connection; one that falls further behind skips.
+const LOG_QUEUE: usize = 64;
 
 impl Relay {
     pub fn new(event: Arc<Event>) -> Arc<Relay> {
@@ -172,6 +187,8 @@ impl Relay {
             health: DashMap::new(),
             connects: DashMap::new(),
             health_tx: watch::channel(Bytes::new()).0,
+            log: Mutex::new(VecDeque::with_capacity(LOG_KEEP)),
+            log_tx: broadcast::channel(LOG_QUEUE).0,
             stats: Stats::default(),
             event,
         })
@@ -201,6 +218,44 @@ impl Relay {
         }
         self.health
             .insert(session, (who.to_string(), Health::default()));
+        self.log(LogKind::Connect, format!("{who} connected"));
+    }
+
+    /// Adds an entry to the event log and sends it to the engineers.
+    pub fn log(&self, kind: LogKind, text: String) {
+        let entry = LogEntry {
+            t: unix_micros() / 1000,
+            kind,
+            text,
+        };
+        let json = ServerMessage::Log {
+            entries: vec![entry.clone()],
+        }
+        .to_json();
+        {
+            let mut log = self.log.lock().expect("log lock poisoned");
+            if log.len() == LOG_KEEP {
+                log.pop_front();
+            }
+            log.push_back(entry);
+        }
+        // No engineer connected is not an error.
+        let _ = self.log_tx.send(Bytes::from(json));
+    }
+
+    /// The log kept so far, and the new entries from now on.
+    pub fn log_subscribe(&self) -> (Vec<LogEntry>, broadcast::Receiver<Bytes>) {
+        let log = self.log.lock().expect("log lock poisoned");
+        // Subscribed under the lock: no entry falls between the snapshot and the queue.
+        (log.iter().cloned().collect(), self.log_tx.subscribe())
+    }
+
+    /// Who a sender session is (`booth/console`, `floor`), for the log.
+    fn who(&self, session: Session) -> String {
+        self.health
+            .get(&session)
+            .map(|h| h.0.clone())
+            .unwrap_or_else(|| format!("session {session}"))
     }
 
     /// Updates a sender's health.
@@ -227,6 +282,7 @@ impl Relay {
                     jitter_ms: (h.jitter_us / 10.0).round() / 100.0,
                     frames: h.frames,
                     lost: h.lost,
+                    overruns: h.overruns,
                     reconnects: self
                         .connects
                         .get(who)
@@ -247,7 +303,9 @@ impl Relay {
     /// A connection ended, for whatever reason.
     pub fn unregister(&self, session: Session) {
         self.sessions.remove(&session);
-        self.health.remove(&session);
+        if let Some((_, (who, _))) = self.health.remove(&session) {
+            self.log(LogKind::Disconnect, format!("{who} disconnected"));
+        }
         let now = Instant::now();
         self.with_rules(|rules| Ok(rules.disconnect(session, now)))
             .expect("disconnect never refuses");
@@ -339,12 +397,59 @@ impl Relay {
 
     pub fn command(&self, session: Session, cmd: Command) -> Result<(), Refusal> {
         let now = Instant::now();
-        self.with_rules(|r| r.command(session, cmd, now))
+        let who = self.who(session);
+        let mut live = None;
+        let result = self.with_rules(|r| {
+            let actions = r.command(session, cmd.clone(), now)?;
+            live = r.console_state(session).and_then(|s| s.live);
+            Ok(actions)
+        });
+        let channel_name = |c: u16| self.event.channels[c as usize].id.clone();
+        let entry = match (&result, cmd) {
+            (Err(r), _) => Some((LogKind::Refused, format!("{who}: {}", r.message))),
+            (Ok(()), Command::Live(_)) => Some((
+                LogKind::Live,
+                format!("{who} live on {}", live.as_deref().unwrap_or("?")),
+            )),
+            (Ok(()), Command::Mute) => Some((LogKind::Mute, format!("{who} off air"))),
+            (Ok(()), Command::Handover) => Some((
+                LogKind::Handover,
+                format!("{who} offers the microphone to its partners"),
+            )),
+            (Ok(()), Command::Accept) => Some((
+                LogKind::Live,
+                format!(
+                    "{who} took the microphone on {} (handover)",
+                    live.as_deref().unwrap_or("?")
+                ),
+            )),
+            (Ok(()), Command::Input(c)) if self.event.channels[c as usize].is_floor => {
+                Some((LogKind::Input, format!("{who} hears the floor")))
+            }
+            (Ok(()), Command::Input(c)) => Some((
+                LogKind::Input,
+                format!("{who} hears {} (relay)", channel_name(c)),
+            )),
+            // The cough key goes up and down all day: the channel state shows it.
+            (Ok(()), Command::Cough(_)) => None,
+        };
+        if let Some((kind, text)) = entry {
+            self.log(kind, text);
+        }
+        result
     }
 
     pub fn force_mute(&self, booth: &str, console: &str) -> Result<(), Refusal> {
         let now = Instant::now();
-        self.with_rules(|r| r.force_mute(booth, console, now))
+        let result = self.with_rules(|r| r.force_mute(booth, console, now));
+        match &result {
+            Ok(()) => self.log(
+                LogKind::ForceMute,
+                format!("the engineer force-muted {booth}/{console}"),
+            ),
+            Err(r) => self.log(LogKind::Refused, format!("force-mute: {}", r.message)),
+        }
+        result
     }
 
     /// An interpreter frame from a console. Errors say what is wrong with the frame.
@@ -458,6 +563,13 @@ impl Relay {
 
     /// Publishes the recording state to engineers.
     pub fn set_recording(&self, dir: Option<String>) {
+        self.log(
+            LogKind::Recording,
+            match &dir {
+                Some(d) => format!("recording started in {d}"),
+                None => "recording stopped".to_string(),
+            },
+        );
         let json = ServerMessage::Recording {
             active: dir.is_some(),
             dir,
@@ -582,6 +694,64 @@ impl Relay {
                 let _ = writeln!(out, "{name}{{channel=\"{}\"}} {v}", c.id);
             }
         }
+        let infos = self
+            .rules
+            .lock()
+            .expect("rules lock poisoned")
+            .channel_infos();
+        let _ = writeln!(
+            out,
+            "# HELP boothcast_channel_live 1 while an interpreter is live on the channel.\n# TYPE boothcast_channel_live gauge"
+        );
+        for c in &infos {
+            let _ = writeln!(
+                out,
+                "boothcast_channel_live{{channel=\"{}\"}} {}",
+                c.id,
+                u8::from(c.live.is_some())
+            );
+        }
+        let senders = self.health_report();
+        let per_sender: [SenderMetric; 5] = [
+            (
+                "boothcast_sender_rtt_seconds",
+                "gauge",
+                "Round-trip time of the sender's connection (WebSocket ping).",
+                |h| h.rtt_ms.map(|ms| ms / 1000.0),
+            ),
+            (
+                "boothcast_sender_jitter_seconds",
+                "gauge",
+                "Interarrival jitter of the sender's frames (RFC 3550).",
+                |h| Some(h.jitter_ms / 1000.0),
+            ),
+            (
+                "boothcast_sender_lost_total",
+                "counter",
+                "Frames missing from the sender's own sequence.",
+                |h| Some(h.lost as f64),
+            ),
+            (
+                "boothcast_sender_overruns_total",
+                "counter",
+                "Capture overruns the sender reports.",
+                |h| Some(h.overruns as f64),
+            ),
+            (
+                "boothcast_sender_reconnects_total",
+                "counter",
+                "Connections of this console or floor before the current one.",
+                |h| Some(h.reconnects as f64),
+            ),
+        ];
+        for (name, kind, help, value) in per_sender {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for h in &senders {
+                if let Some(v) = value(h) {
+                    let _ = writeln!(out, "{name}{{sender=\"{}\"}} {v}", h.who);
+                }
+            }
+        }
         let global = [
             (
                 "boothcast_connections_total",
@@ -629,6 +799,14 @@ impl Relay {
         out
     }
 }
+
+/// A per-sender metric: name, type, help, and its value from the sender's health.
+type SenderMetric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&crate::protocol::SenderHealth) -> Option<f64>,
+);
 
 /// Validates a frame from a sender: the header, and that the payload is one Opus packet of
 /// at most 60 ms.

@@ -3,11 +3,12 @@
 //! relay (`relay.rs`).
 //!
 //! Routes: `/ws` (the protocol of `docs/PROTOCOL.md`), `/` (the delegate's page from
-//! `web-client/`), `/healthz`, `/metrics`.
+//! `web-client/`), `/console` (the engineer's page), `/join` and `/qr.svg` (the join address),
+//! `/healthz`, `/metrics`. Plain HTTP, or HTTPS with `Options::tls`.
 
 use crate::config::secret_matches;
 use crate::protocol::{
-    ClientMessage, ErrorCode, Role, ServerMessage, MAX_CONTROL_LEN, MAX_FRAME_LEN,
+    ClientMessage, ErrorCode, LogKind, Role, ServerMessage, MAX_CONTROL_LEN, MAX_FRAME_LEN,
 };
 use crate::relay::{Outbound, Relay};
 use crate::rules::{Command, Refusal, Session};
@@ -27,7 +28,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch};
-use tower_http::services::ServeDir;
+use tower_http::compression::Compression;
+use tower_http::services::{ServeDir, ServeFile};
 
 /// Time a new connection has to say `hello`.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,6 +59,10 @@ pub struct Options {
     pub record_dir: Option<PathBuf>,
     /// Start recording as the relay starts (`serve --record`).
     pub record_at_start: bool,
+    /// Serve HTTPS and WSS instead of HTTP and WS.
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// The address delegates join at (default: from the bound address, see `join::url`).
+    pub join_url: Option<String>,
 }
 
 /// The recording in progress, if any, shared by the engineers' connections.
@@ -125,6 +131,8 @@ impl Default for Options {
             write_timeout: WRITE_TIMEOUT,
             record_dir: None,
             record_at_start: false,
+            tls: None,
+            join_url: None,
         }
     }
 }
@@ -135,6 +143,7 @@ struct AppState {
     shutdown: watch::Receiver<bool>,
     write_timeout: Duration,
     recorder: Recorder,
+    join_url: Arc<str>,
 }
 
 /// Serves the relay on an already-bound listener until `shutdown` completes.
@@ -157,33 +166,50 @@ pub async fn run(
             .await
             .map_err(|r| std::io::Error::other(r.message))?;
     }
+    let join_url = match &options.join_url {
+        Some(u) => u.clone(),
+        None => crate::join::url(listener.local_addr()?, options.tls.is_some()),
+    };
     let state = AppState {
         relay: relay.clone(),
         shutdown: stop_rx,
         write_timeout: options.write_timeout,
         recorder: recorder.clone(),
+        join_url: join_url.into(),
     };
+    // Pages and scripts go compressed to browsers that take it (a phone on a busy venue
+    // network loads the page several times faster); audio on /ws is Opus already.
     let app = Router::new()
         .route("/ws", get(ws_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
-        .fallback_service(ServeDir::new(&options.web_dir))
+        .route("/join", get(join))
+        .route("/qr.svg", get(qr_svg))
+        .route_service(
+            "/console",
+            Compression::new(ServeFile::new(options.web_dir.join("console.html"))),
+        )
+        .fallback_service(Compression::new(ServeDir::new(&options.web_dir)))
         .with_state(state);
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-        set_notsent_lowat(tcp, NOTSENT_LOWAT);
-    });
     let stop = async move {
         shutdown.await;
         // Every connection's task sees this and closes with `shutting_down`.
         let _ = stop_tx.send(true);
     };
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop)
-    .await?;
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    match options.tls {
+        Some(config) => {
+            let listener = crate::tls::Listener::new(listener, config, configure_socket)?;
+            axum::serve(listener.tap_io(|_| {}), app)
+                .with_graceful_shutdown(stop)
+                .await?
+        }
+        None => {
+            axum::serve(listener.tap_io(configure_socket_mut), app)
+                .with_graceful_shutdown(stop)
+                .await?
+        }
+    }
     // WebSocket connections outlive the HTTP server's shutdown: give each a moment to send its
     // close frame, so clients learn why rather than seeing a reset.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
@@ -193,6 +219,31 @@ pub async fn run(
     // A recording still running is closed properly: every file ends, the index is written.
     let _ = recorder.set(&relay_for_drain, false).await;
     Ok(())
+}
+
+/// Socket options of every connection: no Nagle delay on audio, a small kernel send queue.
+fn configure_socket(tcp: &tokio::net::TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    set_notsent_lowat(tcp, NOTSENT_LOWAT);
+}
+
+fn configure_socket_mut(tcp: &mut tokio::net::TcpStream) {
+    configure_socket(tcp)
+}
+
+async fn join(State(state): State<AppState>) -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "url": &*state.join_url }))
+}
+
+async fn qr_svg(State(state): State<AppState>) -> axum::response::Response {
+    match crate::join::svg(&state.join_url) {
+        Ok(svg) => ([("content-type", "image/svg+xml")], svg).into_response(),
+        Err(e) => (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("no QR code for {}: {e}\n", state.join_url),
+        )
+            .into_response(),
+    }
 }
 
 fn set_notsent_lowat(tcp: &tokio::net::TcpStream, bytes: u32) {
@@ -367,6 +418,10 @@ async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr) {
                 relay.stats.refused_auth.fetch_add(1, Ordering::Relaxed);
             }
             tracing::warn!(peer = %addr, code = ?ending.code, reason = %ending.message, "refused");
+            relay.log(
+                LogKind::Refused,
+                format!("{}: {}", addr.ip(), ending.message),
+            );
             relay.unregister(session);
             close(&mut ws, ending).await;
             return;
@@ -648,6 +703,8 @@ async fn serve(
         event: relay.event().name.clone(),
         booth,
         console,
+        listener_delay_ms: matches!(conn.peer, Peer::Listener)
+            .then_some(relay.event().listener_delay_ms),
     };
     let channels_now = channels.borrow_and_update().clone();
     if send_text(ws, welcome.to_json().into()).await.is_err()
@@ -655,9 +712,19 @@ async fn serve(
     {
         return None;
     }
+    // Engineers get the log so far, then each new entry; others never subscribe.
+    let mut log = None;
     if is_engineer {
         let json = recording.borrow_and_update().clone();
         if send_bytes_text(ws, json).await.is_err() {
+            return None;
+        }
+        let (entries, rx) = relay.log_subscribe();
+        log = Some(rx);
+        if send_text(ws, ServerMessage::Log { entries }.to_json().into())
+            .await
+            .is_err()
+        {
             return None;
         }
     }
@@ -783,6 +850,11 @@ async fn serve(
                 let json = recording.borrow_and_update().clone();
                 if send_bytes_text(ws, json).await.is_err() { return None; }
             }
+            entry = next_log(&mut log) => {
+                if let Some(json) = entry {
+                    if send_bytes_text(ws, json).await.is_err() { return None; }
+                }
+            }
             r = audience.changed(), if wants_audience => {
                 if r.is_err() { return None; }
                 let json = audience.borrow_and_update().clone();
@@ -792,6 +864,19 @@ async fn serve(
                 return Some(Ending::new(ErrorCode::ShuttingDown, "the relay is shutting down"));
             }
         }
+    }
+}
+
+/// The next event-log entry for an engineer (`None` after skipping entries it was too slow
+/// for); pending forever for everyone else.
+async fn next_log(log: &mut Option<broadcast::Receiver<Bytes>>) -> Option<Bytes> {
+    let Some(rx) = log else {
+        return std::future::pending().await;
+    };
+    match rx.recv().await {
+        Ok(json) => Some(json),
+        Err(broadcast::error::RecvError::Lagged(_)) => None,
+        Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
     }
 }
 
@@ -1024,6 +1109,16 @@ fn control(conn: &mut Connection, msg: ClientMessage) -> Result<Option<ServerMes
     let is_console = matches!(conn.peer, Peer::Console { .. });
     let command = match msg {
         ClientMessage::Ping { t } => return Ok(Some(ServerMessage::Pong { t })),
+        ClientMessage::Stats { overruns } => {
+            if !matches!(conn.peer, Peer::Floor | Peer::Console { .. }) {
+                return Err(Refusal {
+                    code: ErrorCode::Forbidden,
+                    message: "stats are for booth consoles and the floor".into(),
+                });
+            }
+            relay.health_update(conn.session, |h| h.overruns = overruns);
+            return Ok(None);
+        }
         ClientMessage::Hello { .. } => {
             return Err(Refusal {
                 code: ErrorCode::NotHello,

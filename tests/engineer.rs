@@ -1,0 +1,404 @@
+//! What the sound engineer and the delegates' phones get from the relay besides audio: the
+//! event log, capture overruns, metrics that follow what happened, the join address and its QR
+//! code, and HTTPS/WSS.
+
+mod support;
+
+use boothcast::protocol::{LogEntry, LogKind, ServerMessage};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use support::*;
+
+async fn engineer(url: &str) -> Client {
+    let mut c = Client::connect(
+        url,
+        json!({"type": "hello", "role": "engineer", "secret": "engineer-secret"}),
+    )
+    .await;
+    c.welcome().await;
+    c
+}
+
+/// Waits for a log entry of `kind` whose text contains `text`.
+async fn log_entry(c: &mut Client, kind: LogKind, text: &str) -> LogEntry {
+    c.wait_text(&format!("log entry {kind:?} {text:?}"), |m| match m {
+        ServerMessage::Log { entries } => entries
+            .iter()
+            .find(|e| e.kind == kind && e.text.contains(text))
+            .cloned(),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_event_log_tells_who_went_live_handed_over_chose_a_relay_and_was_refused() {
+    let relay = TestRelay::start().await;
+    let mut eng = engineer(&relay.url).await;
+    let mut first = Client::console(&relay.url, "en", "1").await;
+    let mut partner = Client::console(&relay.url, "en", "2").await;
+    log_entry(&mut eng, LogKind::Connect, "en/1 connected").await;
+    log_entry(&mut eng, LogKind::Connect, "en/2 connected").await;
+
+    first.text(json!({"type": "live"}));
+    first.console_state(|s| s.live.is_some()).await;
+    let live = log_entry(&mut eng, LogKind::Live, "en/1 live on plenary/en").await;
+    first.text(json!({"type": "handover"}));
+    log_entry(&mut eng, LogKind::Handover, "en/1 offers the microphone").await;
+    partner
+        .wait_text("handover offer", |m| {
+            matches!(m, ServerMessage::HandoverOffered { .. }).then_some(())
+        })
+        .await;
+    partner.text(json!({"type": "accept"}));
+    partner.console_state(|s| s.live.is_some()).await;
+    let taken = log_entry(&mut eng, LogKind::Live, "en/2 took the microphone").await;
+    assert!(taken.t >= live.t, "entries in time order");
+
+    let ru = Client::console(&relay.url, "ru", "1").await;
+    ru.text(json!({"type": "input", "channel": "en"}));
+    log_entry(&mut eng, LogKind::Input, "ru/1 hears plenary/en (relay)").await;
+    // A refusal by the rules: ru/1 may not go live on English.
+    ru.text(json!({"type": "live", "channel": "en"}));
+    log_entry(&mut eng, LogKind::Refused, "ru/1:").await;
+    // A wrong secret: logged with the reason, never with the secret.
+    let mut intruder = Client::connect(
+        &relay.url,
+        json!({"type": "hello", "role": "interpreter", "booth": "fr", "secret": "guess-1234"}),
+    )
+    .await;
+    intruder.error().await;
+    let refused = log_entry(&mut eng, LogKind::Refused, "wrong or missing secret").await;
+    assert!(refused.text.contains("booth fr"), "{}", refused.text);
+    assert!(!refused.text.contains("guess-1234"));
+    partner.close();
+    log_entry(&mut eng, LogKind::Disconnect, "en/2 disconnected").await;
+
+    // An engineer who connects later gets the history.
+    let mut late = engineer(&relay.url).await;
+    let history = late
+        .wait_text("log history", |m| match m {
+            ServerMessage::Log { entries } if entries.len() > 1 => Some(entries.clone()),
+            _ => None,
+        })
+        .await;
+    let texts: Vec<&str> = history.iter().map(|e| e.text.as_str()).collect();
+    for want in [
+        "en/1 connected",
+        "en/1 live on plenary/en",
+        "en/2 took the microphone on plenary/en (handover)",
+        "ru/1 hears plenary/en (relay)",
+        "en/2 disconnected",
+    ] {
+        assert!(
+            texts.iter().any(|t| t.contains(want)),
+            "{want} in {texts:#?}"
+        );
+    }
+    assert!(history.windows(2).all(|w| w[0].t <= w[1].t));
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn the_log_keeps_a_bounded_history() {
+    let relay = TestRelay::start().await;
+    let ru = Client::console(&relay.url, "ru", "1").await;
+    let n = boothcast::relay::LOG_KEEP + 20;
+    for i in 0..n {
+        let ch = if i % 2 == 0 { "en" } else { "floor" };
+        ru.text(json!({"type": "input", "channel": ch}));
+    }
+    ru.text(json!({"type": "ping", "t": 1}));
+    let mut ru = ru;
+    ru.wait_text("pong", |m| {
+        matches!(m, ServerMessage::Pong { t: 1 }).then_some(())
+    })
+    .await;
+    let mut eng = engineer(&relay.url).await;
+    let history = eng
+        .wait_text("log history", |m| match m {
+            ServerMessage::Log { entries } if entries.len() > 1 => Some(entries.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(history.len(), boothcast::relay::LOG_KEEP);
+    // The newest are kept: the last command chose the floor.
+    assert_eq!(history.last().unwrap().text, "ru/1 hears the floor");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn capture_overruns_reach_the_engineer_and_the_metrics() {
+    let relay = TestRelay::start().await;
+    let booth = Client::console(&relay.url, "en", "1").await;
+    booth.pump(b'E', 80);
+    booth.text(json!({"type": "stats", "overruns": 7}));
+    let mut eng = engineer(&relay.url).await;
+    eng.wait_text("health with overruns", |m| match m {
+        ServerMessage::Health { senders } => senders
+            .iter()
+            .find(|s| s.who == "en/1" && s.overruns == 7)
+            .map(|_| ()),
+        _ => None,
+    })
+    .await;
+    let m = relay.metrics().await;
+    assert_eq!(
+        metric(&m, "boothcast_sender_overruns_total{sender=\"en/1\"}"),
+        7
+    );
+    // Listeners have no capture to report on.
+    let mut listener = Client::listener(&relay.url, "en").await;
+    listener.text(json!({"type": "stats", "overruns": 1}));
+    assert_eq!(
+        listener.error().await.1,
+        "stats are for booth consoles and the floor"
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_follow_what_the_booths_and_listeners_did() {
+    let relay = TestRelay::start().await;
+    let mut en: Vec<Client> = Vec::new();
+    for _ in 0..3 {
+        en.push(Client::listener(&relay.url, "en").await);
+    }
+    let _ru = Client::listener(&relay.url, "ru").await;
+    let mut booth = Client::console(&relay.url, "en", "1").await;
+    booth.pump(b'E', 80);
+    booth.text(json!({"type": "live"}));
+    booth.console_state(|s| s.live.is_some()).await;
+    for l in &mut en {
+        // 25 of the interpreter's frames reached every English listener.
+        let mut n = 0;
+        l.frames_until(|_, b| {
+            if marker(b) == b'E' {
+                n += 1;
+            }
+            n == 25
+        })
+        .await;
+    }
+    // The relay's pings have come back from the booth once a second.
+    let m = loop {
+        let m = relay.metrics().await;
+        if m.contains("boothcast_sender_rtt_seconds{sender=\"en/1\"}") {
+            break m;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(metric(&m, "boothcast_listeners{channel=\"plenary/en\"}"), 3);
+    assert_eq!(metric(&m, "boothcast_listeners{channel=\"plenary/ru\"}"), 1);
+    assert_eq!(metric(&m, "boothcast_listeners{channel=\"plenary/fr\"}"), 0);
+    assert_eq!(
+        metric(&m, "boothcast_channel_live{channel=\"plenary/en\"}"),
+        1
+    );
+    assert_eq!(
+        metric(&m, "boothcast_channel_live{channel=\"plenary/ru\"}"),
+        0
+    );
+    let frames_in = metric(&m, "boothcast_frames_in_total{channel=\"plenary/en\"}");
+    let delivered = metric(
+        &m,
+        "boothcast_frames_delivered_total{channel=\"plenary/en\"}",
+    );
+    assert!(frames_in >= 25, "{frames_in}");
+    assert!(delivered >= 75, "three listeners had 25 each: {delivered}");
+    booth.text(json!({"type": "mute"}));
+    // The gauge falls as the rules take the console off air.
+    tokio::time::timeout(WAIT, async {
+        while metric(
+            &relay.metrics().await,
+            "boothcast_channel_live{channel=\"plenary/en\"}",
+        ) != 0
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("en off air in the metrics after mute");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn delegates_get_the_join_address_its_qr_code_and_the_events_listener_delay() {
+    let event = EVENT.replace(
+        "name = \"Test Forum\"",
+        "name = \"Test Forum\"\nlistener_delay_ms = 120",
+    );
+    let relay = TestRelay::start_with(&event, &|_| None).await;
+    let join: serde_json::Value =
+        serde_json::from_str(&http_get(relay.addr, "/join").await).unwrap();
+    assert_eq!(join["url"], format!("http://{}/", relay.addr));
+    let svg = http_get(relay.addr, "/qr.svg").await;
+    assert!(svg.contains("<svg") && svg.contains("</svg>"), "{svg}");
+    let mut listener = Client::connect(
+        &relay.url,
+        json!({"type": "hello", "role": "listener", "channel": "en"}),
+    )
+    .await;
+    let delay = listener
+        .wait_text("welcome", |m| match m {
+            ServerMessage::Welcome {
+                listener_delay_ms, ..
+            } => Some(*listener_delay_ms),
+            _ => None,
+        })
+        .await;
+    assert_eq!(delay, Some(120));
+    relay.stop().await;
+}
+
+/// A self-signed certificate for localhost and 127.0.0.1, made with openssl: (cert, key) paths.
+fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(status.success());
+    (cert, key)
+}
+
+async fn tls_connect(
+    addr: SocketAddr,
+    cert: &std::path::Path,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls_pki_types::pem::PemObject;
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(cert).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    tokio::time::timeout(
+        WAIT,
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("handshake")
+}
+
+#[tokio::test]
+async fn serves_https_and_wss_with_its_certificate() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempdir();
+    let (cert, key) = self_signed(&dir);
+    let options = boothcast::server::Options {
+        tls: Some(boothcast::tls::load(&cert, &key).expect("certificate loads")),
+        ..Default::default()
+    };
+    let relay = TestRelay::start_opts(EVENT, &|_| None, options).await;
+    let join: serde_json::Value = {
+        let mut s = tls_connect(relay.addr, &cert).await;
+        s.write_all(b"GET /join HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(WAIT, s.read_to_string(&mut out))
+            .await
+            .expect("response in time")
+            .ok();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        serde_json::from_str(out.split_once("\r\n\r\n").unwrap().1).unwrap()
+    };
+    assert_eq!(join["url"], format!("https://{}/", relay.addr));
+
+    // A delegate over WSS is welcomed.
+    let tls = tls_connect(relay.addr, &cert).await;
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(format!("wss://localhost:{}/ws", relay.addr.port()), tls)
+            .await
+            .expect("WebSocket over TLS");
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        json!({"type": "hello", "role": "listener", "channel": "en"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let first = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("welcome in time")
+        .unwrap()
+        .unwrap();
+    let welcome = ServerMessage::parse(first.to_text().unwrap()).unwrap();
+    assert!(
+        matches!(welcome, ServerMessage::Welcome { .. }),
+        "{welcome:?}"
+    );
+
+    // Plain HTTP on the TLS port gets nothing served.
+    let plain = tokio::time::timeout(WAIT, async {
+        let mut s = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        out
+    })
+    .await
+    .expect("the relay closes a plain connection");
+    assert!(!String::from_utf8_lossy(&plain).contains("ok"));
+    relay.stop().await;
+}
+
+#[test]
+fn a_broken_certificate_file_is_named_in_the_error() {
+    let dir = tempdir();
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    std::fs::write(&key, "not a key\n").unwrap();
+    let e = boothcast::tls::load(&cert, &key).unwrap_err().to_string();
+    assert!(
+        e.contains("cert.pem") && e.contains("no certificate"),
+        "{e}"
+    );
+    let (good_cert, _) = self_signed(&tempdir());
+    let e = boothcast::tls::load(&good_cert, &key)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("key.pem") && e.contains("private key"), "{e}");
+}
+
+/// A fresh directory under the target directory's tmp, removed at the start of the next run.
+fn tempdir() -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "engineer-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
