@@ -139,6 +139,8 @@ function handle(m) {
       setConn('connected', 'connected');
       showDesk();
       pinger();
+      // What was buffered before the break is stale: play the monitored channel from live.
+      if (player) player.reset();
       break;
     case 'channels': renderChannels(m.channels); break;
     case 'audience': renderAudience(m.listeners); break;
@@ -374,11 +376,14 @@ function fixed(v, digits) {
 }
 
 function renderHealth(senders) {
+  const liveOn = new Map(state.channels.filter((c) => c.live)
+    .map((c) => [`${c.live.booth}/${c.live.console}`, c.lang]));
   const rows = senders.map((s) => {
     const tr = document.createElement('tr');
     tr.dataset.who = s.who;
+    const live = liveOn.get(s.who);
     const cells = [
-      s.who, fixed(s.rtt_ms, 1), fixed(s.jitter_ms, 1), String(s.frames), String(s.lost),
+      live ? `${s.who} · live ${live}` : s.who, fixed(s.rtt_ms, 1), fixed(s.jitter_ms, 1), String(s.frames), String(s.lost),
       String(s.reconnects), s.overruns === undefined ? '—' : String(s.overruns),
     ];
     cells.forEach((text, i) => {
