@@ -15,11 +15,15 @@ const MIN_MARGIN = ms(5);
 const MAX_MARGIN = ms(300);
 // Headroom kept above the worst arrival jitter seen in the window before the margin shrinks.
 const SAFETY = ms(5);
-// Frames over which the worst jitter is taken before the margin may shrink (2 s at 20 ms).
-const WINDOW = 100;
+// Frames over which the worst jitter is taken before the margin may shrink (1 s at 20 ms).
+const WINDOW = 50;
+// One late frame grows the margin by at most this (plus SAFETY): a rare stall of the network
+// is not worth its length in delay from then on; jitter that keeps coming grows it step by step.
+const MAX_GROW = ms(20);
 // A frame due further ahead than margin + listener delay + this is part of a backlog (a stall
-// released a burst): the timeline jumps back to live. Same bound as the `listen` client.
-const MAX_AHEAD = ms(200);
+// released a burst): the timeline jumps back to live. Three 20 ms frames: a burst the margin
+// already covers passes, the backlog of a stall does not.
+const MAX_AHEAD = ms(60);
 // Up to this many frames missing from the sequence are concealed; a longer gap restarts at live.
 const MAX_CONCEAL_FRAMES = 5;
 // The listener delay lines the sound up with a delayed video; a minute is already absurd.
@@ -78,14 +82,14 @@ export class Playout {
       if (!quiet) {
         // Arrived after its time with the stream running: grow the margin by what was missing.
         this.counters.underruns++;
-        this.margin = Math.min(MAX_MARGIN, this.margin + (this.head - slot) + SAFETY);
+        this.margin = Math.min(MAX_MARGIN, this.margin + Math.min(MAX_GROW, this.head - slot) + SAFETY);
         this.sinceChange = 0;
         this.window = [];
       }
       // Otherwise the channel carried nothing for a while (cough, hold): start again at live.
       gap = 0;
       slot = this.restart(this.head + this.margin + this.delay);
-    } else if (slot - this.head > this.margin + this.delay + MAX_AHEAD) {
+    } else if (slot + len - this.head > this.margin + this.delay + MAX_AHEAD + len) {
       // A backlog: whatever is queued is stale; keep this newest frame and play it at live.
       this.counters.skipped += this.queue.length;
       this.queue = [];
