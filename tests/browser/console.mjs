@@ -191,7 +191,16 @@ await s.run('console', async ({ launch }) => {
     await page.click(`${row(id)} button.monitor`);
     await page.waitForFunction(() => window.boothcast.player);
     await s.probe(page);
-    await s.waitTone(page, s.TONES[id], WAIT);
+    await s.waitTone(page, s.TONES[id], WAIT).catch(async (e) => {
+      const seen = await page.evaluate(() => ({
+        monitored: window.boothcast.state.monitored,
+        frames: window.boothcast.stats.frames,
+        player: window.boothcast.player.stats(),
+        health: document.querySelector('#health tbody').innerText,
+        levels: document.querySelector('#channels tbody').innerText,
+      }));
+      throw new Error(`${e.message}; the page: ${JSON.stringify(seen)}`);
+    });
     heard[id] = { tone_hz: s.TONES[id], heard_after_ms: Date.now() - t0 };
   }
   s.figure({ check: 'monitoring', heard });
