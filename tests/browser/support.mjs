@@ -118,7 +118,7 @@ export async function run(name, body, { timeoutMs = 110000 } = {}) {
   }, timeoutMs);
   let browser = null;
   try {
-    await body({ launch: async () => (browser = await launch()) });
+    await body({ launch: async (opts) => (browser = await launch(opts)) });
     console.log(JSON.stringify({ test: name, ok: true }));
   } catch (e) {
     console.error(`${name}: FAILED: ${e && e.stack ? e.stack : e}`);
@@ -167,18 +167,13 @@ function track(proc, label) {
 }
 
 // `boothcast serve` on loopback; resolves once it says where it listens.
-// `flags`: more options of `serve` (`--record DIR`).
-export async function startRelay({ env = {}, port = 0, event = EVENT, flags = [] } = {}) {
+// `realtime`: under SCHED_FIFO, as startFloor. `flags`: more options of `serve` (`--record DIR`).
+export async function startRelay({ env = {}, port = 0, event = EVENT, realtime = false, flags = [] } = {}) {
   const config = join(tmp(), 'event.toml');
   writeFileSync(config, event);
-  const proc = track(
-    spawn(
-      BIN,
-      ['serve', '--config', config, '--listen', `127.0.0.1:${port}`, '--web-dir', join(ROOT, 'web-client'), ...flags],
-      { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] },
-    ),
-    'relay',
-  );
+  const args = ['serve', '--config', config, '--listen', `127.0.0.1:${port}`, '--web-dir', join(ROOT, 'web-client'), ...flags];
+  const [cmd, argv] = realtime ? ['chrt', ['-f', '10', BIN, ...args]] : [BIN, args];
+  const proc = track(spawn(cmd, argv, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] }), 'relay');
   const addr = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('the relay did not start within 20 s')), 20000);
     let buf = '';
@@ -216,9 +211,13 @@ export function sine(freq, seconds = 10, { tremolo = false } = {}) {
   return path;
 }
 
-// The floor feed, looping its sine.
-export function startFloor(relay, freq = TONES['plenary/floor'], { tremolo = false } = {}) {
-  const proc = spawn(BIN, ['floor', '--server', relay.ws, '--input-file', sine(freq, 10, { tremolo }), '--loop'], {
+// The floor feed, looping its sine. `realtime` runs it under SCHED_FIFO (chrt), as on a
+// dedicated machine at the mixing desk, so that a busy test machine does not make its frames
+// late: for measuring the page, not the sender.
+export function startFloor(relay, freq = TONES['plenary/floor'], { realtime = false, tremolo = false } = {}) {
+  const args = ['floor', '--server', relay.ws, '--input-file', sine(freq, 10, { tremolo }), '--loop'];
+  const [cmd, argv] = realtime ? ['chrt', ['-f', '10', BIN, ...args]] : [BIN, args];
+  const proc = spawn(cmd, argv, {
     env: { ...process.env, BOOTHCAST_SECRET: SECRETS.floor },
     // Its JSON lines (every `channels` change) go nowhere: a pipe nobody reads fills up and
     // stalls the floor's sending.
@@ -252,9 +251,16 @@ export async function boothLive(booth, timeoutMs = 15000) {
   );
 }
 
-export async function launch() {
+// `realtime`: Chromium under SCHED_RR (chrt, through a wrapper script), as the audio of a
+// phone or laptop runs with real-time priority; for measuring on a machine busy with other work.
+export async function launch({ realtime = false } = {}) {
+  let executablePath = CHROMIUM;
+  if (realtime) {
+    executablePath = join(tmp(), 'chromium-rt');
+    writeFileSync(executablePath, `#!/bin/sh\nexec chrt -r 5 ${CHROMIUM} "$@"\n`, { mode: 0o755 });
+  }
   return chromium.launch({
-    executablePath: CHROMIUM,
+    executablePath,
     headless: true,
     args: [
       '--no-sandbox',
