@@ -210,6 +210,14 @@ await s.run('console', async ({ launch }) => {
   await page.screenshot({ path: shot });
   s.figure({ screenshot: shot });
 
+  // Keyboard: Esc stops monitoring, a channel's number monitors it.
+  await page.keyboard.press('Escape');
+  await page.waitForFunction(() => document.querySelector('#mon-state').textContent === 'monitor off');
+  await page.keyboard.press('3');
+  await page.waitForFunction((sel) => document.querySelector(sel).getAttribute('aria-pressed') === 'true',
+    `${row('plenary/en')} button.monitor`);
+  s.figure({ check: 'keyboard monitoring' });
+
   await page.click('#rec-btn');
   await page.waitForFunction(() => document.querySelector('#rec').dataset.active === 'false');
   const second = checkSession(recordDir, 2);
