@@ -43,3 +43,8 @@ fn delegate_page_fallback() {
 fn delegate_page_access_code() {
     run_script("access");
 }
+
+#[test]
+fn delegate_page_playout_rules() {
+    run_script("playout");
+}

@@ -15,15 +15,20 @@ const MIN_MARGIN = ms(5);
 const MAX_MARGIN = ms(300);
 // Headroom kept above the worst arrival jitter seen in the window before the margin shrinks.
 const SAFETY = ms(5);
-// Frames over which the worst jitter is taken before the margin may shrink (1 s at 20 ms).
-const WINDOW = 50;
+// Frames over which the worst jitter is taken before the margin may shrink (5 s at 20 ms):
+// longer than the period of jitter that recurs every second or so, which the margin must cover.
+const WINDOW = 250;
 // One late frame grows the margin by at most this (plus SAFETY): a rare stall of the network
 // is not worth its length in delay from then on; jitter that keeps coming grows it step by step.
 const MAX_GROW = ms(20);
 // A frame due further ahead than margin + listener delay + this is part of a backlog (a stall
-// released a burst): the timeline jumps back to live. Three 20 ms frames: a burst the margin
-// already covers passes, the backlog of a stall does not.
-const MAX_AHEAD = ms(60);
+// released a burst): the timeline jumps back to live at once. Same bound as the `listen` client.
+const MAX_AHEAD = ms(200);
+// A smaller backlog, more than this beyond margin + delay + one frame, is cut if it lasts for
+// BACKLOG_HOLD of output: a hiccup of the audio thread catches up by itself within that time,
+// the backlog of a network or sender stall does not.
+const BACKLOG = ms(15);
+const BACKLOG_HOLD = ms(200);
 // Up to this many frames missing from the sequence are concealed; a longer gap restarts at live.
 const MAX_CONCEAL_FRAMES = 5;
 // The listener delay lines the sound up with a delayed video; a minute is already absurd.
@@ -48,6 +53,8 @@ export class Playout {
     this.window = [];
     this.sinceChange = 0;
     this.gain = 1;
+    this.backlogFor = 0; // samples of consecutive frames that arrived with a backlog
+    this.backlogMin = 0;
     this.last = null; // samples of the last frame placed, for concealment
     this.played = []; // [relayUs, arrivalMs, outputFrame] of frames whose first sample was written
     this.counters = { underruns: 0, concealed: 0, lost: 0, skipped: 0, late: 0, frames: 0 };
@@ -89,7 +96,7 @@ export class Playout {
       // Otherwise the channel carried nothing for a while (cough, hold): start again at live.
       gap = 0;
       slot = this.restart(this.head + this.margin + this.delay);
-    } else if (slot + len - this.head > this.margin + this.delay + MAX_AHEAD + len) {
+    } else if (slot - this.head > this.margin + this.delay + MAX_AHEAD) {
       // A backlog: whatever is queued is stale; keep this newest frame and play it at live.
       this.counters.skipped += this.queue.length;
       this.queue = [];
@@ -108,6 +115,7 @@ export class Playout {
     this.expected = { seq: (frame.seq + 1) >>> 0, end: slot + len, channel: frame.channel };
     this.last = frame.samples;
     this.adapt(slot - this.head - this.delay);
+    this.trimBacklog(slot, len);
   }
 
   restart(slot) {
@@ -145,6 +153,24 @@ export class Playout {
     }
     this.sinceChange = 0;
     this.window = [];
+  }
+
+  // Cuts a backlog that lasts: every frame for BACKLOG_HOLD arrived with more than BACKLOG of
+  // headroom beyond margin + delay; the timeline moves earlier by the least of those excesses.
+  trimBacklog(slot, len) {
+    const excess = slot - this.head - this.margin - this.delay;
+    if (excess <= BACKLOG) {
+      this.backlogFor = 0;
+      return;
+    }
+    this.backlogMin = this.backlogFor ? Math.min(this.backlogMin, excess) : excess;
+    this.backlogFor += len;
+    if (this.backlogFor < BACKLOG_HOLD) return;
+    this.shift(-this.backlogMin);
+    this.counters.skipped += Math.round(this.backlogMin / len);
+    this.backlogFor = 0;
+    this.window = [];
+    this.sinceChange = 0;
   }
 
   shift(by) {

@@ -6,11 +6,13 @@
 //   main path (WebCodecs + AudioWorklet) and the fallback path (WASM + ScriptProcessor);
 // - the page's first load, compressed as served, with and without the WASM decoder.
 //
-//   node tests/browser/latency.mjs [--seconds 30] [--realtime]
+//   node tests/browser/latency.mjs [--seconds 30] [--realtime] [--audio-buffer 256]
 //
 // --realtime runs the relay and the floor feed under SCHED_FIFO and Chromium under SCHED_RR
 // (chrt, needs root), so that other work on the machine does not delay the frames or the
-// audio output.
+// audio output. --audio-buffer N sets Chromium's audio output buffer (--audio-buffer-size, in
+// samples; by default Chromium takes 512 at 48 kHz with PulseAudio, about 44 ms of output
+// latency in all).
 //
 // Prints JSON lines. Uses target/debug/boothcast unless BOOTHCAST_BIN says otherwise.
 
@@ -123,7 +125,8 @@ await s.run(
     const realtime = process.argv.includes('--realtime');
     const relay = await s.startRelay({ realtime });
     s.startFloor(relay, undefined, { realtime });
-    const browser = await launch({ realtime });
+    const buffer = arg('--audio-buffer', 0);
+    const browser = await launch({ realtime, args: buffer ? [`--audio-buffer-size=${buffer}`] : [] });
     for (const fallback of [false, true]) s.figure(await delays(browser, relay, fallback));
     for (const fallback of [false, true]) s.figure(await firstLoad(browser, relay, fallback));
   },

@@ -253,7 +253,7 @@ export async function boothLive(booth, timeoutMs = 15000) {
 
 // `realtime`: Chromium under SCHED_RR (chrt, through a wrapper script), as the audio of a
 // phone or laptop runs with real-time priority; for measuring on a machine busy with other work.
-export async function launch({ realtime = false } = {}) {
+export async function launch({ realtime = false, args = [] } = {}) {
   let executablePath = CHROMIUM;
   if (realtime) {
     executablePath = join(tmp(), 'chromium-rt');
@@ -273,6 +273,7 @@ export async function launch({ realtime = false } = {}) {
       // The page keeps playing when its tab is not in front.
       '--disable-background-timer-throttling',
       '--disable-renderer-backgrounding',
+      ...args,
     ],
   });
 }
