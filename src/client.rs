@@ -10,6 +10,7 @@
 //! follow it; logs go to standard error.
 
 use crate::audio::{self, encode, Decoder, Encoder, WavWriter};
+use crate::device::{self, Capture, Playback, Player};
 use crate::protocol::{
     level_byte, ClientMessage, ErrorCode, FrameHeader, Role, ServerMessage, Source, CHANNEL_UNSET,
     HEADER_LEN,
@@ -48,6 +49,8 @@ pub enum Error {
     Lost(String),
     #[error(transparent)]
     Audio(#[from] audio::Error),
+    #[error(transparent)]
+    Device(#[from] device::Error),
 }
 
 impl Error {
@@ -58,6 +61,7 @@ impl Error {
             Error::Url(_)
                 | Error::Tls(_)
                 | Error::Audio(_)
+                | Error::Device(_)
                 | Error::Refused {
                     code: ErrorCode::Unauthorized
                         | ErrorCode::UnknownBooth
@@ -203,41 +207,127 @@ impl FileSource {
     }
 }
 
+/// Where a sender's sound comes from.
+pub enum Input {
+    /// A WAV file, paced in real time.
+    File { path: PathBuf, looped: bool },
+    /// An audio input device by name (`boothcast devices`), or the default one.
+    Device { name: Option<String> },
+}
+
 /// What a sender needs to produce frames.
 pub struct SenderOptions {
-    pub input: PathBuf,
-    pub looped: bool,
+    pub input: Input,
     pub encode: encode::Config,
 }
 
+/// The sender's microphone: a file paced as a microphone would deliver it, or a real device.
+enum Mic {
+    File { file: FileSource, pacer: Pacer },
+    Device { capture: Box<Capture>, frame: usize },
+}
+
+/// How often a device microphone is looked at for a full frame: 1 ms is small beside a
+/// 10-20 ms frame, and the ring between the device and here has no way to wake a task
+/// without locking in the realtime callback.
+const MIC_POLL: Duration = Duration::from_millis(1);
+
+impl Mic {
+    /// The next frame of sound and the wall-clock time of its first sample; `None` once a
+    /// file has ended.
+    async fn next(&mut self) -> Result<Option<(Vec<f32>, u64)>, Error> {
+        match self {
+            Mic::File { file, pacer } => {
+                let (k, capture_us) = pacer.tick().await;
+                Ok(file.frame(k).map(|pcm| (pcm, capture_us)))
+            }
+            Mic::Device { capture, frame } => loop {
+                if let Some(pcm) = capture.take(*frame)? {
+                    let capture_us = unix_micros().saturating_sub(*frame as u64 * 1000 / 48);
+                    return Ok(Some((pcm, capture_us)));
+                }
+                tokio::time::sleep(MIC_POLL).await;
+            },
+        }
+    }
+
+    /// After an outage, what was said meanwhile is gone: move on to now.
+    fn skip_to_now(&mut self) -> Result<(), Error> {
+        match self {
+            Mic::File { pacer, .. } => pacer.skip_to_now(),
+            Mic::Device { capture, .. } => capture.discard()?,
+        }
+        Ok(())
+    }
+
+    /// While not connected: a device keeps being read (and what it hears dropped), so its
+    /// ring does not overflow and count overruns that no listener would have heard.
+    async fn idle(&mut self) -> Result<(), Error> {
+        match self {
+            Mic::File { .. } => std::future::pending().await,
+            Mic::Device { capture, .. } => loop {
+                capture.discard()?;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            },
+        }
+    }
+
+    /// Capture overruns so far, for a device.
+    fn overruns(&self) -> Option<u64> {
+        match self {
+            Mic::File { .. } => None,
+            Mic::Device { capture, .. } => Some(capture.overruns()),
+        }
+    }
+
+    fn device(&self) -> Option<&str> {
+        match self {
+            Mic::File { .. } => None,
+            Mic::Device { capture, .. } => Some(capture.name()),
+        }
+    }
+}
+
 struct Sender {
-    source: FileSource,
+    mic: Mic,
     encoder: Encoder,
-    pacer: Pacer,
+    start_us: u64,
     sequence: u32,
 }
 
 impl Sender {
     fn new(opts: &SenderOptions) -> Result<Sender, Error> {
-        let samples = audio::read_wav(&opts.input)?;
         let encoder = Encoder::new(&opts.encode)?;
         let frame = encoder.frame_samples();
-        Ok(Sender {
-            source: FileSource {
-                samples,
-                looped: opts.looped,
+        let mic = match &opts.input {
+            Input::File { path, looped } => Mic::File {
+                file: FileSource {
+                    samples: audio::read_wav(path)?,
+                    looped: *looped,
+                    frame,
+                },
+                pacer: Pacer::new(opts.encode.frame.duration()),
+            },
+            Input::Device { name } => Mic::Device {
+                capture: Box::new(Capture::open(name.as_deref())?),
                 frame,
             },
-            pacer: Pacer::new(opts.encode.frame.duration()),
+        };
+        let start_us = match &mic {
+            Mic::File { pacer, .. } => pacer.start_us,
+            Mic::Device { .. } => unix_micros(),
+        };
+        Ok(Sender {
+            mic,
             encoder,
+            start_us,
             sequence: 0,
         })
     }
 
     /// Waits for the next frame and returns it encoded, or `None` at the end of the file.
     async fn next_frame(&mut self, source: Source) -> Result<Option<bytes::Bytes>, Error> {
-        let (k, capture_us) = self.pacer.tick().await;
-        let Some(pcm) = self.source.frame(k) else {
+        let Some((pcm, capture_us)) = self.mic.next().await? else {
             return Ok(None);
         };
         let level = audio::level(&pcm);
@@ -259,6 +349,7 @@ impl Sender {
 /// Runs a sender (floor or booth) until its file ends, reconnecting with back-off.
 /// `commands` are console command lines (booth only); `go_live` is sent once, on the first
 /// connection only: a reconnecting console never goes on air by itself.
+#[allow(clippy::too_many_arguments)]
 async fn run_sender(
     url: String,
     hello: ClientMessage,
@@ -266,42 +357,99 @@ async fn run_sender(
     opts: SenderOptions,
     mut commands: Option<mpsc::Receiver<String>>,
     mut go_live: Option<ClientMessage>,
+    monitor: Option<Monitor>,
 ) -> Result<(), Error> {
     let mut sender = Sender::new(&opts)?;
+    let mut player = open_monitor(monitor)?;
     emit(serde_json::json!({
         "type": "started",
-        "capture_start_us": sender.pacer.start_us,
+        "capture_start_us": sender.start_us,
         "frame_ms": opts.encode.frame.ms(),
+        "input_device": sender.mic.device(),
+        "output_device": player.as_ref().map(|p| p.playback().name()),
     }));
     let mut backoff = BACKOFF_FIRST;
     loop {
-        let result = match open(&url, &hello).await {
+        let connect = async {
+            tokio::select! {
+                ws = open(&url, &hello) => ws,
+                e = sender.mic.idle() => Err(e.err().unwrap_or_else(|| Error::Lost("capture ended".into()))),
+            }
+        };
+        let result = match connect.await {
             Ok(mut ws) => {
                 backoff = BACKOFF_FIRST;
-                sender.pacer.skip_to_now();
+                sender.mic.skip_to_now()?;
                 if let Some(live) = go_live.take() {
                     ws.send(Message::Text(live.to_json().into()))
                         .await
                         .map_err(|e| Error::Lost(e.to_string()))?;
                 }
-                sender_session(&mut ws, &mut sender, source, commands.as_mut()).await
+                sender_session(
+                    &mut ws,
+                    &mut sender,
+                    source,
+                    commands.as_mut(),
+                    player.as_mut(),
+                )
+                .await
             }
             Err(e) => Err(e),
         };
         match result {
             Ok(()) => {
-                emit(serde_json::json!({"type": "ended"}));
+                emit(serde_json::json!({"type": "ended", "overruns": sender.mic.overruns()}));
                 return Ok(());
             }
             Err(e) if e.is_final() => return Err(e),
             Err(e) => {
                 emit(serde_json::json!({"type": "disconnected", "reason": e.to_string()}));
                 tracing::warn!("{e}; reconnecting in {} ms", backoff.as_millis());
-                tokio::time::sleep(backoff).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    e = sender.mic.idle() => e?,
+                }
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
     }
+}
+
+/// What the console plays in its headphones: its chosen input (the floor or a relay
+/// channel), as the relay sends it.
+pub struct Monitor {
+    /// Output device by name (`boothcast devices`), or the default one.
+    pub device: Option<String>,
+    /// 0.0 to 2.0.
+    pub volume: f32,
+}
+
+fn open_monitor(monitor: Option<Monitor>) -> Result<Option<Player>, Error> {
+    let Some(m) = monitor else {
+        return Ok(None);
+    };
+    let playback = Playback::open(m.device.as_deref(), m.volume)?;
+    Ok(Some(Player::new(playback)?))
+}
+
+/// How often the output device is topped up: well inside its 10 ms of queued sound.
+const PUMP_EVERY: Duration = Duration::from_millis(2);
+/// Capture overruns go to the relay (`stats`) and standard output at most this often.
+const STATS_EVERY: Duration = Duration::from_secs(1);
+
+/// A timer for `select!` that never fires when `on` is false.
+async fn tick_if(on: bool, interval: &mut tokio::time::Interval) {
+    if on {
+        interval.tick().await;
+    } else {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn interval(period: Duration) -> tokio::time::Interval {
+    let mut i = tokio::time::interval(period);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    i
 }
 
 async fn sender_session(
@@ -309,10 +457,28 @@ async fn sender_session(
     sender: &mut Sender,
     source: Source,
     mut commands: Option<&mut mpsc::Receiver<String>>,
+    mut player: Option<&mut Player>,
 ) -> Result<(), Error> {
+    let mut pump = interval(PUMP_EVERY);
+    let mut stats = interval(STATS_EVERY);
+    let mut reported = None;
     // Ok: the file ended or the user quit; an error: the connection was lost or refused.
     loop {
         tokio::select! {
+            _ = tick_if(player.is_some(), &mut pump) => {
+                if let Some(p) = player.as_deref_mut() {
+                    p.pump()?;
+                }
+            }
+            _ = tick_if(sender.mic.overruns().is_some(), &mut stats) => {
+                let overruns = sender.mic.overruns().unwrap_or(0);
+                if reported != Some(overruns) {
+                    reported = Some(overruns);
+                    emit(serde_json::json!({"type": "capture", "device": sender.mic.device(), "overruns": overruns}));
+                    let msg = ClientMessage::Stats { overruns };
+                    ws.send(Message::Text(msg.to_json().into())).await.map_err(|e| Error::Lost(e.to_string()))?;
+                }
+            }
             frame = sender.next_frame(source) => {
                 let Some(frame) = frame? else {
                     let _ = ws.close(None).await;
@@ -345,6 +511,12 @@ async fn sender_session(
                     println!("{text}");
                     if let Ok(ServerMessage::Error { code, message, fatal: true }) = ServerMessage::parse(&text) {
                         return Err(Error::Refused { code, message });
+                    }
+                }
+                Some(Ok(Message::Binary(frame))) => {
+                    // The console's chosen input, for its headphones.
+                    if let Some(p) = player.as_deref_mut() {
+                        p.frame(&frame);
                     }
                 }
                 Some(Ok(Message::Close(_))) | None => return Err(Error::Lost("the relay closed the connection".into())),
@@ -403,7 +575,7 @@ pub async fn floor(opts: FloorOptions) -> Result<(), Error> {
         room: opts.room,
         client: Some("boothcast floor".into()),
     };
-    run_sender(url, hello, Source::Floor, opts.sender, None, None).await
+    run_sender(url, hello, Source::Floor, opts.sender, None, None, None).await
 }
 
 /// A booth console: sends a file as the interpreter's microphone and takes commands.
@@ -419,6 +591,8 @@ pub struct BoothOptions {
     pub sender: SenderOptions,
     /// Command lines, e.g. from standard input.
     pub commands: Option<mpsc::Receiver<String>>,
+    /// Play the console's input (floor or relay) on an output device.
+    pub monitor: Option<Monitor>,
 }
 
 pub async fn booth(opts: BoothOptions) -> Result<(), Error> {
@@ -442,6 +616,7 @@ pub async fn booth(opts: BoothOptions) -> Result<(), Error> {
         opts.sender,
         opts.commands,
         live,
+        opts.monitor,
     )
     .await
 }
@@ -452,11 +627,29 @@ pub struct ListenOptions {
     /// The event's access code, if it has one.
     pub secret: Option<String>,
     pub channel: String,
-    pub output: PathBuf,
+    pub output: Output,
     /// Stop after this long; `None`: until the relay goes away for good or Ctrl-C.
     pub duration: Option<Duration>,
     /// Jitter margin: how far behind its arrival a frame is played.
     pub buffer: Duration,
+}
+
+/// Where a listener's sound goes.
+pub enum Output {
+    /// A WAV file: what a delegate would hear, placed in time behind a fixed margin.
+    File(PathBuf),
+    /// An audio output device (`boothcast devices`; the default one when `None`), through the
+    /// adaptive jitter buffer.
+    Device { name: Option<String>, volume: f32 },
+}
+
+/// What the jitter buffer and the output device of a listener measured.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct PlayoutStats {
+    #[serde(flatten)]
+    pub jitter: crate::jitter::Stats,
+    /// Device callbacks that found nothing queued (and played silence).
+    pub device_underruns: u64,
 }
 
 /// What a listener measured.
@@ -478,6 +671,9 @@ pub struct ListenSummary {
     /// Median of (arrival - relay receive time), in milliseconds.
     pub median_relay_to_listener_ms: f64,
     pub seconds_written: f64,
+    /// With an output device: the jitter buffer's and the device's figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub playout: Option<PlayoutStats>,
 }
 
 /// Places decoded frames in time and writes them.
@@ -518,14 +714,8 @@ impl Playout {
             self.summary.undecodable += 1;
             return Ok(());
         };
-        let now_us = unix_micros();
         self.summary.frames += 1;
-        self.delays
-            .push(now_us.saturating_sub(header.capture_us) as f64 / 1000.0);
-        if header.relay_us > 0 {
-            self.relay_delays
-                .push(now_us.saturating_sub(header.relay_us) as f64 / 1000.0);
-        }
+        note_delays(&header, &mut self.delays, &mut self.relay_delays);
         let now = self.pos(arrival);
         let mut slot = self.next.and_then(|(seq, pos, ch)| {
             let d = header.sequence.wrapping_sub(seq) as i64;
@@ -625,6 +815,110 @@ impl Playout {
     }
 }
 
+/// Records a frame's capture-to-arrival and relay-to-arrival delays. The lists hold a value per
+/// frame for the summary's medians: 50 values a second, about 1.4 MiB an hour each.
+fn note_delays(header: &FrameHeader, delays: &mut Vec<f64>, relay_delays: &mut Vec<f64>) {
+    let now_us = unix_micros();
+    delays.push(now_us.saturating_sub(header.capture_us) as f64 / 1000.0);
+    if header.relay_us > 0 {
+        relay_delays.push(now_us.saturating_sub(header.relay_us) as f64 / 1000.0);
+    }
+}
+
+/// What a listener plays into: a WAV file or an output device.
+enum Ear {
+    File(Playout),
+    Device {
+        player: Box<Player>,
+        summary: ListenSummary,
+        delays: Vec<f64>,
+        relay_delays: Vec<f64>,
+    },
+}
+
+impl Ear {
+    fn summary(&self) -> &ListenSummary {
+        match self {
+            Ear::File(p) => &p.summary,
+            Ear::Device { summary, .. } => summary,
+        }
+    }
+
+    fn reconnected(&mut self) {
+        match self {
+            Ear::File(p) => p.summary.reconnects += 1,
+            Ear::Device { summary, .. } => summary.reconnects += 1,
+        }
+    }
+
+    fn frame(&mut self, frame: &bytes::Bytes, arrival: Instant) -> Result<(), Error> {
+        match self {
+            Ear::File(p) => p.frame(frame, arrival),
+            Ear::Device {
+                player,
+                summary,
+                delays,
+                relay_delays,
+            } => {
+                if let Ok(header) = FrameHeader::parse(frame) {
+                    summary.frames += 1;
+                    note_delays(&header, delays, relay_delays);
+                    player.frame(frame);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn is_device(&self) -> bool {
+        matches!(self, Ear::Device { .. })
+    }
+
+    fn pump(&mut self) -> Result<(), Error> {
+        if let Ear::Device { player, .. } = self {
+            player.pump()?;
+        }
+        Ok(())
+    }
+
+    fn playout(&self) -> Option<PlayoutStats> {
+        match self {
+            Ear::File(_) => None,
+            Ear::Device { player, .. } => Some(PlayoutStats {
+                jitter: player.stats(),
+                device_underruns: player.playback().underruns(),
+            }),
+        }
+    }
+
+    fn finish(self, total: Option<usize>) -> Result<ListenSummary, Error> {
+        match self {
+            Ear::File(p) => p.finish(total),
+            Ear::Device {
+                player,
+                mut summary,
+                mut delays,
+                mut relay_delays,
+            } => {
+                let stats = player.stats();
+                summary.lost = stats.concealed;
+                summary.late = stats.late;
+                summary.concealed = stats.concealed;
+                summary.undecodable = player.undecodable;
+                summary.median_network_delay_ms = median(&mut delays);
+                summary.median_relay_to_listener_ms = median(&mut relay_delays);
+                summary.seconds_written =
+                    (unix_micros().saturating_sub(summary.start_us)) as f64 / 1e6;
+                summary.playout = Some(PlayoutStats {
+                    jitter: stats,
+                    device_underruns: player.playback().underruns(),
+                });
+                Ok(summary)
+            }
+        }
+    }
+}
+
 fn median(v: &mut [f64]) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -636,24 +930,38 @@ fn median(v: &mut [f64]) -> f64 {
 /// Listens to a channel and writes what is heard, in real time, gaps kept.
 pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
     let url = ws_url(&opts.server)?;
-    let writer = WavWriter::create(&opts.output)?;
     let start = Instant::now();
-    let mut playout = Playout {
-        writer,
-        decoder: Decoder::new()?,
-        start,
-        margin: (opts.buffer.as_secs_f64() * audio::SAMPLE_RATE as f64) as usize,
-        written: 0,
-        next: None,
-        last_seq: None,
-        summary: ListenSummary {
-            start_us: unix_micros(),
-            ..Default::default()
-        },
-        delays: Vec::new(),
-        relay_delays: Vec::new(),
+    let summary = ListenSummary {
+        start_us: unix_micros(),
+        ..Default::default()
     };
-    emit(serde_json::json!({"type": "started", "start_us": playout.summary.start_us}));
+    let mut playout = match &opts.output {
+        Output::File(path) => Ear::File(Playout {
+            writer: WavWriter::create(path)?,
+            decoder: Decoder::new()?,
+            start,
+            margin: (opts.buffer.as_secs_f64() * audio::SAMPLE_RATE as f64) as usize,
+            written: 0,
+            next: None,
+            last_seq: None,
+            summary,
+            delays: Vec::new(),
+            relay_delays: Vec::new(),
+        }),
+        Output::Device { name, volume } => Ear::Device {
+            player: Box::new(Player::new(Playback::open(name.as_deref(), *volume)?)?),
+            summary,
+            delays: Vec::new(),
+            relay_delays: Vec::new(),
+        },
+    };
+    let device = match &playout {
+        Ear::Device { player, .. } => Some(player.playback().name().to_string()),
+        Ear::File(_) => None,
+    };
+    emit(
+        serde_json::json!({"type": "started", "start_us": playout.summary().start_us, "output_device": device}),
+    );
     let deadline = opts
         .duration
         .map(|d| tokio::time::Instant::from_std(start) + d);
@@ -672,8 +980,21 @@ pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
         let mut conn: Option<Ws> = None;
         let session = async {
             let ws = conn.insert(open(&url, &hello).await?);
+            let mut pump = interval(PUMP_EVERY);
+            let mut report = interval(STATS_EVERY);
             loop {
-                match ws.next().await {
+                let msg = tokio::select! {
+                    msg = ws.next() => msg,
+                    _ = tick_if(playout.is_device(), &mut pump) => {
+                        playout.pump()?;
+                        continue;
+                    }
+                    _ = tick_if(playout.is_device(), &mut report) => {
+                        emit(serde_json::json!({"type": "playout", "playout": playout.playout()}));
+                        continue;
+                    }
+                };
+                match msg {
                     Some(Ok(Message::Binary(frame))) => playout.frame(&frame, Instant::now())?,
                     Some(Ok(Message::Text(text))) => {
                         println!("{text}");
@@ -714,7 +1035,7 @@ pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
             }
             Err(e) => {
                 emit(serde_json::json!({"type": "disconnected", "reason": e.to_string()}));
-                playout.summary.reconnects += 1;
+                playout.reconnected();
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }

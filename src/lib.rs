@@ -14,7 +14,9 @@
 //! - [`server`]: HTTP and WebSocket transport around [`relay`]; [`tls`] for HTTPS/WSS and
 //!   [`join`] for the address delegates join at and its QR code.
 //! - [`audio`]: WAV files, resampling, the Opus encoder and decoder (only clients touch audio).
-//! - [`client`]: the floor, booth and listener clients that work from and to audio files.
+//! - [`client`]: the floor, booth and listener clients, from and to audio files or devices.
+//! - [`device`]: real audio devices through cpal: capture, playback, listing.
+//! - [`jitter`]: the listener's adaptive jitter buffer. No I/O; time as an input.
 //! - [`ogg`]: an Ogg Opus file writer (packets as received, silence for gaps).
 //! - [`record`]: recordings of every channel, aligned, with a session index.
 //! - [`bench`]: the load generators of `docs/BENCHMARKS.md`.
@@ -23,6 +25,8 @@ pub mod audio;
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod device;
+pub mod jitter;
 pub mod join;
 pub mod ogg;
 pub mod protocol;

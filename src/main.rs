@@ -2,7 +2,9 @@
 
 use anyhow::Context;
 use boothcast::audio::{encode, FrameDuration};
-use boothcast::client::{self, BoothOptions, FloorOptions, ListenOptions, SenderOptions};
+use boothcast::client::{
+    self, BoothOptions, FloorOptions, Input, ListenOptions, Monitor, Output, SenderOptions,
+};
 use boothcast::config::{Event, DEFAULT_EVENT_NAME};
 use boothcast::relay::Relay;
 use boothcast::server;
@@ -81,16 +83,20 @@ enum Cmd {
         /// Go live as soon as connected (a reconnect always comes back muted).
         #[arg(long)]
         live: bool,
+        #[command(flatten)]
+        monitor: OutputArgs,
     },
-    /// Listen to a channel and write what is heard to a WAV file.
+    /// Listen to a channel: play it on an output device, or write what is heard to a WAV file.
     Listen {
         #[arg(long)]
         server: String,
         /// Channel: a language code (en) or a full id (plenary/en).
         #[arg(long)]
         lang: String,
-        #[arg(long)]
-        output_file: PathBuf,
+        #[arg(long, required_unless_present_any = ["output_device", "default_output"])]
+        output_file: Option<PathBuf>,
+        #[command(flatten)]
+        device: OutputArgs,
         /// Stop after this many seconds.
         #[arg(long)]
         seconds: Option<f64>,
@@ -101,6 +107,8 @@ enum Cmd {
         #[arg(long, env = "BOOTHCAST_SECRET", hide_env_values = true)]
         secret: Option<String>,
     },
+    /// List the audio input and output devices with their default configurations.
+    Devices,
     /// Check an event file and print what it declares.
     CheckConfig { file: PathBuf },
     /// Load generator for the side-by-side with Icecast: listeners of Ogg Opus mounts
@@ -165,8 +173,14 @@ struct SenderArgs {
     #[arg(long, env = "BOOTHCAST_SECRET", hide_env_values = true)]
     secret: String,
     /// WAV file: any common rate, channel count and sample format.
-    #[arg(long)]
-    input_file: PathBuf,
+    #[arg(long, required_unless_present_any = ["input_device", "default_input"])]
+    input_file: Option<PathBuf>,
+    /// Capture from this audio input device instead of a file (`boothcast devices`).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["input_file", "default_input"])]
+    input_device: Option<String>,
+    /// Capture from the default audio input device instead of a file.
+    #[arg(long, conflicts_with = "input_file")]
+    default_input: bool,
     /// Play the file in a loop.
     #[arg(long = "loop")]
     looped: bool,
@@ -181,12 +195,51 @@ struct SenderArgs {
     no_fec: bool,
 }
 
+/// Playing to an audio output device.
+#[derive(Args)]
+struct OutputArgs {
+    /// Play to this audio output device (`boothcast devices`).
+    #[arg(long, value_name = "NAME", conflicts_with = "default_output")]
+    output_device: Option<String>,
+    /// Play to the default audio output device.
+    #[arg(long)]
+    default_output: bool,
+    /// Volume of the output device, 0.0 to 2.0.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_volume)]
+    volume: f32,
+}
+
+impl OutputArgs {
+    /// `Some(name)` (`Some(None)`: the default device) when a device was asked for.
+    fn device(&self) -> Option<Option<String>> {
+        match (&self.output_device, self.default_output) {
+            (Some(name), _) => Some(Some(name.clone())),
+            (None, true) => Some(None),
+            (None, false) => None,
+        }
+    }
+}
+
+fn parse_volume(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if !(0.0..=boothcast::device::MAX_VOLUME).contains(&v) {
+        return Err(format!("{v} is outside 0.0 to 2.0"));
+    }
+    Ok(v)
+}
+
 impl SenderArgs {
     fn sender(&self) -> anyhow::Result<SenderOptions> {
         let frame = FrameDuration::from_ms(self.frame_ms)?;
+        let input = match (&self.input_file, &self.input_device) {
+            (Some(path), _) => Input::File {
+                path: path.clone(),
+                looped: self.looped,
+            },
+            (None, name) => Input::Device { name: name.clone() },
+        };
         Ok(SenderOptions {
-            input: self.input_file.clone(),
-            looped: self.looped,
+            input,
             encode: encode::Config {
                 frame,
                 bitrate: self.bitrate,
@@ -320,6 +373,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             console,
             lang,
             live,
+            monitor,
         } => {
             let sender = common.sender()?;
             client::booth(BoothOptions {
@@ -331,6 +385,10 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 live,
                 sender,
                 commands: Some(stdin_lines()),
+                monitor: monitor.device().map(|device| Monitor {
+                    device,
+                    volume: monitor.volume,
+                }),
             })
             .await?;
             Ok(())
@@ -339,15 +397,24 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             server,
             lang,
             output_file,
+            device,
             seconds,
             buffer_ms,
             secret,
         } => {
+            let output = match (output_file, device.device()) {
+                (Some(path), None) => Output::File(path),
+                (_, Some(name)) => Output::Device {
+                    name,
+                    volume: device.volume,
+                },
+                (None, None) => anyhow::bail!("listen needs --output-file or --output-device"),
+            };
             client::listen(ListenOptions {
                 server,
                 secret,
                 channel: lang,
-                output: output_file,
+                output,
                 duration: seconds.map(Duration::from_secs_f64),
                 buffer: Duration::from_millis(buffer_ms),
             })
@@ -398,6 +465,32 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             })
             .await?;
             print!("{report}");
+            Ok(())
+        }
+        Cmd::Devices => {
+            let devices = boothcast::device::list();
+            if devices.is_empty() {
+                println!("no audio devices found (is a sound server such as PulseAudio running?)");
+            }
+            for d in devices {
+                let mut line = format!("{:<10} {}", d.host, d.name);
+                for (what, format, default) in [
+                    ("input", &d.input, d.default_input),
+                    ("output", &d.output, d.default_output),
+                ] {
+                    if let Some(f) = format {
+                        let mark = if default { " (default)" } else { "" };
+                        line.push_str(&format!(
+                            "\n           {what}{mark}: {} ch, {} Hz, {}",
+                            f.channels, f.rate, f.sample_format
+                        ));
+                    }
+                }
+                if !d.description.is_empty() && d.description != d.name {
+                    line.push_str(&format!("\n           \"{}\"", d.description));
+                }
+                println!("{line}");
+            }
             Ok(())
         }
         Cmd::CheckConfig { file } => {

@@ -1,0 +1,946 @@
+//! Real audio devices through cpal: listing them, capturing a microphone as mono 48 kHz, and
+//! playing to headphones, each device on its own thread.
+//!
+//! The cpal callbacks never lock, allocate, log or block: samples cross between the callback
+//! and the rest of the program through lock-free single-producer single-consumer rings
+//! (`rtrb`), and counters are atomics. Each `cpal::Stream` lives on a thread of its own, driven
+//! by [`Command`]s; the handle ([`Capture`], [`Playback`]) stops and joins that thread when
+//! dropped. A device that fails or disappears is reopened with back-off; every opening makes a
+//! new ring, handed to the reading (or writing) side through a channel.
+//!
+//! Device names are those `boothcast devices` prints: a PulseAudio source or sink name (such as
+//! `alsa_input.usb-...` or `booth_mic.monitor`) when a PulseAudio server runs, ALSA PCM names
+//! (`default`, `pulse`, `hw:CARD=...`) otherwise.
+
+use crate::audio::{self, Decoder, SAMPLE_RATE};
+use crate::jitter::{self, JitterBuffer, Next};
+use crate::protocol::{FrameHeader, HEADER_LEN};
+use bytes::Bytes;
+use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
+use cpal::{FromSample, SampleFormat, SizedSample, StreamConfig};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// The device's own buffer per callback: 5 ms keeps what the device adds to the delay small
+/// (the whole budget, sound in to sound out, is 45-60 ms) while leaving a desktop scheduler
+/// time to run the callback.
+const PERIOD: Duration = Duration::from_millis(10);
+/// The rings hold 200 ms: the lip-sync budget. A reader further behind than that has already
+/// lost the listener; the samples that do not fit are counted (overruns) rather than delivered
+/// late.
+const RING: Duration = Duration::from_millis(200);
+/// Reopening a failed device: 200 ms doubling to 5 s, as for the relay connection.
+const REOPEN_FIRST: Duration = Duration::from_millis(200);
+const REOPEN_MAX: Duration = Duration::from_secs(5);
+/// How often the device thread looks at its stream's health and its commands.
+const WATCH: Duration = Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error(
+        "no audio {direction} device named `{name}`; `boothcast devices` lists them ({known})"
+    )]
+    NotFound {
+        direction: &'static str,
+        name: String,
+        known: String,
+    },
+    #[error("no default audio {0} device: is a sound server (PulseAudio) running? `boothcast devices` lists the devices")]
+    NoDefault(&'static str),
+    #[error("cannot open audio {direction} device `{name}`: {reason}")]
+    Open {
+        direction: &'static str,
+        name: String,
+        reason: String,
+    },
+    #[error("audio device `{name}` uses sample format {format}, which boothcast does not read")]
+    Format { name: String, format: String },
+    #[error("the audio device thread could not start: {0}")]
+    Thread(String),
+    #[error(transparent)]
+    Audio(#[from] audio::Error),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Input,
+    Output,
+}
+
+impl Direction {
+    fn name(self) -> &'static str {
+        match self {
+            Direction::Input => "input",
+            Direction::Output => "output",
+        }
+    }
+}
+
+/// A device's default configuration.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Format {
+    pub channels: u16,
+    pub rate: u32,
+    pub sample_format: String,
+}
+
+/// One device as `boothcast devices` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Info {
+    /// The audio system (PulseAudio, ALSA).
+    pub host: String,
+    /// The name to pass to `--input-device` / `--output-device`.
+    pub name: String,
+    pub description: String,
+    pub input: Option<Format>,
+    pub output: Option<Format>,
+    pub default_input: bool,
+    pub default_output: bool,
+}
+
+/// The audio systems to look in: the default one (PulseAudio when its server runs) first.
+fn hosts() -> Vec<cpal::Host> {
+    let first = cpal::default_host();
+    let mut hosts = vec![];
+    for id in cpal::available_hosts() {
+        if id != first.id() {
+            if let Ok(h) = cpal::host_from_id(id) {
+                hosts.push(h);
+            }
+        }
+    }
+    hosts.insert(0, first);
+    hosts
+}
+
+fn device_name(d: &cpal::Device) -> String {
+    d.id()
+        .map(|id| id.id().to_string())
+        .or_else(|_| d.description().map(|x| x.name().to_string()))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn format(c: &cpal::SupportedStreamConfig) -> Format {
+    Format {
+        channels: c.channels(),
+        rate: c.sample_rate(),
+        sample_format: c.sample_format().to_string(),
+    }
+}
+
+/// Every input and output device of every audio system, with its default configuration.
+pub fn list() -> Vec<Info> {
+    let mut out = Vec::new();
+    for host in hosts() {
+        let default_in = host.default_input_device().map(|d| device_name(&d));
+        let default_out = host.default_output_device().map(|d| device_name(&d));
+        let Ok(devices) = host.devices() else {
+            continue;
+        };
+        for d in devices {
+            let name = device_name(&d);
+            let input = d.default_input_config().ok().map(|c| format(&c));
+            let output = d.default_output_config().ok().map(|c| format(&c));
+            if input.is_none() && output.is_none() {
+                continue;
+            }
+            out.push(Info {
+                host: host.id().name().to_string(),
+                description: d
+                    .description()
+                    .map(|x| x.name().to_string())
+                    .unwrap_or_default(),
+                default_input: input.is_some() && default_in.as_deref() == Some(name.as_str()),
+                default_output: output.is_some() && default_out.as_deref() == Some(name.as_str()),
+                name,
+                input,
+                output,
+            });
+        }
+    }
+    out
+}
+
+/// Finds a device by its name (or description), or the default one.
+fn find(direction: Direction, name: Option<&str>) -> Result<(cpal::Device, String), Error> {
+    let Some(name) = name else {
+        let host = cpal::default_host();
+        let d = match direction {
+            Direction::Input => host.default_input_device(),
+            Direction::Output => host.default_output_device(),
+        }
+        .ok_or(Error::NoDefault(direction.name()))?;
+        let n = device_name(&d);
+        return Ok((d, n));
+    };
+    let mut known = Vec::new();
+    for host in hosts() {
+        let Ok(devices) = host.devices() else {
+            continue;
+        };
+        for d in devices {
+            let fits = match direction {
+                Direction::Input => d.supports_input(),
+                Direction::Output => d.supports_output(),
+            };
+            if !fits {
+                continue;
+            }
+            let n = device_name(&d);
+            let description = d.description().map(|x| x.name().to_string());
+            if n == name || description.as_deref().ok() == Some(name) {
+                return Ok((d, n));
+            }
+            known.push(n);
+        }
+    }
+    known.truncate(12);
+    Err(Error::NotFound {
+        direction: direction.name(),
+        name: name.to_string(),
+        known: if known.is_empty() {
+            "none found".into()
+        } else {
+            format!("e.g. {}", known.join(", "))
+        },
+    })
+}
+
+/// The stream configuration to ask for: the device's default channels and sample format, at
+/// 48 kHz when the device can (no resampling), with a small fixed buffer when it allows one.
+fn choose_config(
+    device: &cpal::Device,
+    direction: Direction,
+) -> Result<(StreamConfig, SampleFormat), cpal::Error> {
+    let default = match direction {
+        Direction::Input => device.default_input_config()?,
+        Direction::Output => device.default_output_config()?,
+    };
+    let ranges: Vec<cpal::SupportedStreamConfigRange> = match direction {
+        Direction::Input => device.supported_input_configs()?.collect(),
+        Direction::Output => device.supported_output_configs()?.collect(),
+    };
+    let same = |r: &&cpal::SupportedStreamConfigRange| {
+        r.channels() == default.channels() && r.sample_format() == default.sample_format()
+    };
+    let rate = if ranges
+        .iter()
+        .filter(same)
+        .any(|r| r.contains_rate(SAMPLE_RATE))
+    {
+        SAMPLE_RATE
+    } else {
+        default.sample_rate()
+    };
+    let period = (rate as u64 * PERIOD.as_micros() as u64 / 1_000_000) as u32;
+    let buffer_size = match default.buffer_size() {
+        cpal::SupportedBufferSize::Range { min, max } if (*min..=*max).contains(&period) => {
+            cpal::BufferSize::Fixed(period)
+        }
+        _ => cpal::BufferSize::Default,
+    };
+    Ok((
+        StreamConfig {
+            channels: default.channels(),
+            sample_rate: rate,
+            buffer_size,
+        },
+        default.sample_format(),
+    ))
+}
+
+/// Commands to a device thread.
+enum Command {
+    /// Stop the stream and end the thread.
+    Stop,
+}
+
+/// A device thread: opens the stream, watches it, reopens it after a failure, until stopped.
+struct Driver {
+    commands: mpsc::Sender<Command>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What a device thread needs to (re)open its stream: it returns the stream, and the
+/// `failed` flag its error callback raises.
+type Opener = Box<dyn FnMut(&Arc<AtomicBool>) -> Result<cpal::Stream, Error> + Send>;
+
+impl Driver {
+    /// Starts the thread and waits for the first opening, whose error is returned.
+    fn start(label: String, mut open: Opener) -> Result<Driver, Error> {
+        let (commands, rx) = mpsc::channel();
+        let (first_tx, first_rx) = mpsc::sync_channel::<Result<(), Error>>(1);
+        let thread = std::thread::Builder::new()
+            .name(format!("audio {label}"))
+            .spawn(move || {
+                let failed = Arc::new(AtomicBool::new(false));
+                let mut stream = match open(&failed) {
+                    Ok(s) => {
+                        let _ = first_tx.send(Ok(()));
+                        Some(s)
+                    }
+                    Err(e) => {
+                        let _ = first_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let mut backoff = REOPEN_FIRST;
+                loop {
+                    let wait = if stream.is_some() { WATCH } else { backoff };
+                    match rx.recv_timeout(wait) {
+                        Ok(Command::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    }
+                    if stream.is_some() && failed.load(Ordering::Acquire) {
+                        tracing::warn!(device = %label, "audio device failed; reopening");
+                        stream = None;
+                        continue;
+                    }
+                    if stream.is_none() {
+                        failed.store(false, Ordering::Release);
+                        match open(&failed) {
+                            Ok(s) => {
+                                tracing::info!(device = %label, "audio device reopened");
+                                stream = Some(s);
+                                backoff = REOPEN_FIRST;
+                            }
+                            Err(e) => {
+                                tracing::warn!(device = %label, "{e}; retrying in {} ms", backoff.as_millis());
+                                backoff = (backoff * 2).min(REOPEN_MAX);
+                            }
+                        }
+                    }
+                }
+                drop(stream);
+            })
+            .map_err(|e| Error::Thread(e.to_string()))?;
+        let first = first_rx
+            .recv()
+            .unwrap_or_else(|_| Err(Error::Thread("the audio thread ended".into())));
+        let driver = Driver {
+            commands,
+            thread: Some(thread),
+        };
+        first.map(|()| driver)
+    }
+}
+
+/// The error callback: it runs on the audio thread, so it only raises a flag. An xrun is not
+/// a failure (the overrun and underrun counters show its effect).
+fn on_error(failed: Arc<AtomicBool>) -> impl FnMut(cpal::Error) + Send + 'static {
+    move |e| {
+        if e.kind() != cpal::ErrorKind::Xrun {
+            failed.store(true, Ordering::Release);
+        }
+    }
+}
+
+fn open_error(direction: Direction, name: &str) -> impl Fn(cpal::Error) -> Error + '_ {
+    move |e| Error::Open {
+        direction: direction.name(),
+        name: name.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn ring_samples(rate: u32) -> usize {
+    (rate as u64 * RING.as_millis() as u64 / 1000) as usize
+}
+
+// ---------------------------------------------------------------------------
+// Capture
+
+/// One opening of an input device: its ring and rate.
+struct InFeed {
+    samples: rtrb::Consumer<f32>,
+    rate: u32,
+}
+
+/// A microphone: mono 48 kHz samples from any input device.
+pub struct Capture {
+    name: String,
+    feeds: mpsc::Receiver<InFeed>,
+    feed: Option<InFeed>,
+    resampler: Option<Resampler>,
+    /// Mono 48 kHz samples read and not yet taken.
+    pending: Vec<f32>,
+    overruns: Arc<AtomicU64>,
+    _driver: Driver,
+}
+
+impl Capture {
+    /// Opens an input device by name, or the default one.
+    pub fn open(name: Option<&str>) -> Result<Capture, Error> {
+        let (device, name) = find(Direction::Input, name)?;
+        let overruns = Arc::new(AtomicU64::new(0));
+        let (feeds_tx, feeds) = mpsc::channel();
+        let counter = overruns.clone();
+        let label = name.clone();
+        let open: Opener = Box::new(move |failed| {
+            let err = open_error(Direction::Input, &label);
+            let (config, format) = choose_config(&device, Direction::Input).map_err(&err)?;
+            let (producer, consumer) = rtrb::RingBuffer::new(ring_samples(config.sample_rate));
+            let stream = build_input(
+                &device,
+                config,
+                format,
+                producer,
+                counter.clone(),
+                failed.clone(),
+            )
+            .map_err(|e| match e {
+                Some(e) => err(e),
+                None => Error::Format {
+                    name: label.clone(),
+                    format: format.to_string(),
+                },
+            })?;
+            stream.play().map_err(&err)?;
+            tracing::info!(device = %label, channels = config.channels, rate = config.sample_rate,
+                format = %format, buffer = ?config.buffer_size, "capturing");
+            let _ = feeds_tx.send(InFeed {
+                samples: consumer,
+                rate: config.sample_rate,
+            });
+            Ok(stream)
+        });
+        let driver = Driver::start(format!("input {name}"), open)?;
+        Ok(Capture {
+            name,
+            feeds,
+            feed: None,
+            resampler: None,
+            pending: Vec::with_capacity(ring_samples(SAMPLE_RATE)),
+            overruns,
+            _driver: driver,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Samples the device delivered that the ring had no room for, since opening.
+    pub fn overruns(&self) -> u64 {
+        self.overruns.load(Ordering::Relaxed)
+    }
+
+    /// Moves what the device captured into `pending`, at 48 kHz.
+    fn read(&mut self) -> Result<(), Error> {
+        while let Ok(feed) = self.feeds.try_recv() {
+            // The device was reopened: what the old ring still held is stale.
+            self.resampler = if feed.rate == SAMPLE_RATE {
+                None
+            } else {
+                Some(Resampler::new(feed.rate, SAMPLE_RATE)?)
+            };
+            self.feed = Some(feed);
+        }
+        let Some(feed) = self.feed.as_mut() else {
+            return Ok(());
+        };
+        let n = feed.samples.slots();
+        if n == 0 {
+            return Ok(());
+        }
+        let chunk = feed
+            .samples
+            .read_chunk(n)
+            .expect("slots() samples are readable");
+        let (a, b) = chunk.as_slices();
+        match self.resampler.as_mut() {
+            None => {
+                self.pending.extend_from_slice(a);
+                self.pending.extend_from_slice(b);
+            }
+            Some(r) => {
+                r.push(a, &mut self.pending)?;
+                r.push(b, &mut self.pending)?;
+            }
+        }
+        chunk.commit_all();
+        Ok(())
+    }
+
+    /// The next `samples` samples if the device has captured them.
+    pub fn take(&mut self, samples: usize) -> Result<Option<Vec<f32>>, Error> {
+        if self.pending.len() < samples {
+            self.read()?;
+        }
+        if self.pending.len() < samples {
+            return Ok(None);
+        }
+        Ok(Some(self.pending.drain(..samples).collect()))
+    }
+
+    /// Drops everything captured so far (after an outage: it would only be late).
+    pub fn discard(&mut self) -> Result<(), Error> {
+        self.read()?;
+        self.pending.clear();
+        Ok(())
+    }
+}
+
+/// Builds an input stream that downmixes to mono and pushes into `ring`.
+/// `Err(None)`: a sample format this program does not read.
+fn build_input(
+    device: &cpal::Device,
+    config: StreamConfig,
+    format: SampleFormat,
+    ring: rtrb::Producer<f32>,
+    overruns: Arc<AtomicU64>,
+    failed: Arc<AtomicBool>,
+) -> Result<cpal::Stream, Option<cpal::Error>> {
+    fn typed<T>(
+        device: &cpal::Device,
+        config: StreamConfig,
+        mut ring: rtrb::Producer<f32>,
+        overruns: Arc<AtomicU64>,
+        failed: Arc<AtomicBool>,
+    ) -> Result<cpal::Stream, Option<cpal::Error>>
+    where
+        T: SizedSample,
+        f32: FromSample<T>,
+    {
+        let channels = usize::from(config.channels.max(1));
+        let scale = 1.0 / channels as f32;
+        device
+            .build_input_stream::<T, _, _>(
+                config,
+                move |data: &[T], _| {
+                    // Realtime: no locks, no allocation, no logging.
+                    let mut lost = 0;
+                    for frame in data.chunks_exact(channels) {
+                        let mut sum = 0.0f32;
+                        for &s in frame {
+                            sum += s.to_sample::<f32>();
+                        }
+                        if ring.push(sum * scale).is_err() {
+                            lost += 1;
+                        }
+                    }
+                    if lost > 0 {
+                        overruns.fetch_add(lost, Ordering::Relaxed);
+                    }
+                },
+                on_error(failed),
+                None,
+            )
+            .map_err(Some)
+    }
+    match format {
+        SampleFormat::F32 => typed::<f32>(device, config, ring, overruns, failed),
+        SampleFormat::I16 => typed::<i16>(device, config, ring, overruns, failed),
+        SampleFormat::I32 => typed::<i32>(device, config, ring, overruns, failed),
+        SampleFormat::U16 => typed::<u16>(device, config, ring, overruns, failed),
+        SampleFormat::U8 => typed::<u8>(device, config, ring, overruns, failed),
+        SampleFormat::I8 => typed::<i8>(device, config, ring, overruns, failed),
+        SampleFormat::F64 => typed::<f64>(device, config, ring, overruns, failed),
+        SampleFormat::I24 => typed::<cpal::I24>(device, config, ring, overruns, failed),
+        _ => Err(None),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Playback
+
+/// One opening of an output device: its ring and rate.
+struct OutFeed {
+    samples: rtrb::Producer<f32>,
+    rate: u32,
+}
+
+/// Headphones: plays mono 48 kHz samples on any output device, with a volume.
+pub struct Playback {
+    name: String,
+    feeds: mpsc::Receiver<OutFeed>,
+    feed: Option<OutFeed>,
+    resampler: Option<Resampler>,
+    scratch: Vec<f32>,
+    volume: Arc<AtomicU32>,
+    underruns: Arc<AtomicU64>,
+    _driver: Driver,
+}
+
+/// Highest volume: twice the signal, for a quiet channel in a noisy hall.
+pub const MAX_VOLUME: f32 = 2.0;
+
+impl Playback {
+    /// Opens an output device by name, or the default one, at `volume` (0.0 to 2.0).
+    pub fn open(name: Option<&str>, volume: f32) -> Result<Playback, Error> {
+        let (device, name) = find(Direction::Output, name)?;
+        let underruns = Arc::new(AtomicU64::new(0));
+        let volume = Arc::new(AtomicU32::new(volume.clamp(0.0, MAX_VOLUME).to_bits()));
+        let (feeds_tx, feeds) = mpsc::channel();
+        let (counter, gain) = (underruns.clone(), volume.clone());
+        let label = name.clone();
+        let open: Opener = Box::new(move |failed| {
+            let err = open_error(Direction::Output, &label);
+            let (config, format) = choose_config(&device, Direction::Output).map_err(&err)?;
+            let (producer, consumer) = rtrb::RingBuffer::new(ring_samples(config.sample_rate));
+            let stream = build_output(
+                &device,
+                config,
+                format,
+                consumer,
+                gain.clone(),
+                counter.clone(),
+                failed.clone(),
+            )
+            .map_err(|e| match e {
+                Some(e) => err(e),
+                None => Error::Format {
+                    name: label.clone(),
+                    format: format.to_string(),
+                },
+            })?;
+            stream.play().map_err(&err)?;
+            tracing::info!(device = %label, channels = config.channels, rate = config.sample_rate,
+                format = %format, buffer = ?config.buffer_size, "playing");
+            let _ = feeds_tx.send(OutFeed {
+                samples: producer,
+                rate: config.sample_rate,
+            });
+            Ok(stream)
+        });
+        let driver = Driver::start(format!("output {name}"), open)?;
+        Ok(Playback {
+            name,
+            feeds,
+            feed: None,
+            resampler: None,
+            scratch: Vec::new(),
+            volume,
+            underruns,
+            _driver: driver,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn set_volume(&self, volume: f32) {
+        self.volume
+            .store(volume.clamp(0.0, MAX_VOLUME).to_bits(), Ordering::Relaxed);
+    }
+
+    /// Callbacks that found too little to play and played silence instead, since opening.
+    pub fn underruns(&self) -> u64 {
+        self.underruns.load(Ordering::Relaxed)
+    }
+
+    fn refresh(&mut self) -> Result<(), Error> {
+        while let Ok(feed) = self.feeds.try_recv() {
+            self.resampler = if feed.rate == SAMPLE_RATE {
+                None
+            } else {
+                Some(Resampler::new(SAMPLE_RATE, feed.rate)?)
+            };
+            self.feed = Some(feed);
+        }
+        Ok(())
+    }
+
+    /// Sound waiting to be played, in samples at 48 kHz.
+    pub fn queued(&mut self) -> Result<usize, Error> {
+        self.refresh()?;
+        Ok(match &self.feed {
+            Some(f) => {
+                let waiting = f.samples.buffer().capacity() - f.samples.slots();
+                (waiting as u64 * SAMPLE_RATE as u64 / f.rate as u64) as usize
+            }
+            None => 0,
+        })
+    }
+
+    /// Queues mono 48 kHz samples; what does not fit is dropped (the ring holds 200 ms).
+    pub fn write(&mut self, pcm: &[f32]) -> Result<(), Error> {
+        self.refresh()?;
+        let Some(feed) = self.feed.as_mut() else {
+            return Ok(());
+        };
+        let samples: &[f32] = match self.resampler.as_mut() {
+            None => pcm,
+            Some(r) => {
+                self.scratch.clear();
+                r.push(pcm, &mut self.scratch)?;
+                &self.scratch
+            }
+        };
+        let n = samples.len().min(feed.samples.slots());
+        if let Ok(mut chunk) = feed.samples.write_chunk_uninit(n) {
+            let (a, b) = chunk.as_mut_slices();
+            let (first, rest) = samples[..n].split_at(a.len());
+            for (d, s) in a.iter_mut().zip(first) {
+                d.write(*s);
+            }
+            for (d, s) in b.iter_mut().zip(rest) {
+                d.write(*s);
+            }
+            // SAFETY: all `n` slots were written just above.
+            unsafe { chunk.commit_all() };
+        }
+        Ok(())
+    }
+}
+
+/// Builds an output stream that plays `ring` on every channel at the atomic volume.
+fn build_output(
+    device: &cpal::Device,
+    config: StreamConfig,
+    format: SampleFormat,
+    ring: rtrb::Consumer<f32>,
+    volume: Arc<AtomicU32>,
+    underruns: Arc<AtomicU64>,
+    failed: Arc<AtomicBool>,
+) -> Result<cpal::Stream, Option<cpal::Error>> {
+    fn typed<T>(
+        device: &cpal::Device,
+        config: StreamConfig,
+        mut ring: rtrb::Consumer<f32>,
+        volume: Arc<AtomicU32>,
+        underruns: Arc<AtomicU64>,
+        failed: Arc<AtomicBool>,
+    ) -> Result<cpal::Stream, Option<cpal::Error>>
+    where
+        T: SizedSample + FromSample<f32>,
+    {
+        let channels = usize::from(config.channels.max(1));
+        // Underruns count from the first sound on: silence before it is expected.
+        let mut started = false;
+        device
+            .build_output_stream::<T, _, _>(
+                config,
+                move |data: &mut [T], _| {
+                    // Realtime: no locks, no allocation, no logging.
+                    let gain = f32::from_bits(volume.load(Ordering::Relaxed));
+                    let mut short = false;
+                    for frame in data.chunks_exact_mut(channels) {
+                        let s = match ring.pop() {
+                            Ok(s) => {
+                                started = true;
+                                (s * gain).clamp(-1.0, 1.0)
+                            }
+                            Err(_) => {
+                                short = true;
+                                0.0
+                            }
+                        };
+                        let v = T::from_sample(s);
+                        for out in frame {
+                            *out = v;
+                        }
+                    }
+                    if short && started {
+                        underruns.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+                on_error(failed),
+                None,
+            )
+            .map_err(Some)
+    }
+    match format {
+        SampleFormat::F32 => typed::<f32>(device, config, ring, volume, underruns, failed),
+        SampleFormat::I16 => typed::<i16>(device, config, ring, volume, underruns, failed),
+        SampleFormat::I32 => typed::<i32>(device, config, ring, volume, underruns, failed),
+        SampleFormat::U16 => typed::<u16>(device, config, ring, volume, underruns, failed),
+        SampleFormat::U8 => typed::<u8>(device, config, ring, volume, underruns, failed),
+        SampleFormat::I8 => typed::<i8>(device, config, ring, volume, underruns, failed),
+        SampleFormat::F64 => typed::<f64>(device, config, ring, volume, underruns, failed),
+        SampleFormat::I24 => typed::<cpal::I24>(device, config, ring, volume, underruns, failed),
+        _ => Err(None),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Resampling
+
+/// A streaming resampler for devices that do not run at 48 kHz: rubato's windowed sinc, as
+/// `audio::read_wav` uses, with a shorter filter (64 taps: about 0.7 ms of delay at 48 kHz)
+/// because here every sample of delay is heard.
+struct Resampler {
+    inner: rubato::SincFixedIn<f32>,
+    input: Vec<f32>,
+    output: Vec<Vec<f32>>,
+}
+
+impl Resampler {
+    fn new(from: u32, to: u32) -> Result<Resampler, Error> {
+        use rubato::{
+            calculate_cutoff, SincInterpolationParameters, SincInterpolationType, WindowFunction,
+        };
+        const SINC_LEN: usize = 64;
+        let window = WindowFunction::BlackmanHarris2;
+        let params = SincInterpolationParameters {
+            sinc_len: SINC_LEN,
+            f_cutoff: calculate_cutoff(SINC_LEN, window),
+            interpolation: SincInterpolationType::Linear,
+            oversampling_factor: 128,
+            window,
+        };
+        // Chunks of 2.5 ms at the input rate.
+        let chunk = (from / 400).max(16) as usize;
+        let inner = rubato::SincFixedIn::new(to as f64 / from as f64, 1.0, params, chunk, 1)
+            .map_err(|e| audio::Error::Resample {
+                path: "(audio device)".into(),
+                rate: from,
+                reason: e.to_string(),
+            })?;
+        let output = rubato::Resampler::output_buffer_allocate(&inner, true);
+        Ok(Resampler {
+            inner,
+            input: Vec::with_capacity(chunk * 2),
+            output,
+        })
+    }
+
+    fn push(&mut self, samples: &[f32], out: &mut Vec<f32>) -> Result<(), Error> {
+        use rubato::Resampler as _;
+        self.input.extend_from_slice(samples);
+        let mut pos = 0;
+        while self.input.len() - pos >= self.inner.input_frames_next() {
+            let need = self.inner.input_frames_next();
+            let (_, n) = self
+                .inner
+                .process_into_buffer(&[&self.input[pos..pos + need]], &mut self.output, None)
+                .map_err(|e| audio::Error::Resample {
+                    path: "(audio device)".into(),
+                    rate: 0,
+                    reason: e.to_string(),
+                })?;
+            out.extend_from_slice(&self.output[0][..n]);
+            pos += need;
+        }
+        self.input.drain(..pos);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Playing a channel
+
+/// A frame with a peak below this (-dBFS, as in the frame header) is a pause: the jitter
+/// buffer may trim it unheard.
+const QUIET_PEAK: u8 = 45;
+/// Sound kept queued for the device beyond what it is playing: two device periods, so a
+/// callback always finds its next period ready.
+const LOW_WATER: usize = 2 * SAMPLE_RATE as usize * PERIOD.as_millis() as usize / 1000;
+/// Concealment after the last decoded frame fades out; beyond this, silence.
+const MAX_PLC: usize = 5 * 960;
+
+/// Plays a relay channel (its frames as received) on an output device through the adaptive
+/// jitter buffer, concealing losses with Opus PLC and FEC.
+pub struct Player {
+    playback: Playback,
+    jitter: JitterBuffer<Bytes>,
+    decoder: Decoder,
+    /// Samples concealed since the last decoded frame.
+    concealing: usize,
+    epoch: std::time::Instant,
+    /// Frames whose Opus packet did not parse.
+    pub undecodable: u64,
+}
+
+impl Player {
+    pub fn new(playback: Playback) -> Result<Player, Error> {
+        Ok(Player {
+            playback,
+            jitter: JitterBuffer::new(jitter::Config::default()),
+            decoder: Decoder::new()?,
+            concealing: MAX_PLC,
+            epoch: std::time::Instant::now(),
+            undecodable: 0,
+        })
+    }
+
+    pub fn playback(&self) -> &Playback {
+        &self.playback
+    }
+
+    pub fn stats(&self) -> jitter::Stats {
+        self.jitter.stats()
+    }
+
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// A frame from the relay (header and Opus packet).
+    pub fn frame(&mut self, frame: &Bytes) {
+        let Ok(header) = FrameHeader::parse(frame) else {
+            return;
+        };
+        let opus = frame.slice(HEADER_LEN..);
+        let Ok(samples) = audio::packet_samples(&opus) else {
+            self.undecodable += 1;
+            return;
+        };
+        let now = self.now_us();
+        self.jitter.push(
+            now,
+            header.channel,
+            header.sequence,
+            samples,
+            header.peak >= QUIET_PEAK,
+            opus,
+        );
+    }
+
+    /// Keeps the device fed: call every few milliseconds.
+    pub fn pump(&mut self) -> Result<(), Error> {
+        loop {
+            let queued = self.playback.queued()?;
+            if queued >= LOW_WATER {
+                return Ok(());
+            }
+            // The sound returned now starts playing once what is queued has played.
+            let at = self.now_us() + queued as u64 * 1000 / 48;
+            let pcm = match self.jitter.next(at) {
+                Next::Play { frame, trim } => match self.decoder.decode(&frame) {
+                    Ok(mut pcm) => {
+                        self.concealing = 0;
+                        pcm.drain(..trim.min(pcm.len()));
+                        pcm
+                    }
+                    Err(_) => {
+                        self.undecodable += 1;
+                        self.fill(self.jitter.frame_samples())?
+                    }
+                },
+                Next::Lost { samples, fec } => match fec {
+                    Some(next) if self.concealing < MAX_PLC => {
+                        self.concealing += samples;
+                        self.decoder.recover(&next, samples)?
+                    }
+                    _ => self.fill(samples)?,
+                },
+                Next::Fill { samples, .. } => self.fill(samples)?,
+            };
+            self.playback.write(&pcm)?;
+        }
+    }
+
+    /// Sound for a stretch with nothing to decode: Opus PLC right after sound, then silence.
+    fn fill(&mut self, samples: usize) -> Result<Vec<f32>, Error> {
+        let samples = samples.div_ceil(jitter::STEP) * jitter::STEP;
+        if self.concealing < MAX_PLC {
+            self.concealing += samples;
+            return Ok(self.decoder.conceal(samples)?);
+        }
+        Ok(vec![0.0; samples])
+    }
+}
