@@ -53,6 +53,7 @@ const state = {
   backoff: BACKOFF_FIRST,
   retry: null,
   lastMessage: 0,
+  pingSentAt: 0,
   rttMs: null,
   eventDelayMs: 0,
   carrying: new Map(), // channel id → state text last shown, to announce changes
@@ -190,6 +191,7 @@ function connect() {
   let refusal = null;
   ws.onopen = () => {
     state.lastMessage = performance.now();
+    state.pingSentAt = 0;
     const hello = { type: 'hello', role: 'listener', client: 'boothcast-web' };
     if (state.code) hello.secret = state.code;
     if (state.playing && state.wanted) hello.channel = state.wanted;
@@ -288,14 +290,20 @@ function onFrame(data) {
   state.player.push(data);
 }
 
-// Keep-alive and the dead-connection watchdog.
+// Keep-alive and the dead-connection watchdog: dead when nothing at all came back since a ping
+// sent long enough ago. (Timers of a hidden tab may run once a minute; comparing with the last
+// ping, not with the clock, keeps that from looking like a dead connection.)
 setInterval(() => {
   if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return;
-  if (performance.now() - state.lastMessage > DEAD_AFTER) {
+  const now = performance.now();
+  if (state.pingSentAt && state.lastMessage < state.pingSentAt && now - state.pingSentAt > DEAD_AFTER) {
     state.ws.close();
     return;
   }
-  send({ type: 'ping', t: Math.round(performance.now() * 1000) });
+  if (!state.pingSentAt || state.lastMessage >= state.pingSentAt) {
+    state.pingSentAt = now;
+    send({ type: 'ping', t: Math.round(now * 1000) });
+  }
 }, PING_EVERY);
 
 // --- access code ----------------------------------------------------------------------------
@@ -371,7 +379,7 @@ async function startPlaying() {
     return;
   }
   state.playing = true;
-  $('play').setAttribute('aria-pressed', 'true');
+  $('play').dataset.playing = 'true';
   $('play').textContent = t('stop');
   subscribe();
 }
@@ -389,7 +397,7 @@ function subscribe() {
 function stopPlaying() {
   const was = state.playing;
   state.playing = false;
-  $('play').setAttribute('aria-pressed', 'false');
+  $('play').dataset.playing = 'false';
   $('play').textContent = t('listen');
   if (state.player) state.player.reset();
   if (was) {

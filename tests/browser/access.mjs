@@ -1,6 +1,8 @@
 // An event with an access code: the page asks for it, a wrong one is refused and asked again,
 // the right one lets the delegate listen; the code never appears in the address.
 
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
 import * as s from './support.mjs';
 
 const CODE = '2468';
@@ -27,6 +29,8 @@ await s.run('access', async ({ launch }) => {
     5000,
   );
   s.assert(await page.isVisible('#code-form'), 'the form is asked again after a wrong code');
+  mkdirSync(s.SCREENSHOTS, { recursive: true });
+  await page.screenshot({ path: join(s.SCREENSHOTS, 'delegate-code-phone.png'), fullPage: true });
   s.assert((await page.locator('.channel').count()) === 0, 'no channels shown without the code');
 
   await page.fill('#code', CODE);
