@@ -6,11 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(cmake pkg-config espeak-ng curl)
+packages=(cmake pkg-config libasound2-dev espeak-ng curl)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo=sudo
@@ -18,6 +19,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 cargo build --release --locked
+# The page's WASM Opus decoder, for browsers without WebCodecs or on plain HTTP.
+npm ci --prefix web-client --omit=dev --no-audit --no-fund
 bin=target/release/boothcast
 port=${BOOTHCAST_PORT:-8080}
 dir=target/demo
@@ -57,6 +60,8 @@ pids+=($!)
 cat <<INFO
 
 boothcast is running on http://127.0.0.1:$port with the default event.
+  delegates:            open http://127.0.0.1:$port/ in a browser (or the address above, from a phone)
+  sound engineer:       http://127.0.0.1:$port/console with the engineer secret below
   listen to a channel:  $bin listen --server $server --lang en --output-file en.wav --seconds 10
   channels:             az (the floor), en, ru, fr (interpreters), ar (relay via English), floor
   engineer secret:      $BOOTHCAST_ENGINEER_SECRET
