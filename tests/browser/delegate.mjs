@@ -112,6 +112,7 @@ await s.run('delegate', async ({ launch }) => {
     median: Math.round(s.percentile(times, 50)),
     p95: Math.round(s.percentile(times, 95)),
     max: Math.round(Math.max(...times)),
+    all: times.map(Math.round),
     output_latency_ms: Math.round(outLatency),
   });
 

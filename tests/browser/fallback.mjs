@@ -45,6 +45,7 @@ await s.run('fallback', async ({ launch }) => {
     median: Math.round(s.percentile(times, 50)),
     p95: Math.round(s.percentile(times, 95)),
     max: Math.round(Math.max(...times)),
+    all: times.map(Math.round),
   });
   const st = await page.evaluate(() => document.body.dataset.state);
   s.assert(st === 'playing', `the page is playing, not ${st}`);

@@ -91,7 +91,14 @@ export function tmp() {
   return workDir;
 }
 
+const unloads = [];
+
 function cleanup() {
+  for (const u of unloads.splice(0)) {
+    try {
+      u();
+    } catch {}
+  }
   for (const c of children) {
     try {
       c.kill('SIGKILL');
@@ -261,6 +268,7 @@ export async function launch({ realtime = false, args = [] } = {}) {
   }
   return chromium.launch({
     executablePath,
+    env: { ...process.env, ...audioOutput() },
     headless: true,
     args: [
       '--no-sandbox',
@@ -276,6 +284,24 @@ export async function launch({ realtime = false, args = [] } = {}) {
       ...args,
     ],
   });
+}
+
+// Where Chromium's sound goes: a PulseAudio null sink of this script's own, so that the pages'
+// test tones never reach the default sink, which the device tests use as the booth's
+// microphone. Without PulseAudio, Chromium plays into its own silent output at the same pace.
+function audioOutput() {
+  try {
+    const name = `boothcast_browser_${process.pid}`;
+    const module = execFileSync('pactl', ['load-module', 'module-null-sink', `sink_name=${name}`, 'rate=48000'], {
+      stdio: ['ignore', 'pipe', 'ignore'],
+    })
+      .toString()
+      .trim();
+    unloads.push(() => execFileSync('pactl', ['unload-module', module], { stdio: 'ignore' }));
+    return { PULSE_SINK: name };
+  } catch {
+    return { PULSE_SERVER: 'unix:/nonexistent' };
+  }
 }
 
 // Installs an AnalyserNode on the page's current player output (window.boothcast.player).
