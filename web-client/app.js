@@ -164,7 +164,10 @@ function renderChannels() {
     }
     state.carrying.set(c.id, text);
   }
-  list.replaceChildren(...order);
+  // Moving the nodes would take the keyboard focus away from the chosen channel: only when the
+  // list itself changed.
+  const same = order.length === list.children.length && order.every((el, i) => list.children[i] === el);
+  if (!same) list.replaceChildren(...order);
 }
 
 // --- the connection -------------------------------------------------------------------------

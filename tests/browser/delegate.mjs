@@ -104,6 +104,18 @@ await s.run('delegate', async ({ launch }) => {
   await page.focus('.channel input:checked');
   await page.keyboard.press('ArrowDown');
   await s.waitTone(page, s.TONES['plenary/ar'], 5000);
+  // A channel's change of state re-renders the list: the keyboard focus stays on the channel.
+  booths.fr.command('mute');
+  await s.waitFor(
+    'French to show the floor',
+    async () => (await label(page, 'plenary/fr').textContent()).includes('original sound'),
+    5000,
+  );
+  s.assert(
+    (await page.evaluate(() => document.activeElement && document.activeElement.value)) === 'plenary/ar',
+    'the keyboard focus stays on the chosen channel when the list changes',
+  );
+  booths.fr.command('live');
   const outLatency = (await page.evaluate(() => window.boothcast.player.stats())).outputLatencyMs;
   s.figure({
     figure: 'switch_ms',
