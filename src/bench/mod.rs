@@ -336,7 +336,8 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<T
 
 async fn booth(opts: &Options, c: usize) -> Result<Ws, Error> {
     let url = format!("ws://{}/ws", opts.addr);
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+    // No Nagle, as the booth client (see `client::open`).
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
         .await
         .map_err(|e| Error::Connect(url.clone(), e.to_string()))?;
     let hello = serde_json::json!({"type": "hello", "role": "interpreter", "booth": format!("b{c}"), "secret": opts.secret, "client": "boothcast bench"});
