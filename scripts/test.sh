@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs every boothcast test on a Debian machine with Rust, installing what the tests need first:
 # cmake (the bundled libopus), libasound2-dev (cpal), openssl (test certificates), espeak-ng (speech), sox, ffmpeg and opus-tools (checking audio),
-# chromium (the web pages' tests, driven by playwright-core from web-client/package.json).
+# chromium (the web pages' tests, driven by playwright-core from web-client/package.json), tmux (the
+# terminal console's test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(cmake pkg-config libasound2-dev openssl espeak-ng sox ffmpeg opus-tools chromium)
+packages=(cmake pkg-config libasound2-dev openssl espeak-ng sox ffmpeg opus-tools chromium tmux)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -97,9 +97,72 @@ pub fn ws_url(server: &str) -> Result<String, Error> {
     Ok(format!("{scheme}://{host}{path}"))
 }
 
+/// What a booth session tells a user interface in front of it (`tui`), instead of JSON lines.
+#[derive(Debug, Clone)]
+pub enum Report {
+    Connecting,
+    Connected,
+    /// The connection was lost; the next attempt comes after `retry_in`.
+    Disconnected {
+        reason: String,
+        retry_in: Duration,
+    },
+    Message(ServerMessage),
+    /// The levels (-dBFS bytes) of a frame of the console's own sound, as it leaves.
+    Sent {
+        rms: u8,
+        peak: u8,
+    },
+    /// The header of a frame of what the console hears (its input).
+    Heard(FrameHeader),
+    /// Capture overruns of the input device since the start.
+    Overruns(u64),
+}
+
+/// A user interface in front of a booth console: its commands in, what happens out.
+pub struct Ui {
+    /// Commands to send to the relay; the end of the queue means quit.
+    pub commands: mpsc::Receiver<ClientMessage>,
+    /// Sent with `try_send`: a full queue drops reports, the sound never waits for a screen.
+    pub reports: mpsc::Sender<Report>,
+}
+
+/// Who a sender tells what happens: standard output (JSON lines), or a user interface.
+#[derive(Clone, Default)]
+struct Front(Option<mpsc::Sender<Report>>);
+
+impl Front {
+    /// A message of the relay.
+    fn text(&self, text: &str) {
+        match &self.0 {
+            None => println!("{text}"),
+            Some(tx) => {
+                if let Ok(msg) = ServerMessage::parse(text) {
+                    let _ = tx.try_send(Report::Message(msg));
+                }
+            }
+        }
+    }
+
+    /// A JSON line of the client's own (a user interface gets a `report` instead).
+    fn line(&self, value: serde_json::Value) {
+        if self.0.is_none() {
+            emit(value);
+        }
+    }
+
+    fn report(&self, report: impl FnOnce() -> Report) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.try_send(report());
+        }
+    }
+}
+
 /// Connects and says hello; returns once the relay welcomed us.
-async fn open(url: &str, hello: &ClientMessage) -> Result<Ws, Error> {
-    let connect = tokio_tungstenite::connect_async(url);
+async fn open(url: &str, hello: &ClientMessage, front: &Front) -> Result<Ws, Error> {
+    // No Nagle: a frame sent while the relay delays its ACK (it does once it has sent us
+    // something, such as its ping each second) would otherwise wait up to 40 ms.
+    let connect = tokio_tungstenite::connect_async_with_config(url, None, true);
     let (mut ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
         .map_err(|_| Error::Connect {
@@ -120,7 +183,7 @@ async fn open(url: &str, hello: &ClientMessage) -> Result<Ws, Error> {
             .map_err(|_| Error::Lost("no welcome from the relay".into()))?;
         match msg {
             Some(Ok(Message::Text(text))) => {
-                println!("{text}");
+                front.text(&text);
                 match ServerMessage::parse(&text) {
                     Ok(ServerMessage::Welcome { .. }) => return Ok(ws),
                     Ok(ServerMessage::Error { code, message, .. }) => {
@@ -356,12 +419,14 @@ async fn run_sender(
     source: Source,
     opts: SenderOptions,
     mut commands: Option<mpsc::Receiver<String>>,
+    mut ui: Option<Ui>,
     mut go_live: Option<ClientMessage>,
     monitor: Option<Monitor>,
 ) -> Result<(), Error> {
     let mut sender = Sender::new(&opts)?;
     let mut player = open_monitor(monitor)?;
-    emit(serde_json::json!({
+    let front = Front(ui.as_ref().map(|ui| ui.reports.clone()));
+    front.line(serde_json::json!({
         "type": "started",
         "capture_start_us": sender.start_us,
         "frame_ms": opts.encode.frame.ms(),
@@ -370,15 +435,17 @@ async fn run_sender(
     }));
     let mut backoff = BACKOFF_FIRST;
     loop {
+        front.report(|| Report::Connecting);
         let connect = async {
             tokio::select! {
-                ws = open(&url, &hello) => ws,
+                ws = open(&url, &hello, &front) => ws,
                 e = sender.mic.idle() => Err(e.err().unwrap_or_else(|| Error::Lost("capture ended".into()))),
             }
         };
         let result = match connect.await {
             Ok(mut ws) => {
                 backoff = BACKOFF_FIRST;
+                front.report(|| Report::Connected);
                 sender.mic.skip_to_now()?;
                 if let Some(live) = go_live.take() {
                     ws.send(Message::Text(live.to_json().into()))
@@ -390,6 +457,8 @@ async fn run_sender(
                     &mut sender,
                     source,
                     commands.as_mut(),
+                    ui.as_mut().map(|ui| &mut ui.commands),
+                    &front,
                     player.as_mut(),
                 )
                 .await
@@ -398,12 +467,16 @@ async fn run_sender(
         };
         match result {
             Ok(()) => {
-                emit(serde_json::json!({"type": "ended", "overruns": sender.mic.overruns()}));
+                front.line(serde_json::json!({"type": "ended", "overruns": sender.mic.overruns()}));
                 return Ok(());
             }
             Err(e) if e.is_final() => return Err(e),
             Err(e) => {
-                emit(serde_json::json!({"type": "disconnected", "reason": e.to_string()}));
+                front.line(serde_json::json!({"type": "disconnected", "reason": e.to_string()}));
+                front.report(|| Report::Disconnected {
+                    reason: e.to_string(),
+                    retry_in: backoff,
+                });
                 tracing::warn!("{e}; reconnecting in {} ms", backoff.as_millis());
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -457,6 +530,8 @@ async fn sender_session(
     sender: &mut Sender,
     source: Source,
     mut commands: Option<&mut mpsc::Receiver<String>>,
+    mut ui: Option<&mut mpsc::Receiver<ClientMessage>>,
+    front: &Front,
     mut player: Option<&mut Player>,
 ) -> Result<(), Error> {
     let mut pump = interval(PUMP_EVERY);
@@ -474,7 +549,8 @@ async fn sender_session(
                 let overruns = sender.mic.overruns().unwrap_or(0);
                 if reported != Some(overruns) {
                     reported = Some(overruns);
-                    emit(serde_json::json!({"type": "capture", "device": sender.mic.device(), "overruns": overruns}));
+                    front.line(serde_json::json!({"type": "capture", "device": sender.mic.device(), "overruns": overruns}));
+                    front.report(|| Report::Overruns(overruns));
                     let msg = ClientMessage::Stats { overruns };
                     ws.send(Message::Text(msg.to_json().into())).await.map_err(|e| Error::Lost(e.to_string()))?;
                 }
@@ -484,7 +560,23 @@ async fn sender_session(
                     let _ = ws.close(None).await;
                     return Ok(());
                 };
+                if let Ok(h) = FrameHeader::parse(&frame) {
+                    front.report(|| Report::Sent { rms: h.rms, peak: h.peak });
+                }
                 ws.send(Message::Binary(frame)).await.map_err(|e| Error::Lost(e.to_string()))?;
+            }
+            command = async {
+                match ui.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let Some(msg) = command else {
+                    // The user interface quit.
+                    let _ = ws.close(None).await;
+                    return Ok(());
+                };
+                ws.send(Message::Text(msg.to_json().into())).await.map_err(|e| Error::Lost(e.to_string()))?;
             }
             line = async {
                 match commands.as_mut() {
@@ -508,12 +600,15 @@ async fn sender_session(
             }
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(text))) => {
-                    println!("{text}");
+                    front.text(&text);
                     if let Ok(ServerMessage::Error { code, message, fatal: true }) = ServerMessage::parse(&text) {
                         return Err(Error::Refused { code, message });
                     }
                 }
                 Some(Ok(Message::Binary(frame))) => {
+                    if let Ok(h) = FrameHeader::parse(&frame) {
+                        front.report(|| Report::Heard(h));
+                    }
                     // The console's chosen input, for its headphones.
                     if let Some(p) = player.as_deref_mut() {
                         p.frame(&frame);
@@ -575,7 +670,17 @@ pub async fn floor(opts: FloorOptions) -> Result<(), Error> {
         room: opts.room,
         client: Some("boothcast floor".into()),
     };
-    run_sender(url, hello, Source::Floor, opts.sender, None, None, None).await
+    run_sender(
+        url,
+        hello,
+        Source::Floor,
+        opts.sender,
+        None,
+        None,
+        None,
+        None,
+    )
+    .await
 }
 
 /// A booth console: sends a file as the interpreter's microphone and takes commands.
@@ -591,6 +696,8 @@ pub struct BoothOptions {
     pub sender: SenderOptions,
     /// Command lines, e.g. from standard input.
     pub commands: Option<mpsc::Receiver<String>>,
+    /// A user interface (the terminal console), instead of command lines and JSON lines.
+    pub ui: Option<Ui>,
     /// Play the console's input (floor or relay) on an output device.
     pub monitor: Option<Monitor>,
 }
@@ -615,6 +722,7 @@ pub async fn booth(opts: BoothOptions) -> Result<(), Error> {
         Source::Interpreter,
         opts.sender,
         opts.commands,
+        opts.ui,
         live,
         opts.monitor,
     )
@@ -979,7 +1087,7 @@ pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
     loop {
         let mut conn: Option<Ws> = None;
         let session = async {
-            let ws = conn.insert(open(&url, &hello).await?);
+            let ws = conn.insert(open(&url, &hello, &Front::default()).await?);
             let mut pump = interval(PUMP_EVERY);
             let mut report = interval(STATS_EVERY);
             loop {

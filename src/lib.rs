@@ -15,6 +15,7 @@
 //!   [`join`] for the address delegates join at and its QR code.
 //! - [`audio`]: WAV files, resampling, the Opus encoder and decoder (only clients touch audio).
 //! - [`client`]: the floor, booth and listener clients, from and to audio files or devices.
+//! - [`tui`]: the interpreter's console on a terminal (ratatui), in front of a booth client.
 //! - [`device`]: real audio devices through cpal: capture, playback, listing.
 //! - [`jitter`]: the listener's adaptive jitter buffer. No I/O; time as an input.
 //! - [`ogg`]: an Ogg Opus file writer (packets as received, silence for gaps).
@@ -35,3 +36,4 @@ pub mod relay;
 pub mod rules;
 pub mod server;
 pub mod tls;
+pub mod tui;

@@ -9,7 +9,7 @@ use boothcast::config::{Event, DEFAULT_EVENT_NAME};
 use boothcast::relay::Relay;
 use boothcast::server;
 use clap::{Args, Parser, Subcommand};
-use std::io::BufRead;
+use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,8 +67,9 @@ enum Cmd {
     },
     /// A booth console: send a WAV file as the interpreter's microphone.
     ///
-    /// Commands, one per line on standard input: live [CHANNEL], mute, cough on|off,
-    /// handover, accept, input floor|CHANNEL, quit.
+    /// On a terminal, the interpreter's console (its keys are shown on screen). Otherwise, or
+    /// with --headless, commands one per line on standard input: live [CHANNEL], mute,
+    /// cough on|off, handover, accept, input floor|CHANNEL, quit.
     Booth {
         #[command(flatten)]
         common: SenderArgs,
@@ -85,6 +86,9 @@ enum Cmd {
         live: bool,
         #[command(flatten)]
         monitor: OutputArgs,
+        /// Command lines on standard input and JSON lines out, even on a terminal.
+        #[arg(long)]
+        headless: bool,
     },
     /// Listen to a channel: play it on an output device, or write what is heard to a WAV file.
     Listen {
@@ -254,9 +258,18 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Logs written to the terminal would tear the console's screen: while it is drawn they
+    // go only where standard error is redirected.
+    let quiet = console_on_terminal(&cli.command) && std::io::stderr().is_terminal();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(move || -> Box<dyn std::io::Write> {
+            if quiet {
+                Box::new(std::io::sink())
+            } else {
+                Box::new(std::io::stderr())
+            }
+        });
     if cli.log_json {
         logs.json().init();
     } else {
@@ -374,9 +387,10 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             lang,
             live,
             monitor,
+            headless,
         } => {
             let sender = common.sender()?;
-            client::booth(BoothOptions {
+            let mut opts = BoothOptions {
                 server: common.server,
                 secret: common.secret,
                 booth,
@@ -384,13 +398,19 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 lang,
                 live,
                 sender,
-                commands: Some(stdin_lines()),
+                commands: None,
+                ui: None,
                 monitor: monitor.device().map(|device| Monitor {
                     device,
                     volume: monitor.volume,
                 }),
-            })
-            .await?;
+            };
+            if !headless && on_terminal() {
+                boothcast::tui::run(opts).await?;
+            } else {
+                opts.commands = Some(stdin_lines());
+                client::booth(opts).await?;
+            }
             Ok(())
         }
         Cmd::Listen {
@@ -518,6 +538,21 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Both standard input and output are a terminal: a person is at the console.
+fn on_terminal() -> bool {
+    std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
+}
+
+fn console_on_terminal(cmd: &Cmd) -> bool {
+    matches!(
+        cmd,
+        Cmd::Booth {
+            headless: false,
+            ..
+        }
+    ) && on_terminal()
 }
 
 /// Standard input, a line at a time, read on its own thread (stdin blocks).
