@@ -35,11 +35,9 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("`{0}` is not a relay address: use ws://HOST:PORT or http://HOST:PORT")]
+    #[error("`{0}` is not a relay address: use ws://HOST:PORT, http://HOST:PORT, or wss:// / https:// for a relay serving TLS")]
     Url(String),
-    #[error(
-        "`{0}`: the file clients speak plain ws:// only; connect to the relay's plain HTTP port"
-    )]
+    #[error("TLS: {0}")]
     Tls(String),
     #[error("cannot connect to {url}: {reason}")]
     Connect { url: String, reason: String },
@@ -76,14 +74,15 @@ impl Error {
     }
 }
 
-/// The WebSocket address of a relay given as `ws://` or `http://`.
+/// The WebSocket address of a relay given as `ws://` or `http://` (`wss://` or `https://` for
+/// a relay serving TLS).
 pub fn ws_url(server: &str) -> Result<String, Error> {
     let (scheme, rest) = server
         .split_once("://")
         .ok_or_else(|| Error::Url(server.to_string()))?;
     let scheme = match scheme {
         "ws" | "http" => "ws",
-        "wss" | "https" => return Err(Error::Tls(server.to_string())),
+        "wss" | "https" => "wss",
         _ => return Err(Error::Url(server.to_string())),
     };
     let (host, path) = match rest.split_once('/') {
@@ -158,21 +157,51 @@ impl Front {
     }
 }
 
+/// Certificate authorities trusted for `wss://`: the system's, and the PEM file named by
+/// `BOOTHCAST_CA_CERT` (a venue's own authority, or a relay's self-signed certificate).
+pub const CA_CERT_ENV: &str = "BOOTHCAST_CA_CERT";
+
+fn tls_config() -> Result<std::sync::Arc<tokio_rustls::rustls::ClientConfig>, Error> {
+    let extra = std::env::var_os(CA_CERT_ENV).map(PathBuf::from);
+    crate::tls::client_config(extra.as_deref()).map_err(|e| Error::Tls(e.to_string()))
+}
+
+/// A failed connection; a certificate that is not trusted is final (retrying will not change
+/// it), a relay not answering is not.
+fn connect_error(url: &str, e: tokio_tungstenite::tungstenite::Error) -> Error {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    if let WsError::Io(io) = &e {
+        if let Some(tls) = io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<tokio_rustls::rustls::Error>())
+        {
+            return Error::Tls(format!(
+                "{url}: {tls} (trust the relay's certificate with {CA_CERT_ENV}=FILE)"
+            ));
+        }
+    }
+    Error::Connect {
+        url: url.to_string(),
+        reason: e.to_string(),
+    }
+}
+
 /// Connects and says hello; returns once the relay welcomed us.
 async fn open(url: &str, hello: &ClientMessage, front: &Front) -> Result<Ws, Error> {
     // No Nagle: a frame sent while the relay delays its ACK (it does once it has sent us
     // something, such as its ping each second) would otherwise wait up to 40 ms.
-    let connect = tokio_tungstenite::connect_async_with_config(url, None, true);
+    let tls = match url.starts_with("wss://") {
+        true => Some(tokio_tungstenite::Connector::Rustls(tls_config()?)),
+        false => None,
+    };
+    let connect = tokio_tungstenite::connect_async_tls_with_config(url, None, true, tls);
     let (mut ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
         .map_err(|_| Error::Connect {
             url: url.to_string(),
             reason: "timed out".into(),
         })?
-        .map_err(|e| Error::Connect {
-            url: url.to_string(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| connect_error(url, e))?;
     ws.send(Message::Text(hello.to_json().into()))
         .await
         .map_err(|e| Error::Lost(e.to_string()))?;
@@ -1172,7 +1201,8 @@ mod tests {
             "ws://127.0.0.1:8080/ws"
         );
         assert_eq!(ws_url("ws://h:1/").unwrap(), "ws://h:1/ws");
-        assert!(matches!(ws_url("https://h/ws"), Err(Error::Tls(_))));
+        assert_eq!(ws_url("https://h").unwrap(), "wss://h/ws");
+        assert_eq!(ws_url("wss://h:8443/ws").unwrap(), "wss://h:8443/ws");
         assert!(ws_url("127.0.0.1:8080").is_err());
         assert!(ws_url("ftp://h").is_err());
     }

@@ -170,7 +170,8 @@ enum Cmd {
 
 #[derive(Args)]
 struct SenderArgs {
-    /// Relay address, e.g. ws://127.0.0.1:8080.
+    /// Relay address, e.g. ws://127.0.0.1:8080 (wss://HOST:PORT for a relay serving TLS; a
+    /// certificate not signed by a system authority is trusted through BOOTHCAST_CA_CERT=FILE).
     #[arg(long)]
     server: String,
     /// Secret of the booth or the floor.

@@ -356,6 +356,93 @@ async fn serves_https_and_wss_with_its_certificate() {
         "{welcome:?}"
     );
 
+    // The floor and a listener of boothcast's own over wss://, trusting the relay's
+    // self-signed certificate: the listener hears the floor.
+    let tone = dir.join("tone.wav");
+    let status = std::process::Command::new("sox")
+        .args(["-n", "-r", "48000", "-c", "1", "-b", "16"])
+        .arg(&tone)
+        .args(["synth", "3", "sine", "440", "vol", "0.5"])
+        .status()
+        .expect("sox runs");
+    assert!(status.success());
+    let server = format!("wss://localhost:{}", relay.addr.port());
+    let bin = env!("CARGO_BIN_EXE_boothcast");
+    let mut floor = tokio::process::Command::new(bin)
+        .args([
+            "floor",
+            "--server",
+            &server,
+            "--secret",
+            "floor-secret",
+            "--loop",
+        ])
+        .arg("--input-file")
+        .arg(&tone)
+        .env("BOOTHCAST_CA_CERT", &cert)
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let heard = dir.join("heard.wav");
+    let listen = tokio::process::Command::new(bin)
+        .args([
+            "listen",
+            "--server",
+            &server,
+            "--lang",
+            "en",
+            "--seconds",
+            "1.5",
+        ])
+        .arg("--output-file")
+        .arg(&heard)
+        .env("BOOTHCAST_CA_CERT", &cert)
+        .output();
+    let listen = tokio::time::timeout(std::time::Duration::from_secs(20), listen)
+        .await
+        .expect("listen ends")
+        .unwrap();
+    let _ = floor.kill().await;
+    assert!(
+        listen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listen.stderr)
+    );
+    let summary = String::from_utf8_lossy(&listen.stdout);
+    let frames = summary
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v["summary"]["frames"].as_u64())
+        .unwrap_or_else(|| panic!("no summary in {summary}"));
+    assert!(frames >= 25, "{frames} frames heard over wss: {summary}");
+    // Without the certificate trusted, the client says why it cannot connect.
+    let untrusted = tokio::process::Command::new(bin)
+        .args([
+            "listen",
+            "--server",
+            &server,
+            "--lang",
+            "en",
+            "--seconds",
+            "5",
+        ])
+        .arg("--output-file")
+        .arg(&heard)
+        .env_remove("BOOTHCAST_CA_CERT")
+        .output();
+    let untrusted = tokio::time::timeout(std::time::Duration::from_secs(20), untrusted)
+        .await
+        .expect("listen ends")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(
+        !untrusted.status.success(),
+        "{stderr}\n{}",
+        String::from_utf8_lossy(&untrusted.stdout)
+    );
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
+
     // Plain HTTP on the TLS port gets nothing served.
     let plain = tokio::time::timeout(WAIT, async {
         let mut s = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
