@@ -3,8 +3,13 @@
 # is already answering: `booth_mic` (what is played into it is the booth's microphone, captured
 # from its monitor `booth_mic.monitor`) and `delegate_ear` (the listener's headphones, recorded
 # from `delegate_ear.monitor`). There is no sound card: null sinks are real PulseAudio devices
-# that cpal opens like any other. ALSA's default device reaches the daemon through the pulse
-# plugin (libasound2-plugins), so the ALSA host works too.
+# that cpal opens like any other. ALSA reaches the daemon through the pulse plugin: the `pulse`
+# device comes with libasound2-plugins, and while the daemon runs the pulseaudio package's
+# /usr/share/alsa/alsa.conf.d/pulse.conf makes it ALSA's `default` too; nothing to write.
+#
+# The sinks do not rewind: a null sink that is rewound (when a stream starts or recovers from an
+# underrun) has already passed the sound to its monitor, which then holds part of it twice or
+# not at all.
 #
 # Source it or run it; it prints nothing when the daemon was already up.
 set -euo pipefail
@@ -28,7 +33,7 @@ fi
 sinks=$(pactl list short sinks)
 for sink in booth_mic delegate_ear; do
     if ! grep -qw "$sink" <<<"$sinks"; then
-        pactl load-module module-null-sink sink_name="$sink" rate=48000 channels=1 \
+        pactl load-module module-null-sink sink_name="$sink" rate=48000 channels=1 norewinds=1 \
             sink_properties=device.description="$sink" >/dev/null
     fi
 done

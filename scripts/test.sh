@@ -2,11 +2,13 @@
 # Runs every boothcast test on a Debian machine with Rust, installing what the tests need first:
 # cmake (the bundled libopus), libasound2-dev (cpal), openssl (test certificates), espeak-ng (speech), sox, ffmpeg and opus-tools (checking audio),
 # chromium (the web pages' tests, driven by playwright-core from web-client/package.json), tmux (the
-# terminal console's test).
+# terminal console's test), pulseaudio, pulseaudio-utils and libasound2-plugins (the audio device
+# tests: a PulseAudio daemon with null sinks, which cpal reaches through ALSA's `pulse` device).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(cmake pkg-config libasound2-dev openssl espeak-ng sox ffmpeg opus-tools chromium tmux)
+packages=(cmake pkg-config libasound2-dev openssl espeak-ng sox ffmpeg opus-tools chromium tmux
+          pulseaudio pulseaudio-utils libasound2-plugins)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -24,6 +26,7 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 npm ci --prefix web-client --no-audit --no-fund
+bash scripts/pulse.sh
 
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings

@@ -767,8 +767,9 @@ pub struct ListenOptions {
     pub output: Output,
     /// Stop after this long; `None`: until the relay goes away for good or Ctrl-C.
     pub duration: Option<Duration>,
-    /// Jitter margin: how far behind its arrival a frame is played.
-    pub buffer: Duration,
+    /// Jitter margin: how far behind its arrival a frame is played into a file (40 ms when
+    /// `None`); on a device, the least delay the adaptive jitter buffer keeps.
+    pub buffer: Option<Duration>,
 }
 
 /// Where a listener's sound goes.
@@ -1064,6 +1065,22 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// A file listener's jitter margin when none is given: absorbs network jitter within the
+/// lip-sync budget.
+const FILE_MARGIN: Duration = Duration::from_millis(40);
+
+/// The device player's jitter buffer: the default, or one that never goes below `floor`.
+fn jitter_config(floor: Option<Duration>) -> crate::jitter::Config {
+    let mut config = crate::jitter::Config::default();
+    if let Some(floor) = floor {
+        let floor = floor.as_micros() as u64;
+        config.min_target_us = floor.min(config.max_target_us);
+        // Frames later than the floor are still jitter, not a stall.
+        config.catch_up_us = config.catch_up_us.max(floor * 2);
+    }
+    config
+}
+
 /// Listens to a channel and writes what is heard, in real time, gaps kept.
 pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
     let url = ws_url(&opts.server)?;
@@ -1077,7 +1094,8 @@ pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
             writer: WavWriter::create(path)?,
             decoder: Decoder::new()?,
             start,
-            margin: (opts.buffer.as_secs_f64() * audio::SAMPLE_RATE as f64) as usize,
+            margin: (opts.buffer.unwrap_or(FILE_MARGIN).as_secs_f64() * audio::SAMPLE_RATE as f64)
+                as usize,
             written: 0,
             next: None,
             last_seq: None,
@@ -1086,7 +1104,10 @@ pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
             relay_delays: Vec::new(),
         }),
         Output::Device { name, volume } => Ear::Device {
-            player: Box::new(Player::new(Playback::open(name.as_deref(), *volume)?)?),
+            player: Box::new(Player::with_jitter(
+                Playback::open(name.as_deref(), *volume)?,
+                jitter_config(opts.buffer),
+            )?),
             summary,
             delays: Vec::new(),
             relay_delays: Vec::new(),

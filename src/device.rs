@@ -23,9 +23,10 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// The device's own buffer per callback: 5 ms keeps what the device adds to the delay small
-/// (the whole budget, sound in to sound out, is 45-60 ms) while leaving a desktop scheduler
-/// time to run the callback.
+/// The device's own buffer per callback, asked for: 10 ms keeps what the device adds to the
+/// delay small (the whole budget, sound in to sound out, is 45-60 ms) while leaving a desktop
+/// scheduler time to run the callback. cpal asks ALSA for two such periods; ALSA's PulseAudio
+/// plugin rounds that to three periods of 6.7 ms (a 20 ms buffer).
 const PERIOD: Duration = Duration::from_millis(10);
 /// The rings hold 200 ms: the lip-sync budget. A reader further behind than that has already
 /// lost the listener; the samples that do not fit are counted (overruns) rather than delivered
@@ -36,6 +37,10 @@ const REOPEN_FIRST: Duration = Duration::from_millis(200);
 const REOPEN_MAX: Duration = Duration::from_secs(5);
 /// How often the device thread looks at its stream's health and its commands.
 const WATCH: Duration = Duration::from_millis(50);
+/// A stream that reports errors and has not called back for this long is broken and is
+/// reopened. Long beside a period, short beside a meeting: a PulseAudio stream can take a
+/// fraction of a second to (re)start.
+const STUCK: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -273,20 +278,76 @@ impl Drop for Driver {
     }
 }
 
-/// What a device thread needs to (re)open its stream: it returns the stream, and the
-/// `failed` flag its error callback raises.
-type Opener = Box<dyn FnMut(&Arc<AtomicBool>) -> Result<cpal::Stream, Error> + Send>;
+/// How a stream is doing, as its callbacks tell it (atomics only: the data callback writes
+/// here).
+#[derive(Default)]
+struct Health {
+    /// The stream is gone (device lost, stream invalidated): reopen it.
+    failed: AtomicBool,
+    /// Data callbacks so far.
+    callbacks: AtomicU64,
+    /// Errors that cpal recovers from by itself, so far.
+    errors: AtomicU64,
+    /// Xruns since the device was first opened: the device found its own buffer empty (output)
+    /// or full (input), and cpal restarted it.
+    xruns: AtomicU64,
+}
+
+impl Health {
+    fn reset(&self) {
+        self.failed.store(false, Ordering::Release);
+        self.errors.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Watches a stream for the device thread: a stream that keeps reporting errors without
+/// calling back is as good as failed.
+struct Watch {
+    callbacks: u64,
+    errors: u64,
+    progress: std::time::Instant,
+}
+
+impl Watch {
+    fn new() -> Watch {
+        Watch {
+            callbacks: 0,
+            errors: 0,
+            progress: std::time::Instant::now(),
+        }
+    }
+
+    fn broken(&mut self, health: &Health) -> bool {
+        if health.failed.load(Ordering::Acquire) {
+            return true;
+        }
+        let callbacks = health.callbacks.load(Ordering::Relaxed);
+        let errors = health.errors.load(Ordering::Relaxed);
+        if callbacks != self.callbacks || errors == self.errors {
+            // Calling back, or quiet (an idle stream may not call back): fine.
+            self.callbacks = callbacks;
+            self.errors = errors;
+            self.progress = std::time::Instant::now();
+            return false;
+        }
+        self.progress.elapsed() >= STUCK
+    }
+}
+
+/// What a device thread needs to (re)open its stream: it returns the stream, whose callbacks
+/// report to the given [`Health`].
+type Opener = Box<dyn FnMut(&Arc<Health>) -> Result<cpal::Stream, Error> + Send>;
 
 impl Driver {
     /// Starts the thread and waits for the first opening, whose error is returned.
-    fn start(label: String, mut open: Opener) -> Result<Driver, Error> {
+    fn start(label: String, health: Arc<Health>, mut open: Opener) -> Result<Driver, Error> {
         let (commands, rx) = mpsc::channel();
         let (first_tx, first_rx) = mpsc::sync_channel::<Result<(), Error>>(1);
         let thread = std::thread::Builder::new()
             .name(format!("audio {label}"))
             .spawn(move || {
-                let failed = Arc::new(AtomicBool::new(false));
-                let mut stream = match open(&failed) {
+                let mut watch = Watch::new();
+                let mut stream = match open(&health) {
                     Ok(s) => {
                         let _ = first_tx.send(Ok(()));
                         Some(s)
@@ -303,17 +364,19 @@ impl Driver {
                         Ok(Command::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
                         Err(mpsc::RecvTimeoutError::Timeout) => {}
                     }
-                    if stream.is_some() && failed.load(Ordering::Acquire) {
-                        tracing::warn!(device = %label, "audio device failed; reopening");
+                    if stream.is_some() && watch.broken(&health) {
+                        tracing::warn!(device = %label, errors = health.errors.load(Ordering::Relaxed),
+                            "audio device failed; reopening");
                         stream = None;
                         continue;
                     }
                     if stream.is_none() {
-                        failed.store(false, Ordering::Release);
-                        match open(&failed) {
+                        health.reset();
+                        match open(&health) {
                             Ok(s) => {
                                 tracing::info!(device = %label, "audio device reopened");
                                 stream = Some(s);
+                                watch = Watch::new();
                                 backoff = REOPEN_FIRST;
                             }
                             Err(e) => {
@@ -337,12 +400,25 @@ impl Driver {
     }
 }
 
-/// The error callback: it runs on the audio thread, so it only raises a flag. An xrun is not
-/// a failure (the overrun and underrun counters show its effect).
-fn on_error(failed: Arc<AtomicBool>) -> impl FnMut(cpal::Error) + Send + 'static {
-    move |e| {
-        if e.kind() != cpal::ErrorKind::Xrun {
-            failed.store(true, Ordering::Release);
+/// The error callback: it runs on the stream's thread, so it only counts. A lost device or an
+/// invalidated stream ends cpal's stream thread and needs a reopening. Everything else cpal
+/// recovers from by itself: an xrun (the overrun and underrun counters show its effect), and
+/// passing errors such as the EIO that ALSA's PulseAudio plugin answers `snd_pcm_avail_delay`
+/// with after every xrun, until the new PulseAudio stream's first timing report arrives a few
+/// milliseconds later. Reopening the device for those would turn a 10 ms glitch into a gap of a
+/// quarter of a second; a stream that never gets over its errors stops calling back, and
+/// [`Watch`] reopens it.
+fn on_error(health: Arc<Health>) -> impl FnMut(cpal::Error) + Send + 'static {
+    use cpal::ErrorKind::*;
+    move |e| match e.kind() {
+        DeviceNotAvailable | StreamInvalidated | HostUnavailable => {
+            health.failed.store(true, Ordering::Release);
+        }
+        Xrun => {
+            health.xruns.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {
+            health.errors.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -388,7 +464,7 @@ impl Capture {
         let (feeds_tx, feeds) = mpsc::channel();
         let counter = overruns.clone();
         let label = name.clone();
-        let open: Opener = Box::new(move |failed| {
+        let open: Opener = Box::new(move |health| {
             let err = open_error(Direction::Input, &label);
             let (config, format) = choose_config(&device, Direction::Input).map_err(&err)?;
             let (producer, consumer) = rtrb::RingBuffer::new(ring_samples(config.sample_rate));
@@ -398,7 +474,7 @@ impl Capture {
                 format,
                 producer,
                 counter.clone(),
-                failed.clone(),
+                health.clone(),
             )
             .map_err(|e| match e {
                 Some(e) => err(e),
@@ -416,7 +492,7 @@ impl Capture {
             });
             Ok(stream)
         });
-        let driver = Driver::start(format!("input {name}"), open)?;
+        let driver = Driver::start(format!("input {name}"), Arc::default(), open)?;
         Ok(Capture {
             name,
             feeds,
@@ -432,7 +508,7 @@ impl Capture {
         &self.name
     }
 
-    /// Samples the device delivered that the ring had no room for, since opening.
+    /// Samples lost since opening: the ring had no room for them, or they were taken too late.
     pub fn overruns(&self) -> u64 {
         self.overruns.load(Ordering::Relaxed)
     }
@@ -474,10 +550,19 @@ impl Capture {
         Ok(())
     }
 
-    /// The next `samples` samples if the device has captured them.
+    /// The next `samples` samples if the device has captured them. Sound that waited longer
+    /// than [`RING`] to be taken is dropped and counted as overruns: it would reach listeners
+    /// too late to be played, and sending it in a burst would exceed the relay's limit on how
+    /// fast a sender may send.
     pub fn take(&mut self, samples: usize) -> Result<Option<Vec<f32>>, Error> {
-        if self.pending.len() < samples {
-            self.read()?;
+        self.read()?;
+        let stale = self
+            .pending
+            .len()
+            .saturating_sub(samples + ring_samples(SAMPLE_RATE));
+        if stale > 0 {
+            self.pending.drain(..stale);
+            self.overruns.fetch_add(stale as u64, Ordering::Relaxed);
         }
         if self.pending.len() < samples {
             return Ok(None);
@@ -501,14 +586,14 @@ fn build_input(
     format: SampleFormat,
     ring: rtrb::Producer<f32>,
     overruns: Arc<AtomicU64>,
-    failed: Arc<AtomicBool>,
+    health: Arc<Health>,
 ) -> Result<cpal::Stream, Option<cpal::Error>> {
     fn typed<T>(
         device: &cpal::Device,
         config: StreamConfig,
         mut ring: rtrb::Producer<f32>,
         overruns: Arc<AtomicU64>,
-        failed: Arc<AtomicBool>,
+        health: Arc<Health>,
     ) -> Result<cpal::Stream, Option<cpal::Error>>
     where
         T: SizedSample,
@@ -516,11 +601,13 @@ fn build_input(
     {
         let channels = usize::from(config.channels.max(1));
         let scale = 1.0 / channels as f32;
+        let watched = health.clone();
         device
             .build_input_stream::<T, _, _>(
                 config,
                 move |data: &[T], _| {
                     // Realtime: no locks, no allocation, no logging.
+                    watched.callbacks.fetch_add(1, Ordering::Relaxed);
                     let mut lost = 0;
                     for frame in data.chunks_exact(channels) {
                         let mut sum = 0.0f32;
@@ -535,20 +622,20 @@ fn build_input(
                         overruns.fetch_add(lost, Ordering::Relaxed);
                     }
                 },
-                on_error(failed),
+                on_error(health),
                 None,
             )
             .map_err(Some)
     }
     match format {
-        SampleFormat::F32 => typed::<f32>(device, config, ring, overruns, failed),
-        SampleFormat::I16 => typed::<i16>(device, config, ring, overruns, failed),
-        SampleFormat::I32 => typed::<i32>(device, config, ring, overruns, failed),
-        SampleFormat::U16 => typed::<u16>(device, config, ring, overruns, failed),
-        SampleFormat::U8 => typed::<u8>(device, config, ring, overruns, failed),
-        SampleFormat::I8 => typed::<i8>(device, config, ring, overruns, failed),
-        SampleFormat::F64 => typed::<f64>(device, config, ring, overruns, failed),
-        SampleFormat::I24 => typed::<cpal::I24>(device, config, ring, overruns, failed),
+        SampleFormat::F32 => typed::<f32>(device, config, ring, overruns, health),
+        SampleFormat::I16 => typed::<i16>(device, config, ring, overruns, health),
+        SampleFormat::I32 => typed::<i32>(device, config, ring, overruns, health),
+        SampleFormat::U16 => typed::<u16>(device, config, ring, overruns, health),
+        SampleFormat::U8 => typed::<u8>(device, config, ring, overruns, health),
+        SampleFormat::I8 => typed::<i8>(device, config, ring, overruns, health),
+        SampleFormat::F64 => typed::<f64>(device, config, ring, overruns, health),
+        SampleFormat::I24 => typed::<cpal::I24>(device, config, ring, overruns, health),
         _ => Err(None),
     }
 }
@@ -571,6 +658,7 @@ pub struct Playback {
     scratch: Vec<f32>,
     volume: Arc<AtomicU32>,
     underruns: Arc<AtomicU64>,
+    health: Arc<Health>,
     _driver: Driver,
 }
 
@@ -586,7 +674,7 @@ impl Playback {
         let (feeds_tx, feeds) = mpsc::channel();
         let (counter, gain) = (underruns.clone(), volume.clone());
         let label = name.clone();
-        let open: Opener = Box::new(move |failed| {
+        let open: Opener = Box::new(move |health| {
             let err = open_error(Direction::Output, &label);
             let (config, format) = choose_config(&device, Direction::Output).map_err(&err)?;
             let (producer, consumer) = rtrb::RingBuffer::new(ring_samples(config.sample_rate));
@@ -597,7 +685,7 @@ impl Playback {
                 consumer,
                 gain.clone(),
                 counter.clone(),
-                failed.clone(),
+                health.clone(),
             )
             .map_err(|e| match e {
                 Some(e) => err(e),
@@ -615,7 +703,8 @@ impl Playback {
             });
             Ok(stream)
         });
-        let driver = Driver::start(format!("output {name}"), open)?;
+        let health = Arc::new(Health::default());
+        let driver = Driver::start(format!("output {name}"), health.clone(), open)?;
         Ok(Playback {
             name,
             feeds,
@@ -624,6 +713,7 @@ impl Playback {
             scratch: Vec::new(),
             volume,
             underruns,
+            health,
             _driver: driver,
         })
     }
@@ -637,9 +727,11 @@ impl Playback {
             .store(volume.clamp(0.0, MAX_VOLUME).to_bits(), Ordering::Relaxed);
     }
 
-    /// Callbacks that found too little to play and played silence instead, since opening.
+    /// Times the listener heard a gap, since opening: callbacks that found too little to play
+    /// (and played silence), and device xruns (the device's own buffer ran dry: the program or
+    /// the sound server was held up).
     pub fn underruns(&self) -> u64 {
-        self.underruns.load(Ordering::Relaxed)
+        self.underruns.load(Ordering::Relaxed) + self.health.xruns.load(Ordering::Relaxed)
     }
 
     fn refresh(&mut self) -> Result<(), Error> {
@@ -705,7 +797,7 @@ fn build_output(
     ring: rtrb::Consumer<f32>,
     volume: Arc<AtomicU32>,
     underruns: Arc<AtomicU64>,
-    failed: Arc<AtomicBool>,
+    health: Arc<Health>,
 ) -> Result<cpal::Stream, Option<cpal::Error>> {
     fn typed<T>(
         device: &cpal::Device,
@@ -713,7 +805,7 @@ fn build_output(
         mut ring: rtrb::Consumer<f32>,
         volume: Arc<AtomicU32>,
         underruns: Arc<AtomicU64>,
-        failed: Arc<AtomicBool>,
+        health: Arc<Health>,
     ) -> Result<cpal::Stream, Option<cpal::Error>>
     where
         T: SizedSample + FromSample<f32>,
@@ -721,11 +813,13 @@ fn build_output(
         let channels = usize::from(config.channels.max(1));
         // Underruns count from the first sound on: silence before it is expected.
         let mut started = false;
+        let watched = health.clone();
         device
             .build_output_stream::<T, _, _>(
                 config,
                 move |data: &mut [T], _| {
                     // Realtime: no locks, no allocation, no logging.
+                    watched.callbacks.fetch_add(1, Ordering::Relaxed);
                     let gain = f32::from_bits(volume.load(Ordering::Relaxed));
                     let mut short = false;
                     for frame in data.chunks_exact_mut(channels) {
@@ -748,20 +842,20 @@ fn build_output(
                         underruns.fetch_add(1, Ordering::Relaxed);
                     }
                 },
-                on_error(failed),
+                on_error(health),
                 None,
             )
             .map_err(Some)
     }
     match format {
-        SampleFormat::F32 => typed::<f32>(device, config, ring, volume, underruns, failed),
-        SampleFormat::I16 => typed::<i16>(device, config, ring, volume, underruns, failed),
-        SampleFormat::I32 => typed::<i32>(device, config, ring, volume, underruns, failed),
-        SampleFormat::U16 => typed::<u16>(device, config, ring, volume, underruns, failed),
-        SampleFormat::U8 => typed::<u8>(device, config, ring, volume, underruns, failed),
-        SampleFormat::I8 => typed::<i8>(device, config, ring, volume, underruns, failed),
-        SampleFormat::F64 => typed::<f64>(device, config, ring, volume, underruns, failed),
-        SampleFormat::I24 => typed::<cpal::I24>(device, config, ring, volume, underruns, failed),
+        SampleFormat::F32 => typed::<f32>(device, config, ring, volume, underruns, health),
+        SampleFormat::I16 => typed::<i16>(device, config, ring, volume, underruns, health),
+        SampleFormat::I32 => typed::<i32>(device, config, ring, volume, underruns, health),
+        SampleFormat::U16 => typed::<u16>(device, config, ring, volume, underruns, health),
+        SampleFormat::U8 => typed::<u8>(device, config, ring, volume, underruns, health),
+        SampleFormat::I8 => typed::<i8>(device, config, ring, volume, underruns, health),
+        SampleFormat::F64 => typed::<f64>(device, config, ring, volume, underruns, health),
+        SampleFormat::I24 => typed::<cpal::I24>(device, config, ring, volume, underruns, health),
         _ => Err(None),
     }
 }
@@ -857,9 +951,14 @@ pub struct Player {
 
 impl Player {
     pub fn new(playback: Playback) -> Result<Player, Error> {
+        Player::with_jitter(playback, jitter::Config::default())
+    }
+
+    /// A player whose jitter buffer adapts within `config`.
+    pub fn with_jitter(playback: Playback, config: jitter::Config) -> Result<Player, Error> {
         Ok(Player {
             playback,
-            jitter: JitterBuffer::new(jitter::Config::default()),
+            jitter: JitterBuffer::new(config),
             decoder: Decoder::new()?,
             concealing: MAX_PLC,
             epoch: std::time::Instant::now(),

@@ -104,9 +104,10 @@ enum Cmd {
         /// Stop after this many seconds.
         #[arg(long)]
         seconds: Option<f64>,
-        /// Jitter margin in milliseconds.
-        #[arg(long, default_value_t = 40)]
-        buffer_ms: u64,
+        /// Jitter margin in milliseconds: a file's fixed margin (default 40); on a device, the
+        /// least the adaptive jitter buffer holds (by default it adapts from 5 ms).
+        #[arg(long)]
+        buffer_ms: Option<u64>,
         /// The event's access code, if it has one.
         #[arg(long, env = "BOOTHCAST_SECRET", hide_env_values = true)]
         secret: Option<String>,
@@ -437,7 +438,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 channel: lang,
                 output,
                 duration: seconds.map(Duration::from_secs_f64),
-                buffer: Duration::from_millis(buffer_ms),
+                buffer: buffer_ms.map(Duration::from_millis),
             })
             .await?;
             Ok(())
