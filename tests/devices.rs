@@ -6,9 +6,11 @@
 //!
 //! Every test makes null sinks of its own, so tests can share the daemon in parallel.
 
+mod proc;
+
 use boothcast::audio::{self, align};
+use proc::Proc;
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -18,75 +20,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_boothcast");
 /// How long any single expected event may take. Generous: the suite runs tests in parallel on
 /// two cores, and PulseAudio's null sinks can take up to 2 s to start a stream.
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A child process killed when the test ends, whose standard output lines are collected.
-struct Proc {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    fn spawn(cmd: &mut Command) -> Proc {
-        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a standard output line that `fits`, unless one came already.
-    fn wait_until(&mut self, what: &str, fits: impl Fn(&str) -> bool) -> String {
-        if let Some(line) = self.seen.iter().find(|l| fits(l)) {
-            return line.clone();
-        }
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if fits(&line) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!("no {what} within {WAIT:?}; output: {:#?}", self.seen),
-            }
-        }
-    }
-
-    /// The last line that came of the kind `kind`, for the test's report.
-    fn last(&mut self, kind: &str) -> Value {
-        self.seen.extend(self.lines.try_iter());
-        self.seen
-            .iter()
-            .rev()
-            .map(|l| json(l))
-            .find(|v| v["type"] == kind)
-            .unwrap_or(Value::Null)
-    }
-
-    fn wait_for(&mut self, text: &str) -> String {
-        self.wait_until(&format!("`{text}`"), |l| l.contains(text))
-    }
-}
 
 /// Null sinks of this test's own, removed at the end. Without rewinds: a null sink rewound
 /// when a stream starts or recovers has already passed the sound to its monitor, which then
@@ -252,7 +185,7 @@ fn serve(dir: &Path) -> (Proc, String) {
             .stderr(Stdio::null()),
     );
     const LISTENING: &str = "listening on http://";
-    let line = relay.wait_for(LISTENING);
+    let line = relay.wait_for(LISTENING, WAIT);
     let rest = &line[line.find(LISTENING).unwrap() + LISTENING.len()..];
     let addr = rest.split_whitespace().next().unwrap().to_string();
     (relay, format!("ws://{addr}"))
@@ -305,7 +238,7 @@ fn speech_into_a_booth_microphone_comes_out_of_the_listeners_headphones() {
             .stdin(Stdio::piped())
             .stderr(log(&dir, "booth.log")),
     );
-    booth.wait_for("\"live\":\"plenary/en\"");
+    booth.wait_for("\"live\":\"plenary/en\"", WAIT);
     // The test is about the sound arriving intact, not about its delay: a jitter buffer of at
     // least 100 ms (the most it ever holds) rides out a busy machine's scheduling (the booth's
     // capture thread alone can be held up for 80 ms while other tests run beside it).
@@ -317,7 +250,7 @@ fn speech_into_a_booth_microphone_comes_out_of_the_listeners_headphones() {
             .stderr(log(&dir, "listener.log")),
     );
     // The booth's silence is being played: the whole chain runs.
-    listener.wait_until("a frame played", |l| {
+    listener.wait_until("a frame played", WAIT, |l| {
         json(l)["playout"]["delay_ms"].as_f64().unwrap_or(0.0) > 0.0
     });
 
@@ -333,7 +266,7 @@ fn speech_into_a_booth_microphone_comes_out_of_the_listeners_headphones() {
     recording.wait_for_samples(recording.samples() + 48_000);
     let playout = listener.last("playout");
     drop(listener);
-    let capture = booth.wait_for("\"type\":\"capture\"");
+    let capture = booth.wait_for("\"type\":\"capture\"", WAIT);
     drop(booth);
 
     let reference = audio::read_wav(&said).unwrap();

@@ -181,14 +181,21 @@ async fn metrics_follow_what_the_booths_and_listeners_did() {
         })
         .await;
     }
-    // The relay's pings have come back from the booth once a second.
-    let m = loop {
-        let m = relay.metrics().await;
-        if m.contains("boothcast_sender_rtt_seconds{sender=\"en/1\"}") {
-            break m;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    // The relay's pings have come back from the booth (once a second): the engineer sees it.
+    let mut eng = engineer(&relay.url).await;
+    eng.wait_text("en/1's round trip", |m| match m {
+        ServerMessage::Health { senders } => senders
+            .iter()
+            .any(|s| s.who == "en/1" && s.rtt_ms.is_some())
+            .then_some(()),
+        _ => None,
+    })
+    .await;
+    let m = relay.metrics().await;
+    assert!(
+        m.contains("boothcast_sender_rtt_seconds{sender=\"en/1\"}"),
+        "{m}"
+    );
     assert_eq!(metric(&m, "boothcast_listeners{channel=\"plenary/en\"}"), 3);
     assert_eq!(metric(&m, "boothcast_listeners{channel=\"plenary/ru\"}"), 1);
     assert_eq!(metric(&m, "boothcast_listeners{channel=\"plenary/fr\"}"), 0);
@@ -208,18 +215,20 @@ async fn metrics_follow_what_the_booths_and_listeners_did() {
     assert!(frames_in >= 25, "{frames_in}");
     assert!(delivered >= 75, "three listeners had 25 each: {delivered}");
     booth.text(json!({"type": "mute"}));
-    // The gauge falls as the rules take the console off air.
-    tokio::time::timeout(WAIT, async {
-        while metric(
-            &relay.metrics().await,
-            "boothcast_channel_live{channel=\"plenary/en\"}",
-        ) != 0
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+    // Once the channel list says en is off air, so does the gauge.
+    eng.wait_text("en off air", |m| match m {
+        ServerMessage::Channels { channels } => channels
+            .iter()
+            .any(|c| c.id == "plenary/en" && c.live.is_none())
+            .then_some(()),
+        _ => None,
     })
-    .await
-    .expect("en off air in the metrics after mute");
+    .await;
+    let m = relay.metrics().await;
+    assert_eq!(
+        metric(&m, "boothcast_channel_live{channel=\"plenary/en\"}"),
+        0
+    );
     relay.stop().await;
 }
 

@@ -1,88 +1,16 @@
 //! End to end with real speech and the real binary: espeak-ng speech goes into a booth (or the
 //! floor), through the relay, out of a listener into a WAV file, and must match what was said.
 
+mod proc;
+
 use boothcast::audio::{self, align, SAMPLE_RATE};
+use proc::Proc;
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_boothcast");
-
-/// A child process killed when the test ends, whatever happens, whose standard output lines
-/// are collected as they come.
-struct Proc {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    fn spawn(cmd: &mut Command) -> Proc {
-        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for an output line containing `text`, and returns it.
-    fn wait_for(&mut self, text: &str, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let found = line.contains(text);
-                    self.seen.push(line.clone());
-                    if found {
-                        return line;
-                    }
-                }
-                Err(_) => panic!("no `{text}` within {limit:?}; output: {:#?}", self.seen),
-            }
-        }
-    }
-
-    /// Waits for the process to exit by itself; returns all its standard output lines.
-    fn finish(mut self, limit: Duration) -> Vec<String> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let mut out = std::mem::take(&mut self.seen);
-                out.extend(self.lines.iter());
-                assert!(
-                    status.success(),
-                    "process failed ({status}); output:\n{out:#?}"
-                );
-                return out;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "process still running after {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
 
 fn tmpdir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("boothcast-{name}-{}", std::process::id()));

@@ -1,0 +1,103 @@
+//! A child process of a test (the relay, a booth, a listener), killed when the test ends
+//! whatever happens, whose standard output lines are collected as they come.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Proc {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command) -> Proc {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a standard output line that `fits`, unless one came already.
+    pub fn wait_until(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        fits: impl Fn(&str) -> bool,
+    ) -> String {
+        if let Some(line) = self.seen.iter().find(|l| fits(l)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if fits(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no {what} within {limit:?}; output: {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Waits for an output line containing `text`, and returns it.
+    pub fn wait_for(&mut self, text: &str, limit: Duration) -> String {
+        self.wait_until(&format!("`{text}`"), limit, |l| l.contains(text))
+    }
+
+    /// The last JSON line that came of the type `kind` (`null` if none).
+    pub fn last(&mut self, kind: &str) -> Value {
+        self.seen.extend(self.lines.try_iter());
+        self.seen
+            .iter()
+            .rev()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap_or(Value::Null))
+            .find(|v| v["type"] == kind)
+            .unwrap_or(Value::Null)
+    }
+
+    /// Waits for the process to exit by itself; returns all its standard output lines.
+    pub fn finish(mut self, limit: Duration) -> Vec<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut out = std::mem::take(&mut self.seen);
+                out.extend(self.lines.iter());
+                assert!(
+                    status.success(),
+                    "process failed ({status}); output:\n{out:#?}"
+                );
+                return out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process still running after {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
