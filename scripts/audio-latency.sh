@@ -14,6 +14,7 @@
 # the jitter buffer's delay.
 #
 # Usage: scripts/audio-latency.sh [SECONDS_PER_RUN]   (default 30)
+#        PARTS="frames10 alsa" scripts/audio-latency.sh   (some of: frames20 frames10 alsa stall)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-30}
@@ -75,10 +76,12 @@ port=$((20000 + RANDOM % 20000))
 pids+=($!)
 for _ in $(seq 100); do grep -q "listening on" "$work/relay.out" && break; sleep 0.1; done
 
-# Records both halves from before the run starts; a 10 ms recorder also keeps the null sink
-# rendering in small blocks (see tests/devices.rs).
+# Records both halves from before the run starts. A null sink renders in blocks as long as the
+# smallest latency any of its streams asks for (up to 2 s when nobody asks): the recorder asks
+# 5 ms, so the sink takes and gives sound in 5 ms blocks, as a sound card with 5 ms periods
+# would. (With 10 ms blocks, REC_LAT=10, both boothcast and arecord | aplay wait for them.)
 record() {
-    parec --latency-msec=10 --raw --format=s16le --rate=48000 --channels=2 \
+    parec --latency-msec=${REC_LAT:-5} --raw --format=s16le --rate=48000 --channels=2 \
         --device=lat_all.monitor >"$1" &
     pids+=($!)
     for _ in $(seq 100); do [ "$(stat -c %s "$1")" -gt 38400 ] && break; sleep 0.05; done
@@ -109,22 +112,28 @@ run() { # name frame_ms listener_port
     PULSE_SINK=lat_ear "$bin" listen --server ws://127.0.0.1:$lport --lang en \
         --output-device pulse >"$work/$name.listen" 2>&1 &
     local listener=$!
+    pids+=($booth $listener)
     wait_for_playing "$work/$name.listen"
     paplay --latency-msec=200 --device=lat_mic "$work/clicks.wav"
     kill $listener $booth
     wait $listener $booth 2>/dev/null || true
+    unset 'pids[-1]'
+    unset 'pids[-1]'
     stop_recording
 }
 
-run frames20 20 $port
-run frames10 10 $port
+want() { [[ " ${PARTS:-frames20 frames10 alsa stall} " == *" $1 "* ]]; }
 
-# PulseAudio alone: the capture and playback streams with cpal's buffers (20 ms, 3 periods).
+want frames20 && run frames20 20 $port
+want frames10 && run frames10 10 $port
+
+# PulseAudio alone: the capture and playback streams with cpal's buffers (two 5 ms periods).
+if want alsa; then
 record "$work/alsa.raw"
 PULSE_SOURCE=lat_mic.monitor arecord -q -D pulse -f FLOAT_LE -r 48000 -c 2 \
-    --buffer-size=960 --period-size=320 -t raw 2>/dev/null |
+    --buffer-size=480 --period-size=240 -t raw 2>/dev/null |
     PULSE_SINK=lat_ear aplay -q -D pulse -f FLOAT_LE -r 48000 -c 2 \
-        --buffer-size=960 --period-size=320 -t raw 2>/dev/null &
+        --buffer-size=480 --period-size=240 -t raw 2>/dev/null &
 pids+=($!)
 sleep 1
 paplay --latency-msec=200 --device=lat_mic "$work/clicks.wav"
@@ -132,8 +141,10 @@ paplay --latency-msec=200 --device=lat_mic "$work/clicks.wav"
 kill "${pids[-1]}"
 unset 'pids[-1]'
 stop_recording
+fi
 
 # A listener whose connection stalls for 2 s, 10 s into the run.
+if want stall; then
 proxy_port=$((port + 1))
 python3 - "$port" "$proxy_port" "$work/stall.at" <<'EOF' &
 import asyncio, sys, time
@@ -162,11 +173,15 @@ async def main():
 asyncio.run(main())
 EOF
 pids+=($!)
-sleep 0.5
+for _ in $(seq 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/$proxy_port) 2>/dev/null && break
+    sleep 0.1
+done
 run stall 20 $proxy_port
+fi
 
 python3 - "$work" <<'EOF'
-import array, json, statistics, sys
+import array, json, os, statistics, sys
 work = sys.argv[1]
 
 def onsets(samples):
@@ -200,19 +215,23 @@ def report(name, label):
     return p
 
 for name, label in [("frames20", "20 ms frames"), ("frames10", "10 ms frames")]:
+    if not os.path.exists(f"{work}/{name}.raw"):
+        continue
     report(name, label)
     lines = [json.loads(l) for l in open(f"{work}/{name}.listen") if l.startswith('{"playout"')]
     settled = [l["playout"]["delay_ms"] for l in lines[5:]]
     if settled:
         print(f"  jitter buffer delay after 5 s: median {statistics.median(settled):.1f} ms"
               f" (target {lines[-1]['playout']['target_ms']:.1f} ms; {lines[-1]['playout']})")
-report("alsa", "PulseAudio alone (arecord | aplay, 20 ms buffers)")
+if os.path.exists(f"{work}/alsa.raw"):
+    report("alsa", "PulseAudio alone (arecord | aplay, 10 ms buffers)")
 
-p = report("stall", "20 ms frames, listener stalled 2 s")
-base = statistics.median([d for _, d in p[:30]])
-gap = [b[0] - a[0] for a, b in zip(p, p[1:])]
-longest = max(range(len(gap)), key=lambda i: gap[i])
-after = [round(d, 1) for _, d in p[longest + 1:longest + 9]]
-print(f"  before the stall: median delay {base:.1f} ms; no click came through for "
-      f"{gap[longest] / 1000:.2f} s; the delays of the 8 clicks after it (250 ms apart): {after}")
+if os.path.exists(f"{work}/stall.raw"):
+    p = report("stall", "20 ms frames, listener stalled 2 s")
+    base = statistics.median([d for _, d in p[:30]])
+    gap = [b[0] - a[0] for a, b in zip(p, p[1:])]
+    longest = max(range(len(gap)), key=lambda i: gap[i])
+    after = [round(d, 1) for _, d in p[longest + 1:longest + 9]]
+    print(f"  before the stall: median delay {base:.1f} ms; no click came through for "
+          f"{gap[longest] / 1000:.2f} s; the delays of the 8 clicks after it (250 ms apart): {after}")
 EOF

@@ -534,7 +534,7 @@ fn open_monitor(monitor: Option<Monitor>) -> Result<Option<Player>, Error> {
     Ok(Some(Player::new(playback)?))
 }
 
-/// How often the output device is topped up: well inside its 10 ms of queued sound.
+/// How often the output device is topped up: inside the 2.5 ms queued beyond its next period.
 const PUMP_EVERY: Duration = Duration::from_millis(2);
 /// Capture overruns go to the relay (`stats`) and standard output at most this often.
 const STATS_EVERY: Duration = Duration::from_secs(1);
@@ -788,6 +788,11 @@ pub struct PlayoutStats {
     pub jitter: crate::jitter::Stats,
     /// Device callbacks that found nothing queued (and played silence).
     pub device_underruns: u64,
+    /// Sound queued for the device beyond its next period, in ms (grows after device
+    /// underruns).
+    pub device_margin_ms: f64,
+    /// Of the device underruns, the device's own xruns.
+    pub device_xruns: u64,
 }
 
 /// What a listener measured.
@@ -1025,6 +1030,8 @@ impl Ear {
             Ear::Device { player, .. } => Some(PlayoutStats {
                 jitter: player.stats(),
                 device_underruns: player.playback().underruns(),
+                device_margin_ms: player.margin_ms(),
+                device_xruns: player.playback().xruns(),
             }),
         }
     }
@@ -1050,6 +1057,8 @@ impl Ear {
                 summary.playout = Some(PlayoutStats {
                     jitter: stats,
                     device_underruns: player.playback().underruns(),
+                    device_margin_ms: player.margin_ms(),
+                    device_xruns: player.playback().xruns(),
                 });
                 Ok(summary)
             }

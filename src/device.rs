@@ -23,11 +23,13 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// The device's own buffer per callback, asked for: 10 ms keeps what the device adds to the
-/// delay small (the whole budget, sound in to sound out, is 45-60 ms) while leaving a desktop
-/// scheduler time to run the callback. cpal asks ALSA for two such periods; ALSA's PulseAudio
-/// plugin rounds that to three periods of 6.7 ms (a 20 ms buffer).
-const PERIOD: Duration = Duration::from_millis(10);
+/// The device's own buffer per callback, asked for: 5 ms, two of them in the device (cpal asks
+/// ALSA for two periods). The whole budget, sound in to sound out, is 45 ms at 10 ms frames, of
+/// which the codec takes 16.5 ms: every period of buffering is heard. Capture in 5 ms periods
+/// also completes 10 and 20 ms frames evenly (10 ms periods reached ALSA's PulseAudio plugin
+/// as 6.7 ms ones, which complete 10 ms frames 6.7 and 13.3 ms apart, a jitter every listener
+/// then had to buffer).
+const PERIOD: Duration = Duration::from_millis(5);
 /// The rings hold 200 ms: the lip-sync budget. A reader further behind than that has already
 /// lost the listener; the samples that do not fit are counted (overruns) rather than delivered
 /// late.
@@ -291,6 +293,9 @@ struct Health {
     /// Xruns since the device was first opened: the device found its own buffer empty (output)
     /// or full (input), and cpal restarted it.
     xruns: AtomicU64,
+    /// Samples (per channel, at the device's rate) the last callback moved: the period the
+    /// device really got, which may differ from the one asked for.
+    period: AtomicU32,
 }
 
 impl Health {
@@ -731,7 +736,18 @@ impl Playback {
     /// (and played silence), and device xruns (the device's own buffer ran dry: the program or
     /// the sound server was held up).
     pub fn underruns(&self) -> u64 {
-        self.underruns.load(Ordering::Relaxed) + self.health.xruns.load(Ordering::Relaxed)
+        self.starved() + self.xruns()
+    }
+
+    /// Callbacks that found too little queued: this program did not keep up.
+    pub fn starved(&self) -> u64 {
+        self.underruns.load(Ordering::Relaxed)
+    }
+
+    /// Device xruns: the device's own buffer ran dry (the sound server was held up, or
+    /// took its sound in bigger pieces than the buffer holds).
+    pub fn xruns(&self) -> u64 {
+        self.health.xruns.load(Ordering::Relaxed)
     }
 
     fn refresh(&mut self) -> Result<(), Error> {
@@ -744,6 +760,16 @@ impl Playback {
             self.feed = Some(feed);
         }
         Ok(())
+    }
+
+    /// Samples at 48 kHz the device takes per callback: the period it really got, once it has
+    /// called back, else the one asked for.
+    pub fn period(&self) -> usize {
+        let asked = SAMPLE_RATE as usize * PERIOD.as_micros() as usize / 1_000_000;
+        match (&self.feed, self.health.period.load(Ordering::Relaxed)) {
+            (Some(f), n) if n > 0 => (n as u64 * SAMPLE_RATE as u64 / f.rate as u64) as usize,
+            _ => asked,
+        }
     }
 
     /// Sound waiting to be played, in samples at 48 kHz.
@@ -820,6 +846,9 @@ fn build_output(
                 move |data: &mut [T], _| {
                     // Realtime: no locks, no allocation, no logging.
                     watched.callbacks.fetch_add(1, Ordering::Relaxed);
+                    watched
+                        .period
+                        .store((data.len() / channels) as u32, Ordering::Relaxed);
                     let gain = f32::from_bits(volume.load(Ordering::Relaxed));
                     let mut short = false;
                     for frame in data.chunks_exact_mut(channels) {
@@ -930,9 +959,15 @@ impl Resampler {
 /// A frame with a peak below this (-dBFS, as in the frame header) is a pause: the jitter
 /// buffer may trim it unheard.
 const QUIET_PEAK: u8 = 45;
-/// Sound kept queued for the device beyond what it is playing: two device periods, so a
-/// callback always finds its next period ready.
-const LOW_WATER: usize = 2 * SAMPLE_RATE as usize * PERIOD.as_millis() as usize / 1000;
+/// Sound kept queued for the device beyond its next period, at least: 2.5 ms, for the pump
+/// (every 2 ms) coming a little late. Every sample queued here is decided on that much before
+/// it plays, so a frame has to arrive that much earlier: it adds to the delay one for one.
+const MIN_MARGIN: usize = jitter::STEP;
+/// The margin grows by a period each time the device finds too little queued (a sound server
+/// that takes several periods at once, a busy machine), up to 40 ms, and comes back down a
+/// step after 10 s without that, as a sound server adapts its own buffer.
+const MAX_MARGIN: usize = 40 * SAMPLE_RATE as usize / 1000;
+const MARGIN_CALM: Duration = Duration::from_secs(10);
 /// Concealment after the last decoded frame fades out; beyond this, silence.
 const MAX_PLC: usize = 5 * 960;
 
@@ -945,6 +980,11 @@ pub struct Player {
     /// Samples concealed since the last decoded frame.
     concealing: usize,
     epoch: std::time::Instant,
+    /// Samples queued for the device beyond its next period, and the device underruns it has
+    /// been set for.
+    margin: usize,
+    underruns_seen: u64,
+    margin_changed: std::time::Instant,
     /// Frames whose Opus packet did not parse.
     pub undecodable: u64,
 }
@@ -962,6 +1002,9 @@ impl Player {
             decoder: Decoder::new()?,
             concealing: MAX_PLC,
             epoch: std::time::Instant::now(),
+            margin: MIN_MARGIN,
+            underruns_seen: 0,
+            margin_changed: std::time::Instant::now(),
             undecodable: 0,
         })
     }
@@ -972,6 +1015,24 @@ impl Player {
 
     pub fn stats(&self) -> jitter::Stats {
         self.jitter.stats()
+    }
+
+    /// Sound kept queued for the device beyond its next period, in ms.
+    pub fn margin_ms(&self) -> f64 {
+        self.margin as f64 / 48.0
+    }
+
+    /// Grows the margin after a device underrun, shrinks it after a calm stretch.
+    fn adapt_margin(&mut self) {
+        let underruns = self.playback.starved();
+        if underruns > self.underruns_seen {
+            self.underruns_seen = underruns;
+            self.margin = (self.margin + self.playback.period()).min(MAX_MARGIN);
+            self.margin_changed = std::time::Instant::now();
+        } else if self.margin > MIN_MARGIN && self.margin_changed.elapsed() >= MARGIN_CALM {
+            self.margin = self.margin.saturating_sub(jitter::STEP).max(MIN_MARGIN);
+            self.margin_changed = std::time::Instant::now();
+        }
     }
 
     fn now_us(&self) -> u64 {
@@ -1001,14 +1062,17 @@ impl Player {
 
     /// Keeps the device fed: call every few milliseconds.
     pub fn pump(&mut self) -> Result<(), Error> {
+        self.adapt_margin();
         loop {
             let queued = self.playback.queued()?;
-            if queued >= LOW_WATER {
+            if queued >= self.playback.period() + self.margin {
                 return Ok(());
             }
-            // The sound returned now starts playing once what is queued has played.
-            let at = self.now_us() + queued as u64 * 1000 / 48;
-            let pcm = match self.jitter.next(at) {
+            // Decided now: the frame due must be here now, though it plays once what is
+            // queued has played. What is queued is kept to about one period and the margin,
+            // so the jitter buffer's timeline runs that much ahead of the device's, and its
+            // target covers the arrivals' jitter and nothing else.
+            let pcm = match self.jitter.next(self.now_us()) {
                 Next::Play { frame, trim } => match self.decoder.decode(&frame) {
                     Ok(mut pcm) => {
                         self.concealing = 0;
