@@ -616,11 +616,31 @@ impl Decoder {
         let samples = packet_samples(packet)?;
         let mut out = vec![0.0; samples];
         let n = self
-            .inner
-            .decode_float(packet, &mut out, false)
+            .decode_into(packet, &mut out)
             .map_err(|e| decode_err(e, "decode a packet"))?;
         out.truncate(n);
         Ok(out)
+    }
+
+    /// Decodes one packet into `out` (at least [`packet_samples`] long) without allocating,
+    /// for a realtime thread; returns the samples written.
+    pub fn decode_into(&mut self, packet: &[u8], out: &mut [f32]) -> Result<usize, opus::Error> {
+        self.inner.decode_float(packet, out, false)
+    }
+
+    /// Fills `out` (a multiple of 120 samples) by Opus PLC, without allocating.
+    pub fn conceal_into(&mut self, out: &mut [f32]) -> Result<usize, opus::Error> {
+        self.inner.decode_float(&[], out, false)
+    }
+
+    /// Rebuilds a lost frame of `out.len()` samples from the FEC data in `next_packet`,
+    /// without allocating (see [`recover`](Self::recover)).
+    pub fn recover_into(
+        &mut self,
+        next_packet: &[u8],
+        out: &mut [f32],
+    ) -> Result<usize, opus::Error> {
+        self.inner.decode_float(next_packet, out, true)
     }
 
     /// Synthesizes `samples` samples to cover lost packets (Opus PLC).
@@ -633,8 +653,7 @@ impl Decoder {
         }
         let mut out = vec![0.0; samples];
         let n = self
-            .inner
-            .decode_float(&[], &mut out, false)
+            .conceal_into(&mut out)
             .map_err(codec("conceal lost audio"))?;
         out.truncate(n);
         Ok(out)
@@ -654,8 +673,7 @@ impl Decoder {
         }
         let mut out = vec![0.0; samples];
         let n = self
-            .inner
-            .decode_float(next_packet, &mut out, true)
+            .recover_into(next_packet, &mut out)
             .map_err(|e| decode_err(e, "recover a frame from FEC data"))?;
         out.truncate(n);
         Ok(out)

@@ -10,7 +10,7 @@
 //! follow it; logs go to standard error.
 
 use crate::audio::{self, encode, Decoder, Encoder, WavWriter};
-use crate::device::{self, Capture, Playback, Player};
+use crate::device::{self, Capture, Player};
 use crate::protocol::{
     level_byte, ClientMessage, ErrorCode, FrameHeader, Role, ServerMessage, Source, CHANNEL_UNSET,
     HEADER_LEN,
@@ -460,7 +460,7 @@ async fn run_sender(
         "capture_start_us": sender.start_us,
         "frame_ms": opts.encode.frame.ms(),
         "input_device": sender.mic.device(),
-        "output_device": player.as_ref().map(|p| p.playback().name()),
+        "output_device": player.as_ref().map(|p| p.name()),
     }));
     let mut backoff = BACKOFF_FIRST;
     loop {
@@ -530,12 +530,13 @@ fn open_monitor(monitor: Option<Monitor>) -> Result<Option<Player>, Error> {
     let Some(m) = monitor else {
         return Ok(None);
     };
-    let playback = Playback::open(m.device.as_deref(), m.volume)?;
-    Ok(Some(Player::new(playback)?))
+    Ok(Some(Player::open(
+        m.device.as_deref(),
+        m.volume,
+        crate::jitter::Config::default(),
+    )?))
 }
 
-/// How often the output device is topped up: inside the 2.5 ms queued beyond its next period.
-const PUMP_EVERY: Duration = Duration::from_millis(2);
 /// Capture overruns go to the relay (`stats`) and standard output at most this often.
 const STATS_EVERY: Duration = Duration::from_secs(1);
 
@@ -563,17 +564,11 @@ async fn sender_session(
     front: &Front,
     mut player: Option<&mut Player>,
 ) -> Result<(), Error> {
-    let mut pump = interval(PUMP_EVERY);
     let mut stats = interval(STATS_EVERY);
     let mut reported = None;
     // Ok: the file ended or the user quit; an error: the connection was lost or refused.
     loop {
         tokio::select! {
-            _ = tick_if(player.is_some(), &mut pump) => {
-                if let Some(p) = player.as_deref_mut() {
-                    p.pump()?;
-                }
-            }
             _ = tick_if(sender.mic.overruns().is_some(), &mut stats) => {
                 let overruns = sender.mic.overruns().unwrap_or(0);
                 if reported != Some(overruns) {
@@ -788,11 +783,6 @@ pub struct PlayoutStats {
     pub jitter: crate::jitter::Stats,
     /// Device callbacks that found nothing queued (and played silence).
     pub device_underruns: u64,
-    /// Sound queued for the device beyond its next period, in ms (grows after device
-    /// underruns).
-    pub device_margin_ms: f64,
-    /// Of the device underruns, the device's own xruns.
-    pub device_xruns: u64,
 }
 
 /// What a listener measured.
@@ -1017,21 +1007,12 @@ impl Ear {
         matches!(self, Ear::Device { .. })
     }
 
-    fn pump(&mut self) -> Result<(), Error> {
-        if let Ear::Device { player, .. } = self {
-            player.pump()?;
-        }
-        Ok(())
-    }
-
     fn playout(&self) -> Option<PlayoutStats> {
         match self {
             Ear::File(_) => None,
             Ear::Device { player, .. } => Some(PlayoutStats {
                 jitter: player.stats(),
-                device_underruns: player.playback().underruns(),
-                device_margin_ms: player.margin_ms(),
-                device_xruns: player.playback().xruns(),
+                device_underruns: player.underruns(),
             }),
         }
     }
@@ -1049,16 +1030,14 @@ impl Ear {
                 summary.lost = stats.concealed;
                 summary.late = stats.late;
                 summary.concealed = stats.concealed;
-                summary.undecodable = player.undecodable;
+                summary.undecodable = player.undecodable();
                 summary.median_network_delay_ms = median(&mut delays);
                 summary.median_relay_to_listener_ms = median(&mut relay_delays);
                 summary.seconds_written =
                     (unix_micros().saturating_sub(summary.start_us)) as f64 / 1e6;
                 summary.playout = Some(PlayoutStats {
                     jitter: stats,
-                    device_underruns: player.playback().underruns(),
-                    device_margin_ms: player.margin_ms(),
-                    device_xruns: player.playback().xruns(),
+                    device_underruns: player.underruns(),
                 });
                 Ok(summary)
             }
@@ -1113,8 +1092,9 @@ pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
             relay_delays: Vec::new(),
         }),
         Output::Device { name, volume } => Ear::Device {
-            player: Box::new(Player::with_jitter(
-                Playback::open(name.as_deref(), *volume)?,
+            player: Box::new(Player::open(
+                name.as_deref(),
+                *volume,
                 jitter_config(opts.buffer),
             )?),
             summary,
@@ -1123,7 +1103,7 @@ pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
         },
     };
     let device = match &playout {
-        Ear::Device { player, .. } => Some(player.playback().name().to_string()),
+        Ear::Device { player, .. } => Some(player.name().to_string()),
         Ear::File(_) => None,
     };
     emit(
@@ -1147,15 +1127,10 @@ pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
         let mut conn: Option<Ws> = None;
         let session = async {
             let ws = conn.insert(open(&url, &hello, &Front::default()).await?);
-            let mut pump = interval(PUMP_EVERY);
             let mut report = interval(STATS_EVERY);
             loop {
                 let msg = tokio::select! {
                     msg = ws.next() => msg,
-                    _ = tick_if(playout.is_device(), &mut pump) => {
-                        playout.pump()?;
-                        continue;
-                    }
                     _ = tick_if(playout.is_device(), &mut report) => {
                         emit(serde_json::json!({"type": "playout", "playout": playout.playout()}));
                         continue;

@@ -18,7 +18,7 @@ use crate::protocol::{FrameHeader, HEADER_LEN};
 use bytes::Bytes;
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 use cpal::{FromSample, SampleFormat, SizedSample, StreamConfig};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -293,9 +293,6 @@ struct Health {
     /// Xruns since the device was first opened: the device found its own buffer empty (output)
     /// or full (input), and cpal restarted it.
     xruns: AtomicU64,
-    /// Samples (per channel, at the device's rate) the last callback moved: the period the
-    /// device really got, which may differ from the one asked for.
-    period: AtomicU32,
 }
 
 impl Health {
@@ -646,250 +643,6 @@ fn build_input(
 }
 
 // ---------------------------------------------------------------------------
-// Playback
-
-/// One opening of an output device: its ring and rate.
-struct OutFeed {
-    samples: rtrb::Producer<f32>,
-    rate: u32,
-}
-
-/// Headphones: plays mono 48 kHz samples on any output device, with a volume.
-pub struct Playback {
-    name: String,
-    feeds: mpsc::Receiver<OutFeed>,
-    feed: Option<OutFeed>,
-    resampler: Option<Resampler>,
-    scratch: Vec<f32>,
-    volume: Arc<AtomicU32>,
-    underruns: Arc<AtomicU64>,
-    health: Arc<Health>,
-    _driver: Driver,
-}
-
-/// Highest volume: twice the signal, for a quiet channel in a noisy hall.
-pub const MAX_VOLUME: f32 = 2.0;
-
-impl Playback {
-    /// Opens an output device by name, or the default one, at `volume` (0.0 to 2.0).
-    pub fn open(name: Option<&str>, volume: f32) -> Result<Playback, Error> {
-        let (device, name) = find(Direction::Output, name)?;
-        let underruns = Arc::new(AtomicU64::new(0));
-        let volume = Arc::new(AtomicU32::new(volume.clamp(0.0, MAX_VOLUME).to_bits()));
-        let (feeds_tx, feeds) = mpsc::channel();
-        let (counter, gain) = (underruns.clone(), volume.clone());
-        let label = name.clone();
-        let open: Opener = Box::new(move |health| {
-            let err = open_error(Direction::Output, &label);
-            let (config, format) = choose_config(&device, Direction::Output).map_err(&err)?;
-            let (producer, consumer) = rtrb::RingBuffer::new(ring_samples(config.sample_rate));
-            let stream = build_output(
-                &device,
-                config,
-                format,
-                consumer,
-                gain.clone(),
-                counter.clone(),
-                health.clone(),
-            )
-            .map_err(|e| match e {
-                Some(e) => err(e),
-                None => Error::Format {
-                    name: label.clone(),
-                    format: format.to_string(),
-                },
-            })?;
-            stream.play().map_err(&err)?;
-            tracing::info!(device = %label, channels = config.channels, rate = config.sample_rate,
-                format = %format, buffer = ?config.buffer_size, "playing");
-            let _ = feeds_tx.send(OutFeed {
-                samples: producer,
-                rate: config.sample_rate,
-            });
-            Ok(stream)
-        });
-        let health = Arc::new(Health::default());
-        let driver = Driver::start(format!("output {name}"), health.clone(), open)?;
-        Ok(Playback {
-            name,
-            feeds,
-            feed: None,
-            resampler: None,
-            scratch: Vec::new(),
-            volume,
-            underruns,
-            health,
-            _driver: driver,
-        })
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn set_volume(&self, volume: f32) {
-        self.volume
-            .store(volume.clamp(0.0, MAX_VOLUME).to_bits(), Ordering::Relaxed);
-    }
-
-    /// Times the listener heard a gap, since opening: callbacks that found too little to play
-    /// (and played silence), and device xruns (the device's own buffer ran dry: the program or
-    /// the sound server was held up).
-    pub fn underruns(&self) -> u64 {
-        self.starved() + self.xruns()
-    }
-
-    /// Callbacks that found too little queued: this program did not keep up.
-    pub fn starved(&self) -> u64 {
-        self.underruns.load(Ordering::Relaxed)
-    }
-
-    /// Device xruns: the device's own buffer ran dry (the sound server was held up, or
-    /// took its sound in bigger pieces than the buffer holds).
-    pub fn xruns(&self) -> u64 {
-        self.health.xruns.load(Ordering::Relaxed)
-    }
-
-    fn refresh(&mut self) -> Result<(), Error> {
-        while let Ok(feed) = self.feeds.try_recv() {
-            self.resampler = if feed.rate == SAMPLE_RATE {
-                None
-            } else {
-                Some(Resampler::new(SAMPLE_RATE, feed.rate)?)
-            };
-            self.feed = Some(feed);
-        }
-        Ok(())
-    }
-
-    /// Samples at 48 kHz the device takes per callback: the period it really got, once it has
-    /// called back, else the one asked for.
-    pub fn period(&self) -> usize {
-        let asked = SAMPLE_RATE as usize * PERIOD.as_micros() as usize / 1_000_000;
-        match (&self.feed, self.health.period.load(Ordering::Relaxed)) {
-            (Some(f), n) if n > 0 => (n as u64 * SAMPLE_RATE as u64 / f.rate as u64) as usize,
-            _ => asked,
-        }
-    }
-
-    /// Sound waiting to be played, in samples at 48 kHz.
-    pub fn queued(&mut self) -> Result<usize, Error> {
-        self.refresh()?;
-        Ok(match &self.feed {
-            Some(f) => {
-                let waiting = f.samples.buffer().capacity() - f.samples.slots();
-                (waiting as u64 * SAMPLE_RATE as u64 / f.rate as u64) as usize
-            }
-            None => 0,
-        })
-    }
-
-    /// Queues mono 48 kHz samples; what does not fit is dropped (the ring holds 200 ms).
-    pub fn write(&mut self, pcm: &[f32]) -> Result<(), Error> {
-        self.refresh()?;
-        let Some(feed) = self.feed.as_mut() else {
-            return Ok(());
-        };
-        let samples: &[f32] = match self.resampler.as_mut() {
-            None => pcm,
-            Some(r) => {
-                self.scratch.clear();
-                r.push(pcm, &mut self.scratch)?;
-                &self.scratch
-            }
-        };
-        let n = samples.len().min(feed.samples.slots());
-        if let Ok(mut chunk) = feed.samples.write_chunk_uninit(n) {
-            let (a, b) = chunk.as_mut_slices();
-            let (first, rest) = samples[..n].split_at(a.len());
-            for (d, s) in a.iter_mut().zip(first) {
-                d.write(*s);
-            }
-            for (d, s) in b.iter_mut().zip(rest) {
-                d.write(*s);
-            }
-            // SAFETY: all `n` slots were written just above.
-            unsafe { chunk.commit_all() };
-        }
-        Ok(())
-    }
-}
-
-/// Builds an output stream that plays `ring` on every channel at the atomic volume.
-fn build_output(
-    device: &cpal::Device,
-    config: StreamConfig,
-    format: SampleFormat,
-    ring: rtrb::Consumer<f32>,
-    volume: Arc<AtomicU32>,
-    underruns: Arc<AtomicU64>,
-    health: Arc<Health>,
-) -> Result<cpal::Stream, Option<cpal::Error>> {
-    fn typed<T>(
-        device: &cpal::Device,
-        config: StreamConfig,
-        mut ring: rtrb::Consumer<f32>,
-        volume: Arc<AtomicU32>,
-        underruns: Arc<AtomicU64>,
-        health: Arc<Health>,
-    ) -> Result<cpal::Stream, Option<cpal::Error>>
-    where
-        T: SizedSample + FromSample<f32>,
-    {
-        let channels = usize::from(config.channels.max(1));
-        // Underruns count from the first sound on: silence before it is expected.
-        let mut started = false;
-        let watched = health.clone();
-        device
-            .build_output_stream::<T, _, _>(
-                config,
-                move |data: &mut [T], _| {
-                    // Realtime: no locks, no allocation, no logging.
-                    watched.callbacks.fetch_add(1, Ordering::Relaxed);
-                    watched
-                        .period
-                        .store((data.len() / channels) as u32, Ordering::Relaxed);
-                    let gain = f32::from_bits(volume.load(Ordering::Relaxed));
-                    let mut short = false;
-                    for frame in data.chunks_exact_mut(channels) {
-                        let s = match ring.pop() {
-                            Ok(s) => {
-                                started = true;
-                                (s * gain).clamp(-1.0, 1.0)
-                            }
-                            Err(_) => {
-                                short = true;
-                                0.0
-                            }
-                        };
-                        let v = T::from_sample(s);
-                        for out in frame {
-                            *out = v;
-                        }
-                    }
-                    if short && started {
-                        underruns.fetch_add(1, Ordering::Relaxed);
-                    }
-                },
-                on_error(health),
-                None,
-            )
-            .map_err(Some)
-    }
-    match format {
-        SampleFormat::F32 => typed::<f32>(device, config, ring, volume, underruns, health),
-        SampleFormat::I16 => typed::<i16>(device, config, ring, volume, underruns, health),
-        SampleFormat::I32 => typed::<i32>(device, config, ring, volume, underruns, health),
-        SampleFormat::U16 => typed::<u16>(device, config, ring, volume, underruns, health),
-        SampleFormat::U8 => typed::<u8>(device, config, ring, volume, underruns, health),
-        SampleFormat::I8 => typed::<i8>(device, config, ring, volume, underruns, health),
-        SampleFormat::F64 => typed::<f64>(device, config, ring, volume, underruns, health),
-        SampleFormat::I24 => typed::<cpal::I24>(device, config, ring, volume, underruns, health),
-        _ => Err(None),
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Resampling
 
 /// A streaming resampler for devices that do not run at 48 kHz: rubato's windowed sinc, as
@@ -959,151 +712,408 @@ impl Resampler {
 /// A frame with a peak below this (-dBFS, as in the frame header) is a pause: the jitter
 /// buffer may trim it unheard.
 const QUIET_PEAK: u8 = 45;
-/// Sound kept queued for the device beyond its next period, at least: 2.5 ms, for the pump
-/// (every 2 ms) coming a little late. Every sample queued here is decided on that much before
-/// it plays, so a frame has to arrive that much earlier: it adds to the delay one for one.
-const MIN_MARGIN: usize = jitter::STEP;
-/// The margin grows by a period each time the device finds too little queued (a sound server
-/// that takes several periods at once, a busy machine), up to 40 ms, and comes back down a
-/// step after 10 s without that, as a sound server adapts its own buffer.
-const MAX_MARGIN: usize = 40 * SAMPLE_RATE as usize / 1000;
-const MARGIN_CALM: Duration = Duration::from_secs(10);
 /// Concealment after the last decoded frame fades out; beyond this, silence.
 const MAX_PLC: usize = 5 * 960;
+/// The longest Opus packet (RFC 6716, 3.2.1).
+const MAX_PACKET: usize = 1275;
+/// The longest Opus frame: 120 ms at 48 kHz.
+const MAX_FRAME: usize = 5760;
+/// Frames on their way from the network to the output callback. The callback takes them every
+/// period (5 ms); 64 frames are 0.6 s or more of sound, so the ring fills only when the device
+/// has stopped calling back, and then the frames that do not fit are dropped (the jitter
+/// buffer conceals them, or restarts at live).
+const ARRIVALS: usize = 64;
+
+/// An Opus packet held by value: the output callback keeps and passes these without
+/// allocating.
+#[derive(Clone)]
+struct Packet {
+    len: u16,
+    data: [u8; MAX_PACKET],
+}
+
+impl Packet {
+    fn bytes(&self) -> &[u8] {
+        &self.data[..usize::from(self.len)]
+    }
+}
+
+/// A frame from the relay as it crosses to the output callback.
+struct Arrival {
+    at_us: u64,
+    channel: u16,
+    sequence: u32,
+    samples: usize,
+    quiet: bool,
+    packet: Packet,
+}
+
+/// What the output callback reports (atomics only: the callback writes here).
+#[derive(Default)]
+struct PlayoutShared {
+    delay_us: AtomicU64,
+    target_us: AtomicU64,
+    underruns: AtomicU64,
+    concealed: AtomicU64,
+    late: AtomicU64,
+    dropped: AtomicU64,
+    resets: AtomicU64,
+    undecodable: AtomicU64,
+}
+
+impl PlayoutShared {
+    fn store(&self, s: &jitter::Stats, undecodable: u64) {
+        let us = |ms: f64| (ms.max(0.0) * 1000.0) as u64;
+        self.delay_us.store(us(s.delay_ms), Ordering::Relaxed);
+        self.target_us.store(us(s.target_ms), Ordering::Relaxed);
+        self.underruns.store(s.underruns, Ordering::Relaxed);
+        self.concealed.store(s.concealed, Ordering::Relaxed);
+        self.late.store(s.late, Ordering::Relaxed);
+        self.dropped.store(s.dropped, Ordering::Relaxed);
+        self.resets.store(s.resets, Ordering::Relaxed);
+        self.undecodable.store(undecodable, Ordering::Relaxed);
+    }
+}
 
 /// Plays a relay channel (its frames as received) on an output device through the adaptive
 /// jitter buffer, concealing losses with Opus PLC and FEC.
+///
+/// The output callback pulls: at each device period it takes the frames that have arrived,
+/// asks the jitter buffer what is due now, and decodes it straight into the device's buffer.
+/// Nothing is decided ahead of the device, so the jitter buffer's delay and the device's own
+/// buffer (two 5 ms periods) are all that is added to the sound's way. The callback never
+/// locks, allocates, logs or blocks: frames reach it by value through an `rtrb` ring, the
+/// jitter buffer and the decoder work in space reserved when the device opens, and the
+/// figures go out through atomics.
 pub struct Player {
-    playback: Playback,
-    jitter: JitterBuffer<Bytes>,
-    decoder: Decoder,
-    /// Samples concealed since the last decoded frame.
-    concealing: usize,
+    name: String,
+    /// Where frames go: the ring of the device's current opening.
+    arrivals: Option<rtrb::Producer<Arrival>>,
+    opened: mpsc::Receiver<rtrb::Producer<Arrival>>,
     epoch: std::time::Instant,
-    /// Samples queued for the device beyond its next period, and the device underruns it has
-    /// been set for.
-    margin: usize,
-    underruns_seen: u64,
-    margin_changed: std::time::Instant,
+    shared: Arc<PlayoutShared>,
+    health: Arc<Health>,
+    /// Frames that did not fit in the ring (the device was not calling back).
+    overflow: u64,
     /// Frames whose Opus packet did not parse.
-    pub undecodable: u64,
+    unparsed: u64,
+    _driver: Driver,
 }
 
-impl Player {
-    pub fn new(playback: Playback) -> Result<Player, Error> {
-        Player::with_jitter(playback, jitter::Config::default())
-    }
+/// Highest volume: twice the signal, for a quiet channel in a noisy hall.
+pub const MAX_VOLUME: f32 = 2.0;
 
-    /// A player whose jitter buffer adapts within `config`.
-    pub fn with_jitter(playback: Playback, config: jitter::Config) -> Result<Player, Error> {
+impl Player {
+    /// Opens an output device by name, or the default one, at `volume` (0.0 to 2.0), with a
+    /// jitter buffer that adapts within `config`.
+    pub fn open(name: Option<&str>, volume: f32, config: jitter::Config) -> Result<Player, Error> {
+        let (device, name) = find(Direction::Output, name)?;
+        let volume = volume.clamp(0.0, MAX_VOLUME);
+        let epoch = std::time::Instant::now();
+        let shared = Arc::new(PlayoutShared::default());
+        let (opened_tx, opened) = mpsc::channel();
+        let label = name.clone();
+        let figures = shared.clone();
+        let open: Opener = Box::new(move |health| {
+            let err = open_error(Direction::Output, &label);
+            let (config_out, format) = choose_config(&device, Direction::Output).map_err(&err)?;
+            let (producer, consumer) = rtrb::RingBuffer::new(ARRIVALS);
+            let render = Render::new(consumer, config, epoch, figures.clone(), config_out)?;
+            let stream = build_output(&device, config_out, format, render, volume, health.clone())
+                .map_err(|e| match e {
+                    Some(e) => err(e),
+                    None => Error::Format {
+                        name: label.clone(),
+                        format: format.to_string(),
+                    },
+                })?;
+            stream.play().map_err(&err)?;
+            tracing::info!(device = %label, channels = config_out.channels,
+                rate = config_out.sample_rate, format = %format,
+                buffer = ?config_out.buffer_size, "playing");
+            let _ = opened_tx.send(producer);
+            Ok(stream)
+        });
+        let health = Arc::new(Health::default());
+        let driver = Driver::start(format!("output {name}"), health.clone(), open)?;
         Ok(Player {
-            playback,
-            jitter: JitterBuffer::new(config),
-            decoder: Decoder::new()?,
-            concealing: MAX_PLC,
-            epoch: std::time::Instant::now(),
-            margin: MIN_MARGIN,
-            underruns_seen: 0,
-            margin_changed: std::time::Instant::now(),
-            undecodable: 0,
+            name,
+            arrivals: None,
+            opened,
+            epoch,
+            shared,
+            health,
+            overflow: 0,
+            unparsed: 0,
+            _driver: driver,
         })
     }
 
-    pub fn playback(&self) -> &Playback {
-        &self.playback
-    }
-
-    pub fn stats(&self) -> jitter::Stats {
-        self.jitter.stats()
-    }
-
-    /// Sound kept queued for the device beyond its next period, in ms.
-    pub fn margin_ms(&self) -> f64 {
-        self.margin as f64 / 48.0
-    }
-
-    /// Grows the margin after a device underrun, shrinks it after a calm stretch.
-    fn adapt_margin(&mut self) {
-        let underruns = self.playback.starved();
-        if underruns > self.underruns_seen {
-            self.underruns_seen = underruns;
-            self.margin = (self.margin + self.playback.period()).min(MAX_MARGIN);
-            self.margin_changed = std::time::Instant::now();
-        } else if self.margin > MIN_MARGIN && self.margin_changed.elapsed() >= MARGIN_CALM {
-            self.margin = self.margin.saturating_sub(jitter::STEP).max(MIN_MARGIN);
-            self.margin_changed = std::time::Instant::now();
-        }
-    }
-
-    fn now_us(&self) -> u64 {
-        self.epoch.elapsed().as_micros() as u64
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// A frame from the relay (header and Opus packet).
     pub fn frame(&mut self, frame: &Bytes) {
+        while let Ok(p) = self.opened.try_recv() {
+            // The device was (re)opened: its callback starts from the next frame.
+            self.arrivals = Some(p);
+        }
         let Ok(header) = FrameHeader::parse(frame) else {
             return;
         };
-        let opus = frame.slice(HEADER_LEN..);
-        let Ok(samples) = audio::packet_samples(&opus) else {
-            self.undecodable += 1;
+        let opus = &frame[HEADER_LEN..];
+        let samples = match audio::packet_samples(opus) {
+            Ok(n) if n <= MAX_FRAME && opus.len() <= MAX_PACKET => n,
+            _ => {
+                self.unparsed += 1;
+                return;
+            }
+        };
+        let Some(ring) = self.arrivals.as_mut() else {
             return;
         };
-        let now = self.now_us();
-        self.jitter.push(
-            now,
-            header.channel,
-            header.sequence,
+        let mut packet = Packet {
+            len: opus.len() as u16,
+            data: [0; MAX_PACKET],
+        };
+        packet.data[..opus.len()].copy_from_slice(opus);
+        let arrival = Arrival {
+            at_us: self.epoch.elapsed().as_micros() as u64,
+            channel: header.channel,
+            sequence: header.sequence,
             samples,
-            header.peak >= QUIET_PEAK,
-            opus,
-        );
-    }
-
-    /// Keeps the device fed: call every few milliseconds.
-    pub fn pump(&mut self) -> Result<(), Error> {
-        self.adapt_margin();
-        loop {
-            let queued = self.playback.queued()?;
-            if queued >= self.playback.period() + self.margin {
-                return Ok(());
-            }
-            // Decided now: the frame due must be here now, though it plays once what is
-            // queued has played. What is queued is kept to about one period and the margin,
-            // so the jitter buffer's timeline runs that much ahead of the device's, and its
-            // target covers the arrivals' jitter and nothing else.
-            let pcm = match self.jitter.next(self.now_us()) {
-                Next::Play { frame, trim } => match self.decoder.decode(&frame) {
-                    Ok(mut pcm) => {
-                        self.concealing = 0;
-                        pcm.drain(..trim.min(pcm.len()));
-                        pcm
-                    }
-                    Err(_) => {
-                        self.undecodable += 1;
-                        self.fill(self.jitter.frame_samples())?
-                    }
-                },
-                Next::Lost { samples, fec } => match fec {
-                    Some(next) if self.concealing < MAX_PLC => {
-                        self.concealing += samples;
-                        self.decoder.recover(&next, samples)?
-                    }
-                    _ => self.fill(samples)?,
-                },
-                Next::Fill { samples, .. } => self.fill(samples)?,
-            };
-            self.playback.write(&pcm)?;
+            quiet: header.peak >= QUIET_PEAK,
+            packet,
+        };
+        if ring.push(arrival).is_err() {
+            self.overflow += 1;
         }
     }
 
-    /// Sound for a stretch with nothing to decode: Opus PLC right after sound, then silence.
-    fn fill(&mut self, samples: usize) -> Result<Vec<f32>, Error> {
-        let samples = samples.div_ceil(jitter::STEP) * jitter::STEP;
+    /// What the jitter buffer measured.
+    pub fn stats(&self) -> jitter::Stats {
+        let s = &self.shared;
+        let ms = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 / 1000.0;
+        jitter::Stats {
+            delay_ms: ms(&s.delay_us),
+            target_ms: ms(&s.target_us),
+            underruns: s.underruns.load(Ordering::Relaxed),
+            concealed: s.concealed.load(Ordering::Relaxed),
+            late: s.late.load(Ordering::Relaxed),
+            dropped: s.dropped.load(Ordering::Relaxed) + self.overflow,
+            resets: s.resets.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Frames that could not be played: their Opus packet did not parse or decode.
+    pub fn undecodable(&self) -> u64 {
+        self.unparsed + self.shared.undecodable.load(Ordering::Relaxed)
+    }
+
+    /// Device xruns since opening: the device's own buffer ran dry (the sound server or this
+    /// program was held up), and the listener heard a gap.
+    pub fn underruns(&self) -> u64 {
+        self.health.xruns.load(Ordering::Relaxed)
+    }
+}
+
+/// The output callback's side of a [`Player`]: everything it needs, reserved up front.
+struct Render {
+    arrivals: rtrb::Consumer<Arrival>,
+    jitter: JitterBuffer<Packet>,
+    decoder: Decoder,
+    /// Decoded sound not yet played (a frame is longer than a period): `pcm[pos..len]`.
+    pcm: Vec<f32>,
+    pos: usize,
+    len: usize,
+    /// Samples concealed since the last decoded frame.
+    concealing: usize,
+    undecodable: u64,
+    epoch: std::time::Instant,
+    shared: Arc<PlayoutShared>,
+    /// For a device that does not run at 48 kHz: the resampler, its input and its output.
+    resampler: Option<Resampler>,
+    chunk: Vec<f32>,
+    resampled: Vec<f32>,
+}
+
+impl Render {
+    fn new(
+        arrivals: rtrb::Consumer<Arrival>,
+        config: jitter::Config,
+        epoch: std::time::Instant,
+        shared: Arc<PlayoutShared>,
+        device: StreamConfig,
+    ) -> Result<Render, Error> {
+        let resampler = if device.sample_rate == SAMPLE_RATE {
+            None
+        } else {
+            Some(Resampler::new(SAMPLE_RATE, device.sample_rate)?)
+        };
+        Ok(Render {
+            arrivals,
+            jitter: JitterBuffer::new(config),
+            decoder: Decoder::new()?,
+            pcm: vec![0.0; MAX_FRAME],
+            pos: 0,
+            len: 0,
+            concealing: MAX_PLC,
+            undecodable: 0,
+            epoch,
+            shared,
+            resampler,
+            chunk: vec![0.0; jitter::STEP],
+            resampled: Vec::with_capacity(ring_samples(device.sample_rate)),
+        })
+    }
+
+    /// Fills `out` (mono, at the device's rate) with what is due now.
+    fn render(&mut self, out: &mut [f32]) {
+        let now_us = self.epoch.elapsed().as_micros() as u64;
+        while let Ok(a) = self.arrivals.pop() {
+            self.jitter
+                .push(a.at_us, a.channel, a.sequence, a.samples, a.quiet, a.packet);
+        }
+        if self.resampler.is_none() {
+            self.render_48k(now_us, out);
+        } else {
+            let mut chunk = std::mem::take(&mut self.chunk);
+            while self.resampled.len() < out.len() {
+                self.render_48k(now_us, &mut chunk);
+                let Some(r) = self.resampler.as_mut() else {
+                    break;
+                };
+                if r.push(&chunk, &mut self.resampled).is_err() {
+                    break;
+                }
+            }
+            self.chunk = chunk;
+            let n = out.len().min(self.resampled.len());
+            out[..n].copy_from_slice(&self.resampled[..n]);
+            out[n..].fill(0.0);
+            self.resampled.drain(..n);
+        }
+        self.shared.store(&self.jitter.stats(), self.undecodable);
+    }
+
+    /// Fills `out` with mono 48 kHz sound: what is left of the last frame, then what the
+    /// jitter buffer says is due at `now_us`.
+    fn render_48k(&mut self, now_us: u64, out: &mut [f32]) {
+        let mut done = 0;
+        while done < out.len() {
+            if self.pos < self.len {
+                let n = (self.len - self.pos).min(out.len() - done);
+                out[done..done + n].copy_from_slice(&self.pcm[self.pos..self.pos + n]);
+                self.pos += n;
+                done += n;
+                continue;
+            }
+            // Sound decided now plays as far into this period as is already filled.
+            let at = now_us + done as u64 * 1000 / 48;
+            let (start, len) = match self.jitter.next(at) {
+                Next::Play { frame, trim } => {
+                    match self.decoder.decode_into(frame.bytes(), &mut self.pcm) {
+                        Ok(n) => {
+                            self.concealing = 0;
+                            (trim.min(n), n)
+                        }
+                        Err(_) => {
+                            self.undecodable += 1;
+                            (0, self.fill(self.jitter.frame_samples()))
+                        }
+                    }
+                }
+                Next::Lost { samples, fec } => match fec {
+                    Some(next) if self.concealing < MAX_PLC && samples <= MAX_FRAME => {
+                        self.concealing += samples;
+                        match self
+                            .decoder
+                            .recover_into(next.bytes(), &mut self.pcm[..samples])
+                        {
+                            Ok(n) => (0, n),
+                            Err(_) => (0, self.fill(samples)),
+                        }
+                    }
+                    _ => (0, self.fill(samples)),
+                },
+                Next::Fill { samples, .. } => (0, self.fill(samples)),
+            };
+            self.pos = start;
+            self.len = len;
+        }
+    }
+
+    /// Sound for a stretch with nothing to decode, into `pcm`: Opus PLC right after sound,
+    /// then silence. Returns its length.
+    fn fill(&mut self, samples: usize) -> usize {
+        let samples =
+            (samples.div_ceil(jitter::STEP) * jitter::STEP).clamp(jitter::STEP, MAX_FRAME);
+        let out = &mut self.pcm[..samples];
         if self.concealing < MAX_PLC {
             self.concealing += samples;
-            return Ok(self.decoder.conceal(samples)?);
+            if self.decoder.conceal_into(out).is_ok() {
+                return samples;
+            }
         }
-        Ok(vec![0.0; samples])
+        out.fill(0.0);
+        samples
+    }
+}
+
+/// Builds an output stream that renders a [`Player`]'s channel on every channel of the device
+/// at `volume`.
+fn build_output(
+    device: &cpal::Device,
+    config: StreamConfig,
+    format: SampleFormat,
+    render: Render,
+    volume: f32,
+    health: Arc<Health>,
+) -> Result<cpal::Stream, Option<cpal::Error>> {
+    fn typed<T>(
+        device: &cpal::Device,
+        config: StreamConfig,
+        mut render: Render,
+        volume: f32,
+        health: Arc<Health>,
+    ) -> Result<cpal::Stream, Option<cpal::Error>>
+    where
+        T: SizedSample + FromSample<f32>,
+    {
+        let channels = usize::from(config.channels.max(1));
+        // Mono sound for one callback; cpal's periods are fixed, this is room for several.
+        let mut mono = vec![0.0f32; ring_samples(config.sample_rate)];
+        let watched = health.clone();
+        device
+            .build_output_stream::<T, _, _>(
+                config,
+                move |data: &mut [T], _| {
+                    // Realtime: no locks, no allocation, no logging.
+                    watched.callbacks.fetch_add(1, Ordering::Relaxed);
+                    let frames = (data.len() / channels).min(mono.len());
+                    render.render(&mut mono[..frames]);
+                    for (frame, &s) in data.chunks_exact_mut(channels).zip(&mono[..frames]) {
+                        let v = T::from_sample((s * volume).clamp(-1.0, 1.0));
+                        for out in frame {
+                            *out = v;
+                        }
+                    }
+                },
+                on_error(health),
+                None,
+            )
+            .map_err(Some)
+    }
+    match format {
+        SampleFormat::F32 => typed::<f32>(device, config, render, volume, health),
+        SampleFormat::I16 => typed::<i16>(device, config, render, volume, health),
+        SampleFormat::I32 => typed::<i32>(device, config, render, volume, health),
+        SampleFormat::U16 => typed::<u16>(device, config, render, volume, health),
+        SampleFormat::U8 => typed::<u8>(device, config, render, volume, health),
+        SampleFormat::I8 => typed::<i8>(device, config, render, volume, health),
+        SampleFormat::F64 => typed::<f64>(device, config, render, volume, health),
+        SampleFormat::I24 => typed::<cpal::I24>(device, config, render, volume, health),
+        _ => Err(None),
     }
 }

@@ -2,7 +2,8 @@
 //! headphones (scripts/pulse.sh starts the daemon). Speech is played into one sink; a booth
 //! captures that sink's monitor through cpal (ALSA's `pulse` device, `PULSE_SOURCE` choosing the
 //! source); the relay carries it; a listener plays it through cpal into another sink
-//! (`PULSE_SINK`), whose monitor is recorded. What is recorded must be what was said.
+//! (`PULSE_SINK`), whose monitor is recorded. What is recorded must be what was said. The same
+//! for the floor in an interpreter's headphones (`booth --output-device`).
 //!
 //! Every test makes null sinks of its own, so tests can share the daemon in parallel.
 
@@ -337,4 +338,75 @@ fn an_unknown_device_is_named_in_the_error() {
             && err.contains("boothcast devices"),
         "{err}"
     );
+}
+
+/// The interpreter hears the floor in the console's headphones: the floor's speech goes
+/// floor → relay → `boothcast booth --output-device` → jitter buffer → cpal playback → null
+/// sink `ear` → its monitor → parec, while the booth's own microphone (a silent sink) is open.
+#[test]
+fn the_floor_comes_out_of_the_interpreters_headphones() {
+    let (mic, ear) = (unique("console_mic"), unique("console_ear"));
+    let _sinks = Sinks::new(&[&mic, &ear]);
+    let dir = tmpdir("console");
+    let said = dir.join("floor.wav");
+    speak(
+        "The chair gives the floor to the delegation of Azerbaijan. \
+         Please keep your statements to three minutes.",
+        &said,
+    );
+    // The floor feed is live: what it "says" while it connects is gone, as with a microphone.
+    // A second of silence before the speech is what it may miss.
+    let feed = dir.join("feed.wav");
+    let padded = Command::new("sox")
+        .arg(&said)
+        .arg(&feed)
+        .args(["pad", "1", "0"])
+        .status()
+        .expect("sox is installed (scripts/test.sh installs it)");
+    assert!(padded.success());
+    let _mic_keeper = Recorder::start(&format!("{mic}.monitor"), dir.join("mic.raw"));
+    let recording = Recorder::start(&format!("{ear}.monitor"), dir.join("heard.raw"));
+    let (_relay, url) = serve(&dir);
+
+    let mut booth = Proc::spawn(
+        audio_process(BIN)
+            .args(["booth", "--server", &url, "--booth", "en", "--headless"])
+            .args(["--secret", "secret-en", "--input-device", "pulse"])
+            .args(["--output-device", "pulse", "--volume", "1"])
+            .env("PULSE_SOURCE", format!("{mic}.monitor"))
+            .env("PULSE_SINK", &ear)
+            .stdin(Stdio::piped())
+            .stderr(log(&dir, "booth.log")),
+    );
+    let started = booth.wait_for("\"type\":\"started\"", WAIT);
+    assert_eq!(json(&started)["output_device"], "pulse", "{started}");
+    booth.wait_for("\"type\":\"welcome\"", WAIT);
+
+    let floor = audio_process(BIN)
+        .args(["floor", "--server", &url, "--secret", "floor-secret"])
+        .arg("--input-file")
+        .arg(&feed)
+        .stdout(Stdio::null())
+        .stderr(log(&dir, "floor.log"))
+        .status()
+        .expect("the floor feed runs");
+    assert!(
+        floor.success(),
+        "the floor feed failed (logs in {})",
+        dir.display()
+    );
+    recording.wait_for_samples(recording.samples() + 48_000);
+    drop(booth);
+
+    let reference = audio::read_wav(&said).unwrap();
+    let recorded = recording.finish();
+    let correlation = piecewise_correlation(&reference, &recorded);
+    println!("floor -> relay -> booth console -> headphones: correlation {correlation:.3}");
+    assert!(
+        correlation >= 0.8,
+        "what came out of the interpreter's headphones does not match the floor's speech: \
+         correlation {correlation:.3} (recordings and logs in {})",
+        dir.display()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
