@@ -244,7 +244,13 @@ impl<T: Clone> JitterBuffer<T> {
                     };
                 }
                 Some(None) if self.slots.iter().any(Option::is_some) => {
-                    // A gap in the sequence: lost on the way (the relay skipped it).
+                    // A gap in the sequence: lost on the way (the relay skipped it). Long past
+                    // its time (the relay skipped the middle of a stall), it is not concealed
+                    // frame by frame, which would play the whole gap late: back to live.
+                    if lateness > self.config.catch_up_us as i64 {
+                        self.catch_up(now_us);
+                        continue;
+                    }
                     self.slots.pop_front();
                     self.next = self.next.wrapping_add(1);
                     self.stats.concealed += 1;
@@ -544,6 +550,44 @@ mod tests {
         );
         let behind = sim.behind_live_at(11_900_000);
         assert!(behind <= 25.0, "{behind} ms behind live at the end");
+    }
+
+    #[test]
+    fn a_gap_long_past_its_time_is_skipped_not_concealed() {
+        // Frame 0 on time; frames 1..=5 held up by a stall and arriving 2 s late; the relay
+        // skipped 6..80 for the stalled listener; frame 80 arrives live right after.
+        let mut jb = JitterBuffer::new(Config::default());
+        let play = |jb: &mut JitterBuffer<u32>, now: &mut u64| loop {
+            match jb.next(*now) {
+                Next::Fill { samples, .. } => *now += samples as u64 * 1000 / 48,
+                n => {
+                    *now += FRAME_US;
+                    return n;
+                }
+            }
+        };
+        let mut now = 0;
+        jb.push(0, 1, 0, FRAME, false, 0u32);
+        assert!(matches!(
+            play(&mut jb, &mut now),
+            Next::Play { frame: 0, .. }
+        ));
+        now = 2_000_000;
+        for k in 1..=5 {
+            jb.push(now, 1, k, FRAME, false, k);
+        }
+        assert!(matches!(
+            play(&mut jb, &mut now),
+            Next::Play { frame: 5, .. }
+        ));
+        jb.push(now, 1, 80, FRAME, false, 80u32);
+        // Not 74 frames of concealment played 1.5 s late: straight to live.
+        assert!(
+            matches!(play(&mut jb, &mut now), Next::Play { frame: 80, .. }),
+            "{:?}",
+            jb.stats()
+        );
+        assert_eq!(jb.stats().concealed, 0, "{:?}", jb.stats());
     }
 
     #[test]
