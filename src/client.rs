@@ -522,8 +522,8 @@ async fn run_sender(
 pub struct Monitor {
     /// Output device by name (`boothcast devices`), or the default one.
     pub device: Option<String>,
-    /// 0.0 to 2.0.
-    pub volume: f32,
+    /// 0.0 to 2.0, and turned while it plays (the console's keys, `volume V` on stdin).
+    pub volume: device::Volume,
 }
 
 fn open_monitor(monitor: Option<Monitor>) -> Result<Option<Player>, Error> {
@@ -614,8 +614,15 @@ async fn sender_session(
                     continue;
                 };
                 match parse_command(&line) {
-                    Ok(Some(msg)) => ws.send(Message::Text(msg.to_json().into())).await.map_err(|e| Error::Lost(e.to_string()))?,
-                    Ok(None) => {
+                    Ok(Command::Relay(msg)) => ws.send(Message::Text(msg.to_json().into())).await.map_err(|e| Error::Lost(e.to_string()))?,
+                    Ok(Command::Volume(v)) => match player.as_deref() {
+                        Some(p) => {
+                            let set = p.volume().set(v);
+                            emit(serde_json::json!({"type": "volume", "volume": set}));
+                        }
+                        None => emit(serde_json::json!({"type": "error", "code": "bad_command", "message": "no headphones to turn: start the booth with --output-device or --default-output", "fatal": false})),
+                    },
+                    Ok(Command::Quit) => {
                         let _ = ws.close(None).await;
                         return Ok(());
                     }
@@ -646,9 +653,19 @@ async fn sender_session(
     }
 }
 
+/// A console command typed on a line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// A command for the relay.
+    Relay(ClientMessage),
+    /// The headphones' volume, 0.0 to 2.0.
+    Volume(f32),
+    Quit,
+}
+
 /// A console command typed on a line: `live [CHANNEL]`, `mute`, `cough on|off`, `handover`,
-/// `accept`, `input floor|CHANNEL`, `quit`. `Ok(None)` means quit.
-pub fn parse_command(line: &str) -> Result<Option<ClientMessage>, String> {
+/// `accept`, `input floor|CHANNEL`, `volume V`, `quit`.
+pub fn parse_command(line: &str) -> Result<Command, String> {
     let mut words = line.split_whitespace();
     let cmd = words.next().unwrap_or("");
     let arg = words.next();
@@ -664,15 +681,24 @@ pub fn parse_command(line: &str) -> Result<Option<ClientMessage>, String> {
         ("input", Some(ch)) => ClientMessage::Input {
             channel: ch.to_string(),
         },
-        ("quit", None) => return Ok(None),
+        ("volume", Some(v)) => {
+            return match v.parse::<f32>() {
+                Ok(v) if (0.0..=device::MAX_VOLUME).contains(&v) => Ok(Command::Volume(v)),
+                _ => Err(format!(
+                    "`volume {v}`: the volume is a number from 0 to {}",
+                    device::MAX_VOLUME
+                )),
+            }
+        }
+        ("quit", None) => return Ok(Command::Quit),
         _ => {
             return Err(format!(
-                "`{}` is not a command: use live [CHANNEL], mute, cough on|off, handover, accept, input floor|CHANNEL, quit",
+                "`{}` is not a command: use live [CHANNEL], mute, cough on|off, handover, accept, input floor|CHANNEL, volume V, quit",
                 line.trim()
             ))
         }
     };
-    Ok(Some(msg))
+    Ok(Command::Relay(msg))
 }
 
 /// The floor feed: sends a file as the original sound of a room.
@@ -1094,7 +1120,7 @@ pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
         Output::Device { name, volume } => Ear::Device {
             player: Box::new(Player::open(
                 name.as_deref(),
-                *volume,
+                device::Volume::new(*volume),
                 jitter_config(opts.buffer),
             )?),
             summary,
@@ -1216,19 +1242,22 @@ mod tests {
     fn console_command_lines() {
         assert_eq!(
             parse_command("live en").unwrap(),
-            Some(ClientMessage::Live {
+            Command::Relay(ClientMessage::Live {
                 channel: Some("en".into())
             })
         );
         assert_eq!(
             parse_command("live").unwrap(),
-            Some(ClientMessage::Live { channel: None })
+            Command::Relay(ClientMessage::Live { channel: None })
         );
         assert_eq!(
             parse_command(" cough on ").unwrap(),
-            Some(ClientMessage::Cough { down: true })
+            Command::Relay(ClientMessage::Cough { down: true })
         );
-        assert_eq!(parse_command("quit").unwrap(), None);
+        assert_eq!(parse_command("volume 0.5").unwrap(), Command::Volume(0.5));
+        let e = parse_command("volume 3").unwrap_err();
+        assert!(e.contains("a number from 0 to 2"), "{e}");
+        assert_eq!(parse_command("quit").unwrap(), Command::Quit);
         let e = parse_command("dance").unwrap_err();
         assert!(e.contains("`dance` is not a command"), "{e}");
     }

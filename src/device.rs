@@ -787,6 +787,7 @@ impl PlayoutShared {
 /// figures go out through atomics.
 pub struct Player {
     name: String,
+    volume: Volume,
     /// Where frames go: the ring of the device's current opening.
     arrivals: Option<rtrb::Producer<Arrival>>,
     opened: mpsc::Receiver<rtrb::Producer<Arrival>>,
@@ -803,12 +804,44 @@ pub struct Player {
 /// Highest volume: twice the signal, for a quiet channel in a noisy hall.
 pub const MAX_VOLUME: f32 = 2.0;
 
+/// A player's volume, 0.0 to [`MAX_VOLUME`]: a handle that can turn it while it plays (the
+/// output callback reads it once per period).
+#[derive(Debug, Clone)]
+pub struct Volume(Arc<AtomicU64>);
+
+impl Volume {
+    pub fn new(volume: f32) -> Volume {
+        let v = Volume(Arc::new(AtomicU64::new(0)));
+        v.set(volume);
+        v
+    }
+
+    pub fn get(&self) -> f32 {
+        f32::from_bits(self.0.load(Ordering::Relaxed) as u32)
+    }
+
+    /// Sets the volume, kept within 0.0 to [`MAX_VOLUME`]; returns what it was set to.
+    pub fn set(&self, volume: f32) -> f32 {
+        let v = if volume.is_finite() {
+            volume.clamp(0.0, MAX_VOLUME)
+        } else {
+            0.0
+        };
+        self.0.store(u64::from(v.to_bits()), Ordering::Relaxed);
+        v
+    }
+}
+
 impl Player {
-    /// Opens an output device by name, or the default one, at `volume` (0.0 to 2.0), with a
-    /// jitter buffer that adapts within `config`.
-    pub fn open(name: Option<&str>, volume: f32, config: jitter::Config) -> Result<Player, Error> {
+    /// Opens an output device by name, or the default one, at `volume`, with a jitter buffer
+    /// that adapts within `config`.
+    pub fn open(
+        name: Option<&str>,
+        volume: Volume,
+        config: jitter::Config,
+    ) -> Result<Player, Error> {
         let (device, name) = find(Direction::Output, name)?;
-        let volume = volume.clamp(0.0, MAX_VOLUME);
+        let gain = volume.clone();
         let epoch = std::time::Instant::now();
         let shared = Arc::new(PlayoutShared::default());
         let (opened_tx, opened) = mpsc::channel();
@@ -819,14 +852,21 @@ impl Player {
             let (config_out, format) = choose_config(&device, Direction::Output).map_err(&err)?;
             let (producer, consumer) = rtrb::RingBuffer::new(ARRIVALS);
             let render = Render::new(consumer, config, epoch, figures.clone(), config_out)?;
-            let stream = build_output(&device, config_out, format, render, volume, health.clone())
-                .map_err(|e| match e {
-                    Some(e) => err(e),
-                    None => Error::Format {
-                        name: label.clone(),
-                        format: format.to_string(),
-                    },
-                })?;
+            let stream = build_output(
+                &device,
+                config_out,
+                format,
+                render,
+                gain.clone(),
+                health.clone(),
+            )
+            .map_err(|e| match e {
+                Some(e) => err(e),
+                None => Error::Format {
+                    name: label.clone(),
+                    format: format.to_string(),
+                },
+            })?;
             stream.play().map_err(&err)?;
             tracing::info!(device = %label, channels = config_out.channels,
                 rate = config_out.sample_rate, format = %format,
@@ -838,6 +878,7 @@ impl Player {
         let driver = Driver::start(format!("output {name}"), health.clone(), open)?;
         Ok(Player {
             name,
+            volume,
             arrivals: None,
             opened,
             epoch,
@@ -851,6 +892,10 @@ impl Player {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub fn volume(&self) -> &Volume {
+        &self.volume
     }
 
     /// A frame from the relay (header and Opus packet).
@@ -1068,14 +1113,14 @@ fn build_output(
     config: StreamConfig,
     format: SampleFormat,
     render: Render,
-    volume: f32,
+    volume: Volume,
     health: Arc<Health>,
 ) -> Result<cpal::Stream, Option<cpal::Error>> {
     fn typed<T>(
         device: &cpal::Device,
         config: StreamConfig,
         mut render: Render,
-        volume: f32,
+        volume: Volume,
         health: Arc<Health>,
     ) -> Result<cpal::Stream, Option<cpal::Error>>
     where
@@ -1093,8 +1138,9 @@ fn build_output(
                     watched.callbacks.fetch_add(1, Ordering::Relaxed);
                     let frames = (data.len() / channels).min(mono.len());
                     render.render(&mut mono[..frames]);
+                    let gain = volume.get();
                     for (frame, &s) in data.chunks_exact_mut(channels).zip(&mono[..frames]) {
-                        let v = T::from_sample((s * volume).clamp(-1.0, 1.0));
+                        let v = T::from_sample((s * gain).clamp(-1.0, 1.0));
                         for out in frame {
                             *out = v;
                         }

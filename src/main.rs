@@ -404,7 +404,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 ui: None,
                 monitor: monitor.device().map(|device| Monitor {
                     device,
-                    volume: monitor.volume,
+                    volume: boothcast::device::Volume::new(monitor.volume),
                 }),
             };
             if !headless && on_terminal() {

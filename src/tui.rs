@@ -13,6 +13,7 @@
 //! is restored on every way out, a panic included.
 
 use crate::client::{self, BoothOptions, Report, Ui};
+use crate::device;
 use crate::protocol::{
     Carrying, ChannelInfo, ClientMessage, ConsoleState, ErrorCode, ServerMessage,
 };
@@ -53,6 +54,8 @@ pub const TICK: Duration = Duration::from_millis(100);
 pub const REPORT_QUEUE: usize = 256;
 /// Commands waiting for the booth's session loop, which takes them as they come.
 pub const COMMAND_QUEUE: usize = 16;
+/// One press of `+` or `-` on the headphones' volume: 10 % of the signal.
+const VOLUME_STEP: f32 = 0.1;
 /// The meters' range: below -60 dBFS is silence for a speech microphone.
 const METER_FLOOR_DB: u8 = 60;
 
@@ -85,6 +88,9 @@ pub enum Action {
     Choose,
     /// The next of the booth's languages for `Live` (bi-active booths).
     NextLanguage,
+    /// The headphones' volume, a step up or down.
+    VolumeUp,
+    VolumeDown,
     /// Leave (asks again while live).
     Quit,
     /// Leave at once (Ctrl-C).
@@ -118,6 +124,8 @@ pub fn action(key: &KeyEvent) -> Option<Action> {
         KeyCode::Down | KeyCode::Char('j') => Action::Down,
         KeyCode::Enter => Action::Choose,
         KeyCode::Tab | KeyCode::Char('n') => Action::NextLanguage,
+        KeyCode::Char('+') | KeyCode::Char('=') => Action::VolumeUp,
+        KeyCode::Char('-') => Action::VolumeDown,
         KeyCode::Char('q') | KeyCode::Esc => Action::Quit,
         _ => return None,
     })
@@ -246,6 +254,8 @@ pub struct State {
     release_events: bool,
     notice: Option<Notice>,
     quit_armed: Option<Instant>,
+    /// The headphones' volume, when the console plays its input to a device.
+    pub phones: Option<device::Volume>,
 }
 
 impl State {
@@ -276,6 +286,7 @@ impl State {
             release_events,
             notice: None,
             quit_armed: None,
+            phones: None,
         }
     }
 
@@ -513,6 +524,24 @@ impl State {
             Action::NextLanguage => {
                 let n = self.languages().len().max(1);
                 self.target = (self.target + 1) % n;
+                vec![]
+            }
+            Action::VolumeUp | Action::VolumeDown => {
+                let step = if action == Action::VolumeUp {
+                    VOLUME_STEP
+                } else {
+                    -VOLUME_STEP
+                };
+                match &self.phones {
+                    // Whole steps, so that up and down come back to the same figure.
+                    Some(v) => {
+                        v.set(((v.get() + step) / VOLUME_STEP).round() * VOLUME_STEP);
+                    }
+                    None => self.say(
+                        "no headphones: start the booth with --output-device or --default-output",
+                        true,
+                    ),
+                }
                 vec![]
             }
             Action::Quit => {
@@ -863,6 +892,9 @@ fn render_meters(state: &State, frame: &mut Frame, mic: Rect, heard: Rect) {
     let mut line = vec![Span::raw(" Hearing     ")];
     line.extend(meter_bar(level, width).spans);
     line.push(Span::raw(format!(" {} · {input}", level_text(level))));
+    if let Some(v) = &state.phones {
+        line.push(Span::raw(format!(" · phones {:.0} %", v.get() * 100.0)));
+    }
     frame.render_widget(Paragraph::new(Line::from(line)), heard);
 }
 
@@ -954,10 +986,15 @@ fn render_keys(state: &State, frame: &mut Frame, area: Rect) {
         "q quit"
     };
     let key = Style::new().add_modifier(Modifier::BOLD);
+    let phones = if state.phones.is_some() {
+        "  +- phones"
+    } else {
+        ""
+    };
     let lines = vec![
         Line::styled(format!(" l live  m mute  {cough}"), key),
         Line::styled(
-            format!(" h hand over  a accept  ↑↓ Enter input  n next language  {quit}"),
+            format!(" h hand over  a accept  ↑↓ Enter input  n next language{phones}  {quit}"),
             key,
         ),
     ];
@@ -1019,6 +1056,7 @@ pub async fn run(mut opts: BoothOptions) -> Result<(), Error> {
     });
     let mut screen = Screen::open()?;
     let mut state = State::new(&opts.booth, &opts.console, screen.enhanced, Instant::now());
+    state.phones = opts.monitor.as_ref().map(|m| m.volume.clone());
     let booth = client::booth(opts);
     tokio::pin!(booth);
     let mut keys = EventStream::new();
@@ -1278,6 +1316,33 @@ mod tests {
             text.contains("c cough (hold: lets go 0.7 s after the key)"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn plus_and_minus_turn_the_headphones() {
+        let t0 = Instant::now();
+        let mut s = connected(t0);
+        assert_eq!(action(&key('+')), Some(Action::VolumeUp));
+        assert_eq!(action(&key('-')), Some(Action::VolumeDown));
+        // Without headphones the console says why nothing happens.
+        s.act(Action::VolumeUp, t0);
+        let text = screen(&s);
+        assert!(text.contains("no headphones"), "{text}");
+        let phones = device::Volume::new(1.0);
+        s.phones = Some(phones.clone());
+        s.act(Action::VolumeUp, t0);
+        s.act(Action::VolumeUp, t0);
+        assert!((phones.get() - 1.2).abs() < 1e-6, "{}", phones.get());
+        assert!(screen(&s).contains("phones 120 %"), "{}", screen(&s));
+        for _ in 0..30 {
+            s.act(Action::VolumeUp, t0);
+        }
+        assert_eq!(phones.get(), device::MAX_VOLUME);
+        for _ in 0..30 {
+            s.act(Action::VolumeDown, t0);
+        }
+        assert_eq!(phones.get(), 0.0);
+        assert!(screen(&s).contains("phones 0 %"), "{}", screen(&s));
     }
 
     #[test]

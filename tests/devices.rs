@@ -343,6 +343,8 @@ fn an_unknown_device_is_named_in_the_error() {
 /// The interpreter hears the floor in the console's headphones: the floor's speech goes
 /// floor → relay → `boothcast booth --output-device` → jitter buffer → cpal playback → null
 /// sink `ear` → its monitor → parec, while the booth's own microphone (a silent sink) is open.
+/// Then the interpreter turns the headphones down to a quarter (`volume 0.25`) and hears the
+/// floor again, a quarter as loud.
 #[test]
 fn the_floor_comes_out_of_the_interpreters_headphones() {
     let (mic, ear) = (unique("console_mic"), unique("console_ear"));
@@ -382,25 +384,43 @@ fn the_floor_comes_out_of_the_interpreters_headphones() {
     assert_eq!(json(&started)["output_device"], "pulse", "{started}");
     booth.wait_for("\"type\":\"welcome\"", WAIT);
 
-    let floor = audio_process(BIN)
-        .args(["floor", "--server", &url, "--secret", "floor-secret"])
-        .arg("--input-file")
-        .arg(&feed)
-        .stdout(Stdio::null())
-        .stderr(log(&dir, "floor.log"))
-        .status()
-        .expect("the floor feed runs");
-    assert!(
-        floor.success(),
-        "the floor feed failed (logs in {})",
-        dir.display()
-    );
+    let floor = || {
+        let status = audio_process(BIN)
+            .args(["floor", "--server", &url, "--secret", "floor-secret"])
+            .arg("--input-file")
+            .arg(&feed)
+            .stdout(Stdio::null())
+            .stderr(log(&dir, "floor.log"))
+            .status()
+            .expect("the floor feed runs");
+        assert!(
+            status.success(),
+            "the floor feed failed (logs in {})",
+            dir.display()
+        );
+    };
+    floor();
+    recording.wait_for_samples(recording.samples() + 48_000);
+    booth.send("volume 0.25");
+    let turned = booth.wait_for("\"type\":\"volume\"", WAIT);
+    assert_eq!(json(&turned)["volume"], 0.25, "{turned}");
+    let loud_end = recording.samples();
+    floor();
     recording.wait_for_samples(recording.samples() + 48_000);
     drop(booth);
 
     let reference = audio::read_wav(&said).unwrap();
     let recorded = recording.finish();
-    let correlation = piecewise_correlation(&reference, &recorded);
+    let (loud, quiet) = recorded.split_at(loud_end.min(recorded.len()));
+    let energy = |x: &[f32]| x.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
+    let ratio = (energy(quiet) / energy(loud)).sqrt();
+    println!("the same speech after `volume 0.25`: {ratio:.3} as loud");
+    assert!(
+        (0.18..=0.32).contains(&ratio),
+        "after `volume 0.25` the floor came out {ratio:.3} as loud (recordings in {})",
+        dir.display()
+    );
+    let correlation = piecewise_correlation(&reference, loud);
     println!("floor -> relay -> booth console -> headphones: correlation {correlation:.3}");
     assert!(
         correlation >= 0.8,

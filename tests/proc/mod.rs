@@ -39,6 +39,14 @@ impl Proc {
         }
     }
 
+    /// Writes a line to the child's standard input (spawned with `Stdio::piped()`).
+    pub fn send(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("stdin is piped");
+        writeln!(stdin, "{line}").expect("the child reads its standard input");
+        stdin.flush().unwrap();
+    }
+
     /// Waits for a standard output line that `fits`, unless one came already.
     pub fn wait_until(
         &mut self,
