@@ -43,6 +43,12 @@ const WATCH: Duration = Duration::from_millis(50);
 /// reopened. Long beside a period, short beside a meeting: a PulseAudio stream can take a
 /// fraction of a second to (re)start.
 const STUCK: Duration = Duration::from_secs(2);
+/// A stream whose thread spins on an error (through ALSA's PulseAudio plugin, a stream the
+/// sound server killed reports hundreds of errors a millisecond) is broken once it has
+/// reported this many without calling back for [`SPIN_FOR`]. An xrun's passing errors stop
+/// within a few milliseconds and the callbacks come back.
+const SPINNING: u64 = 10_000;
+const SPIN_FOR: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -332,7 +338,8 @@ impl Watch {
             self.progress = std::time::Instant::now();
             return false;
         }
-        self.progress.elapsed() >= STUCK
+        let waited = self.progress.elapsed();
+        waited >= STUCK || (errors - self.errors >= SPINNING && waited >= SPIN_FOR)
     }
 }
 

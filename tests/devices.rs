@@ -430,3 +430,133 @@ fn the_floor_comes_out_of_the_interpreters_headphones() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The sound server kills the booth's microphone stream (as when a USB headset is pulled and
+/// its stream cannot move): the booth reopens the device by itself, stays connected, and the
+/// listeners hear the microphone again within a second.
+#[test]
+fn a_microphone_stream_killed_by_the_sound_server_is_reopened() {
+    let mic = unique("killed_mic");
+    let _sinks = Sinks::new(&[&mic]);
+    let dir = tmpdir("killed");
+    let _mic_keeper = Recorder::start(&format!("{mic}.monitor"), dir.join("mic.raw"));
+    let (_relay, url) = serve(&dir);
+    // A 440 Hz tone into the microphone for the whole test.
+    let tone = dir.join("tone.wav");
+    let made = Command::new("sox")
+        .args(["-n", "-r", "48000", "-c", "1", "-b", "16"])
+        .arg(&tone)
+        .args(["synth", "14", "sine", "440", "gain", "-6"])
+        .status()
+        .expect("sox is installed (scripts/test.sh installs it)");
+    assert!(made.success());
+    let mut booth = Proc::spawn(
+        audio_process(BIN)
+            .args([
+                "booth",
+                "--server",
+                &url,
+                "--booth",
+                "en",
+                "--live",
+                "--headless",
+            ])
+            .args(["--secret", "secret-en", "--input-device", "pulse"])
+            .env("PULSE_SOURCE", format!("{mic}.monitor"))
+            .stdin(Stdio::piped())
+            .stderr(log(&dir, "booth.log")),
+    );
+    booth.wait_for("\"live\":\"plenary/en\"", WAIT);
+    let mut player = audio_process("paplay")
+        .args(["--latency-msec=200", &format!("--device={mic}")])
+        .arg(&tone)
+        .spawn()
+        .expect("paplay is installed");
+    let heard = dir.join("heard.wav");
+    let mut listener = Proc::spawn(
+        Command::new(BIN)
+            .args(["listen", "--server", &url, "--lang", "en", "--seconds", "9"])
+            .arg("--output-file")
+            .arg(&heard)
+            .stderr(log(&dir, "listener.log")),
+    );
+    listener.wait_for("\"type\":\"subscribed\"", WAIT);
+    std::thread::sleep(Duration::from_secs(3));
+
+    // The booth's capture stream, as PulseAudio lists it (the only one on this sink's monitor).
+    let outputs = Command::new("pactl")
+        .args(["list", "short", "source-outputs"])
+        .output()
+        .unwrap();
+    let sources = Command::new("pactl")
+        .args(["list", "short", "sources"])
+        .output()
+        .unwrap();
+    let monitor = String::from_utf8_lossy(&sources.stdout)
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(&format!("{mic}.monitor")))
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .expect("the microphone's monitor is a source");
+    let ours: Vec<String> = String::from_utf8_lossy(&outputs.stdout)
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some(monitor.as_str()))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    // Two: the booth's, and the recorder that keeps the sink running; the booth's is newer.
+    let booth_stream = ours
+        .iter()
+        .max_by_key(|i| i.parse::<u32>().unwrap_or(0))
+        .unwrap();
+    let killed = Command::new("pacmd")
+        .args(["kill-source-output", booth_stream])
+        .status()
+        .expect("pacmd is installed (scripts/test.sh installs pulseaudio)");
+    assert!(killed.success());
+    let killed_at = Instant::now();
+
+    listener.finish(WAIT);
+    let _ = player.kill();
+    let _ = player.wait();
+    let log_text = std::fs::read_to_string(dir.join("booth.log")).unwrap();
+    assert!(
+        log_text.contains("audio device reopened"),
+        "the booth did not reopen its microphone (logs in {})",
+        dir.display()
+    );
+    booth.send("quit");
+    let lines = booth.finish(WAIT);
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("\"type\":\"disconnected\"")),
+        "the booth lost its connection: {lines:?}"
+    );
+
+    // The listener's 9 s: tone, a gap where the stream was killed, tone again to the end.
+    let pcm = audio::read_wav(&heard).unwrap();
+    let rms = |x: &[f32]| (x.iter().map(|&v| v * v).sum::<f32>() / x.len().max(1) as f32).sqrt();
+    let windows: Vec<f32> = pcm.chunks(4_800).map(rms).collect();
+    let loud = |r: &f32| *r > 0.05;
+    let last_quiet = windows.iter().rposition(|r| !loud(r)).unwrap_or(0);
+    let quiet = windows.iter().filter(|r| !loud(r)).count();
+    println!(
+        "100 ms windows with the tone: {} of {}; quiet ones: {quiet}, the last at {:.1} s; \
+         the kill {:.1} s before the end",
+        windows.len() - quiet,
+        windows.len(),
+        last_quiet as f64 / 10.0,
+        killed_at.elapsed().as_secs_f64()
+    );
+    assert!(
+        windows.len() >= 60 && windows[windows.len() - 20..].iter().all(loud),
+        "the tone did not come back after the microphone was reopened (recording in {})",
+        dir.display()
+    );
+    assert!(
+        quiet <= 10,
+        "{quiet} windows of 100 ms without the tone: more than a second lost to the reopening \
+         (recording in {})",
+        dir.display()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
