@@ -807,8 +807,10 @@ pub enum Output {
 pub struct PlayoutStats {
     #[serde(flatten)]
     pub jitter: crate::jitter::Stats,
-    /// Device callbacks that found nothing queued (and played silence).
+    /// Device xruns: the device's own buffer ran dry and the listener heard a gap.
     pub device_underruns: u64,
+    /// The device period in use (5 ms, longer after repeated xruns).
+    pub device_period_ms: f64,
 }
 
 /// What a listener measured.
@@ -1039,6 +1041,7 @@ impl Ear {
             Ear::Device { player, .. } => Some(PlayoutStats {
                 jitter: player.stats(),
                 device_underruns: player.underruns(),
+                device_period_ms: player.period_ms(),
             }),
         }
     }
@@ -1064,6 +1067,7 @@ impl Ear {
                 summary.playout = Some(PlayoutStats {
                     jitter: stats,
                     device_underruns: player.underruns(),
+                    device_period_ms: player.period_ms(),
                 });
                 Ok(summary)
             }

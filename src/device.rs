@@ -23,13 +23,21 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// The device's own buffer per callback, asked for: 5 ms, two of them in the device (cpal asks
-/// ALSA for two periods). The whole budget, sound in to sound out, is 45 ms at 10 ms frames, of
-/// which the codec takes 16.5 ms: every period of buffering is heard. Capture in 5 ms periods
-/// also completes 10 and 20 ms frames evenly (10 ms periods reached ALSA's PulseAudio plugin
-/// as 6.7 ms ones, which complete 10 ms frames 6.7 and 13.3 ms apart, a jitter every listener
-/// then had to buffer).
-const PERIOD: Duration = Duration::from_millis(5);
+/// The device's own buffer per callback, asked for: 5 ms first, two of them in the device (cpal
+/// asks ALSA for two periods). The whole budget, sound in to sound out, is 45 ms at 10 ms
+/// frames, of which the codec takes 16.5 ms: every period of buffering is heard. Capture in
+/// 5 ms periods also completes 10 and 20 ms frames evenly (10 ms periods reached ALSA's
+/// PulseAudio plugin as 6.7 ms ones, which complete 10 ms frames 6.7 and 13.3 ms apart, a
+/// jitter every listener then had to buffer). A device (or a machine) that cannot keep up with
+/// a period, [`XRUNS_TO_STEP`] xruns within [`XRUN_WINDOW`], is reopened with the next one:
+/// a glitch every few seconds is worse than 10 ms more delay.
+const PERIODS: [Duration; 3] = [
+    Duration::from_millis(5),
+    Duration::from_millis(10),
+    Duration::from_millis(20),
+];
+const XRUNS_TO_STEP: u64 = 5;
+const XRUN_WINDOW: Duration = Duration::from_secs(10);
 /// The rings hold 200 ms: the lip-sync budget. A reader further behind than that has already
 /// lost the listener; the samples that do not fit are counted (overruns) rather than delivered
 /// late.
@@ -227,6 +235,7 @@ fn find(direction: Direction, name: Option<&str>) -> Result<(cpal::Device, Strin
 fn choose_config(
     device: &cpal::Device,
     direction: Direction,
+    period: Duration,
 ) -> Result<(StreamConfig, SampleFormat), cpal::Error> {
     let default = match direction {
         Direction::Input => device.default_input_config()?,
@@ -248,7 +257,7 @@ fn choose_config(
     } else {
         default.sample_rate()
     };
-    let period = (rate as u64 * PERIOD.as_micros() as u64 / 1_000_000) as u32;
+    let period = (rate as u64 * period.as_micros() as u64 / 1_000_000) as u32;
     let buffer_size = match default.buffer_size() {
         cpal::SupportedBufferSize::Range { min, max } if (*min..=*max).contains(&period) => {
             cpal::BufferSize::Fixed(period)
@@ -299,12 +308,20 @@ struct Health {
     /// Xruns since the device was first opened: the device found its own buffer empty (output)
     /// or full (input), and cpal restarted it.
     xruns: AtomicU64,
+    /// Which of [`PERIODS`] the device is opened with.
+    step: AtomicU64,
 }
 
 impl Health {
     fn reset(&self) {
         self.failed.store(false, Ordering::Release);
         self.errors.store(0, Ordering::Relaxed);
+    }
+
+    /// The period to open the device with.
+    fn period(&self) -> Duration {
+        let step = self.step.load(Ordering::Relaxed) as usize;
+        PERIODS[step.min(PERIODS.len() - 1)]
     }
 }
 
@@ -314,15 +331,33 @@ struct Watch {
     callbacks: u64,
     errors: u64,
     progress: std::time::Instant,
+    /// Xruns at the start of the current window, and when it started.
+    xruns: u64,
+    window: std::time::Instant,
 }
 
 impl Watch {
-    fn new() -> Watch {
+    fn new(health: &Health, now: std::time::Instant) -> Watch {
         Watch {
             callbacks: 0,
             errors: 0,
-            progress: std::time::Instant::now(),
+            progress: now,
+            xruns: health.xruns.load(Ordering::Relaxed),
+            window: now,
         }
+    }
+
+    /// The stream ran dry (or over) [`XRUNS_TO_STEP`] times within an [`XRUN_WINDOW`] and a
+    /// longer period is left to try.
+    fn too_many_xruns(&mut self, health: &Health, now: std::time::Instant) -> bool {
+        let xruns = health.xruns.load(Ordering::Relaxed);
+        if now.duration_since(self.window) >= XRUN_WINDOW {
+            self.window = now;
+            self.xruns = xruns;
+            return false;
+        }
+        let longer = (health.step.load(Ordering::Relaxed) as usize) + 1 < PERIODS.len();
+        longer && xruns - self.xruns >= XRUNS_TO_STEP
     }
 
     fn broken(&mut self, health: &Health) -> bool {
@@ -355,7 +390,7 @@ impl Driver {
         let thread = std::thread::Builder::new()
             .name(format!("audio {label}"))
             .spawn(move || {
-                let mut watch = Watch::new();
+                let mut watch = Watch::new(&health, std::time::Instant::now());
                 let mut stream = match open(&health) {
                     Ok(s) => {
                         let _ = first_tx.send(Ok(()));
@@ -379,13 +414,21 @@ impl Driver {
                         stream = None;
                         continue;
                     }
+                    if stream.is_some() && watch.too_many_xruns(&health, std::time::Instant::now()) {
+                        let from = health.period();
+                        health.step.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(device = %label, "{XRUNS_TO_STEP} xruns within {} s with {} ms periods: reopening with {} ms periods",
+                            XRUN_WINDOW.as_secs(), from.as_millis(), health.period().as_millis());
+                        // At once: the device works, it only needs more room.
+                        stream = None;
+                    }
                     if stream.is_none() {
                         health.reset();
                         match open(&health) {
                             Ok(s) => {
                                 tracing::info!(device = %label, "audio device reopened");
                                 stream = Some(s);
-                                watch = Watch::new();
+                                watch = Watch::new(&health, std::time::Instant::now());
                                 backoff = REOPEN_FIRST;
                             }
                             Err(e) => {
@@ -475,7 +518,8 @@ impl Capture {
         let label = name.clone();
         let open: Opener = Box::new(move |health| {
             let err = open_error(Direction::Input, &label);
-            let (config, format) = choose_config(&device, Direction::Input).map_err(&err)?;
+            let (config, format) =
+                choose_config(&device, Direction::Input, health.period()).map_err(&err)?;
             let (producer, consumer) = rtrb::RingBuffer::new(ring_samples(config.sample_rate));
             let stream = build_input(
                 &device,
@@ -856,7 +900,8 @@ impl Player {
         let figures = shared.clone();
         let open: Opener = Box::new(move |health| {
             let err = open_error(Direction::Output, &label);
-            let (config_out, format) = choose_config(&device, Direction::Output).map_err(&err)?;
+            let (config_out, format) =
+                choose_config(&device, Direction::Output, health.period()).map_err(&err)?;
             let (producer, consumer) = rtrb::RingBuffer::new(ARRIVALS);
             let render = Render::new(consumer, config, epoch, figures.clone(), config_out)?;
             let stream = build_output(
@@ -967,6 +1012,11 @@ impl Player {
     /// program was held up), and the listener heard a gap.
     pub fn underruns(&self) -> u64 {
         self.health.xruns.load(Ordering::Relaxed)
+    }
+
+    /// The device period in use, in ms (longer after repeated xruns).
+    pub fn period_ms(&self) -> f64 {
+        self.health.period().as_secs_f64() * 1000.0
     }
 }
 
@@ -1168,5 +1218,36 @@ fn build_output(
         SampleFormat::F64 => typed::<f64>(device, config, render, volume, health),
         SampleFormat::I24 => typed::<cpal::I24>(device, config, render, volume, health),
         _ => Err(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn repeated_xruns_step_to_a_longer_period() {
+        let health = Health::default();
+        let t0 = Instant::now();
+        let mut watch = Watch::new(&health, t0);
+        assert_eq!(health.period(), Duration::from_millis(5));
+        // Four xruns in the window: carry on.
+        health.xruns.store(4, Ordering::Relaxed);
+        assert!(!watch.too_many_xruns(&health, t0 + Duration::from_secs(9)));
+        // The window ends: counting starts again.
+        assert!(!watch.too_many_xruns(&health, t0 + Duration::from_secs(10)));
+        health.xruns.store(8, Ordering::Relaxed);
+        assert!(!watch.too_many_xruns(&health, t0 + Duration::from_secs(15)));
+        health.xruns.store(9, Ordering::Relaxed);
+        assert!(watch.too_many_xruns(&health, t0 + Duration::from_secs(16)));
+        health.step.store(1, Ordering::Relaxed);
+        assert_eq!(health.period(), Duration::from_millis(10));
+        // At the longest period there is nothing more to try.
+        health.step.store(2, Ordering::Relaxed);
+        assert_eq!(health.period(), Duration::from_millis(20));
+        let mut watch = Watch::new(&health, t0);
+        health.xruns.store(100, Ordering::Relaxed);
+        assert!(!watch.too_many_xruns(&health, t0 + Duration::from_secs(1)));
     }
 }
