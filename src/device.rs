@@ -483,6 +483,40 @@ fn open_error(direction: Direction, name: &str) -> impl Fn(cpal::Error) -> Error
     }
 }
 
+/// Calls `typed::<T>(...)` with `T` the sample type of `format`; `Err(None)` for a sample format
+/// this program does not read or write.
+macro_rules! by_format {
+    ($format:expr, typed($($arg:expr),*)) => {
+        match $format {
+            SampleFormat::F32 => typed::<f32>($($arg),*),
+            SampleFormat::I16 => typed::<i16>($($arg),*),
+            SampleFormat::I32 => typed::<i32>($($arg),*),
+            SampleFormat::U16 => typed::<u16>($($arg),*),
+            SampleFormat::U8 => typed::<u8>($($arg),*),
+            SampleFormat::I8 => typed::<i8>($($arg),*),
+            SampleFormat::F64 => typed::<f64>($($arg),*),
+            SampleFormat::I24 => typed::<cpal::I24>($($arg),*),
+            _ => Err(None),
+        }
+    };
+}
+
+/// A stream that could not be built: cpal's error, or (`None`) a sample format this program
+/// does not read or write.
+fn stream_error(
+    direction: Direction,
+    name: &str,
+    format: SampleFormat,
+) -> impl Fn(Option<cpal::Error>) -> Error + '_ {
+    move |e| match e {
+        Some(e) => open_error(direction, name)(e),
+        None => Error::Format {
+            name: name.to_string(),
+            format: format.to_string(),
+        },
+    }
+}
+
 fn ring_samples(rate: u32) -> usize {
     (rate as u64 * RING.as_millis() as u64 / 1000) as usize
 }
@@ -529,13 +563,7 @@ impl Capture {
                 counter.clone(),
                 health.clone(),
             )
-            .map_err(|e| match e {
-                Some(e) => err(e),
-                None => Error::Format {
-                    name: label.clone(),
-                    format: format.to_string(),
-                },
-            })?;
+            .map_err(stream_error(Direction::Input, &label, format))?;
             stream.play().map_err(&err)?;
             tracing::info!(device = %label, channels = config.channels, rate = config.sample_rate,
                 format = %format, buffer = ?config.buffer_size, "capturing");
@@ -680,17 +708,7 @@ fn build_input(
             )
             .map_err(Some)
     }
-    match format {
-        SampleFormat::F32 => typed::<f32>(device, config, ring, overruns, health),
-        SampleFormat::I16 => typed::<i16>(device, config, ring, overruns, health),
-        SampleFormat::I32 => typed::<i32>(device, config, ring, overruns, health),
-        SampleFormat::U16 => typed::<u16>(device, config, ring, overruns, health),
-        SampleFormat::U8 => typed::<u8>(device, config, ring, overruns, health),
-        SampleFormat::I8 => typed::<i8>(device, config, ring, overruns, health),
-        SampleFormat::F64 => typed::<f64>(device, config, ring, overruns, health),
-        SampleFormat::I24 => typed::<cpal::I24>(device, config, ring, overruns, health),
-        _ => Err(None),
-    }
+    by_format!(format, typed(device, config, ring, overruns, health))
 }
 
 // ---------------------------------------------------------------------------
@@ -912,13 +930,7 @@ impl Player {
                 gain.clone(),
                 health.clone(),
             )
-            .map_err(|e| match e {
-                Some(e) => err(e),
-                None => Error::Format {
-                    name: label.clone(),
-                    format: format.to_string(),
-                },
-            })?;
+            .map_err(stream_error(Direction::Output, &label, format))?;
             stream.play().map_err(&err)?;
             tracing::info!(device = %label, channels = config_out.channels,
                 rate = config_out.sample_rate, format = %format,
@@ -1208,17 +1220,7 @@ fn build_output(
             )
             .map_err(Some)
     }
-    match format {
-        SampleFormat::F32 => typed::<f32>(device, config, render, volume, health),
-        SampleFormat::I16 => typed::<i16>(device, config, render, volume, health),
-        SampleFormat::I32 => typed::<i32>(device, config, render, volume, health),
-        SampleFormat::U16 => typed::<u16>(device, config, render, volume, health),
-        SampleFormat::U8 => typed::<u8>(device, config, render, volume, health),
-        SampleFormat::I8 => typed::<i8>(device, config, render, volume, health),
-        SampleFormat::F64 => typed::<f64>(device, config, render, volume, health),
-        SampleFormat::I24 => typed::<cpal::I24>(device, config, render, volume, health),
-        _ => Err(None),
-    }
+    by_format!(format, typed(device, config, render, volume, health))
 }
 
 #[cfg(test)]
