@@ -30,13 +30,15 @@ use std::time::Duration;
 /// PulseAudio plugin as 6.7 ms ones, which complete 10 ms frames 6.7 and 13.3 ms apart, a
 /// jitter every listener then had to buffer). A device (or a machine) that cannot keep up with
 /// a period, [`XRUNS_TO_STEP`] xruns within [`XRUN_WINDOW`], is reopened with the next one:
-/// a glitch every few seconds is worse than 10 ms more delay.
+/// glitches every second are worse than 10 ms more delay. Now and then an xrun is not: on a
+/// busy desktop 5 ms periods run dry up to 22 times in 30 s, and a reopening costs a gap of
+/// its own and restarts the jitter buffer.
 const PERIODS: [Duration; 3] = [
     Duration::from_millis(5),
     Duration::from_millis(10),
     Duration::from_millis(20),
 ];
-const XRUNS_TO_STEP: u64 = 5;
+const XRUNS_TO_STEP: u64 = 20;
 const XRUN_WINDOW: Duration = Duration::from_secs(10);
 /// The rings hold 200 ms: the lip-sync budget. A reader further behind than that has already
 /// lost the listener; the samples that do not fit are counted (overruns) rather than delivered
@@ -1234,14 +1236,14 @@ mod tests {
         let t0 = Instant::now();
         let mut watch = Watch::new(&health, t0);
         assert_eq!(health.period(), Duration::from_millis(5));
-        // Four xruns in the window: carry on.
-        health.xruns.store(4, Ordering::Relaxed);
+        // Nineteen xruns in the window: carry on.
+        health.xruns.store(19, Ordering::Relaxed);
         assert!(!watch.too_many_xruns(&health, t0 + Duration::from_secs(9)));
         // The window ends: counting starts again.
         assert!(!watch.too_many_xruns(&health, t0 + Duration::from_secs(10)));
-        health.xruns.store(8, Ordering::Relaxed);
+        health.xruns.store(38, Ordering::Relaxed);
         assert!(!watch.too_many_xruns(&health, t0 + Duration::from_secs(15)));
-        health.xruns.store(9, Ordering::Relaxed);
+        health.xruns.store(39, Ordering::Relaxed);
         assert!(watch.too_many_xruns(&health, t0 + Duration::from_secs(16)));
         health.step.store(1, Ordering::Relaxed);
         assert_eq!(health.period(), Duration::from_millis(10));
@@ -1249,7 +1251,7 @@ mod tests {
         health.step.store(2, Ordering::Relaxed);
         assert_eq!(health.period(), Duration::from_millis(20));
         let mut watch = Watch::new(&health, t0);
-        health.xruns.store(100, Ordering::Relaxed);
+        health.xruns.store(1000, Ordering::Relaxed);
         assert!(!watch.too_many_xruns(&health, t0 + Duration::from_secs(1)));
     }
 }
