@@ -18,7 +18,7 @@ use crate::protocol::{FrameHeader, HEADER_LEN};
 use bytes::Bytes;
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 use cpal::{FromSample, SampleFormat, SizedSample, StreamConfig};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -822,8 +822,9 @@ struct Arrival {
 /// What the output callback reports (atomics only: the callback writes here).
 #[derive(Default)]
 struct PlayoutShared {
-    delay_us: AtomicU64,
-    target_us: AtomicU64,
+    /// `f64` bits, in ms.
+    delay_ms: AtomicU64,
+    target_ms: AtomicU64,
     underruns: AtomicU64,
     concealed: AtomicU64,
     late: AtomicU64,
@@ -834,9 +835,9 @@ struct PlayoutShared {
 
 impl PlayoutShared {
     fn store(&self, s: &jitter::Stats, undecodable: u64) {
-        let us = |ms: f64| (ms.max(0.0) * 1000.0) as u64;
-        self.delay_us.store(us(s.delay_ms), Ordering::Relaxed);
-        self.target_us.store(us(s.target_ms), Ordering::Relaxed);
+        self.delay_ms.store(s.delay_ms.to_bits(), Ordering::Relaxed);
+        self.target_ms
+            .store(s.target_ms.to_bits(), Ordering::Relaxed);
         self.underruns.store(s.underruns, Ordering::Relaxed);
         self.concealed.store(s.concealed, Ordering::Relaxed);
         self.late.store(s.late, Ordering::Relaxed);
@@ -878,17 +879,17 @@ pub const MAX_VOLUME: f32 = 2.0;
 /// A player's volume, 0.0 to [`MAX_VOLUME`]: a handle that can turn it while it plays (the
 /// output callback reads it once per period).
 #[derive(Debug, Clone)]
-pub struct Volume(Arc<AtomicU64>);
+pub struct Volume(Arc<AtomicU32>);
 
 impl Volume {
     pub fn new(volume: f32) -> Volume {
-        let v = Volume(Arc::new(AtomicU64::new(0)));
+        let v = Volume(Arc::new(AtomicU32::new(0)));
         v.set(volume);
         v
     }
 
     pub fn get(&self) -> f32 {
-        f32::from_bits(self.0.load(Ordering::Relaxed) as u32)
+        f32::from_bits(self.0.load(Ordering::Relaxed))
     }
 
     /// Sets the volume, kept within 0.0 to [`MAX_VOLUME`]; returns what it was set to.
@@ -898,7 +899,7 @@ impl Volume {
         } else {
             0.0
         };
-        self.0.store(u64::from(v.to_bits()), Ordering::Relaxed);
+        self.0.store(v.to_bits(), Ordering::Relaxed);
         v
     }
 }
@@ -1005,10 +1006,10 @@ impl Player {
     /// What the jitter buffer measured.
     pub fn stats(&self) -> jitter::Stats {
         let s = &self.shared;
-        let ms = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 / 1000.0;
+        let ms = |a: &AtomicU64| f64::from_bits(a.load(Ordering::Relaxed));
         jitter::Stats {
-            delay_ms: ms(&s.delay_us),
-            target_ms: ms(&s.target_us),
+            delay_ms: ms(&s.delay_ms),
+            target_ms: ms(&s.target_ms),
             underruns: s.underruns.load(Ordering::Relaxed),
             concealed: s.concealed.load(Ordering::Relaxed),
             late: s.late.load(Ordering::Relaxed),

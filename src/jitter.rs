@@ -223,12 +223,16 @@ impl<T: Clone> JitterBuffer<T> {
                     underrun: false,
                 };
             }
+            let waiting = self.slots.iter().any(Option::is_some);
+            if waiting && lateness > self.config.catch_up_us as i64 {
+                // Long past its time, whether the frame is here or was lost (the relay skipped
+                // the middle of a stall): not played late, nor concealed frame by frame, but
+                // back to live.
+                self.catch_up(now_us);
+                continue;
+            }
             match self.slots.front() {
                 Some(Some(_)) => {
-                    if lateness > self.config.catch_up_us as i64 {
-                        self.catch_up(now_us);
-                        continue;
-                    }
                     let Some(Some(slot)) = self.slots.pop_front() else {
                         unreachable!("front checked above");
                     };
@@ -243,14 +247,8 @@ impl<T: Clone> JitterBuffer<T> {
                         trim,
                     };
                 }
-                Some(None) if self.slots.iter().any(Option::is_some) => {
-                    // A gap in the sequence: lost on the way (the relay skipped it). Long past
-                    // its time (the relay skipped the middle of a stall), it is not concealed
-                    // frame by frame, which would play the whole gap late: back to live.
-                    if lateness > self.config.catch_up_us as i64 {
-                        self.catch_up(now_us);
-                        continue;
-                    }
+                Some(None) if waiting => {
+                    // A gap in the sequence: lost on the way (the relay skipped it).
                     self.slots.pop_front();
                     self.next = self.next.wrapping_add(1);
                     self.stats.concealed += 1;

@@ -179,17 +179,13 @@ secret = "secret-en"
 fn serve(dir: &Path) -> (Proc, String) {
     let config = dir.join("event.toml");
     std::fs::write(&config, EVENT).unwrap();
-    let mut relay = Proc::spawn(
+    Proc::relay(
         audio_process(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(&config)
             .stderr(Stdio::null()),
-    );
-    const LISTENING: &str = "listening on http://";
-    let line = relay.wait_for(LISTENING, WAIT);
-    let rest = &line[line.find(LISTENING).unwrap() + LISTENING.len()..];
-    let addr = rest.split_whitespace().next().unwrap().to_string();
-    (relay, format!("ws://{addr}"))
+        WAIT,
+    )
 }
 
 /// A command run with a higher priority than the compilers and tests running beside it, as a
@@ -481,7 +477,12 @@ fn a_microphone_stream_killed_by_the_sound_server_is_reopened() {
             .stderr(log(&dir, "listener.log")),
     );
     listener.wait_for("\"type\":\"subscribed\"", WAIT);
-    std::thread::sleep(Duration::from_secs(3));
+    // The kill comes once the listener has written 2 s of the tone (it flushes every second).
+    let deadline = Instant::now() + WAIT;
+    while std::fs::metadata(&heard).map_or(0, |m| m.len()) < 44 + 2 * 96_000 {
+        assert!(Instant::now() < deadline, "the listener wrote no sound");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // The booth's capture stream, as PulseAudio lists it (the only one on this sink's monitor).
     let outputs = Command::new("pactl")

@@ -1,9 +1,11 @@
 //! Recordings of every channel: real speech through the relay into Ogg Opus files, checked with
 //! opusinfo, ffprobe and ffmpeg; and what a kill -9 leaves behind.
 
+mod proc;
 mod support;
 
 use boothcast::audio::{self, align};
+use proc::Proc;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -201,28 +203,19 @@ fn a_relay_killed_mid_recording_leaves_playable_files() {
     let config = dir.join("event.toml");
     std::fs::write(&config, EVENT).unwrap();
     let rec = dir.join("rec");
-    let mut relay = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .arg("--record")
-        .arg(&rec)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::BufRead;
-    let mut lines = std::io::BufReader::new(relay.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("serve printed its address").unwrap();
-        if let Some(i) = line.find("listening on http://") {
-            break line[i + "listening on http://".len()..].trim().to_string();
-        }
-    };
-    let booth = booth(&format!("ws://{addr}"), &said);
+    let (relay, url) = Proc::relay(
+        Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .arg("--record")
+            .arg(&rec)
+            .stderr(Stdio::null()),
+        Duration::from_secs(10),
+    );
+    let booth = booth(&url, &said);
     // Three seconds of recording, then the kill in the middle of the speech.
     std::thread::sleep(Duration::from_secs(3));
-    relay.kill().unwrap(); // SIGKILL: no chance to finish the files
-    relay.wait().unwrap();
+    drop(relay); // SIGKILL: no chance to finish the files
     let mut booth = booth;
     let _ = booth.kill();
     let _ = booth.wait();

@@ -33,18 +33,13 @@ fn speak(text: &str, voice: &str, path: &Path) {
 fn serve(dir: &Path) -> (Proc, String) {
     let config = dir.join("event.toml");
     std::fs::write(&config, EVENT).unwrap();
-    let mut relay = Proc::spawn(
+    Proc::relay(
         Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(&config)
             .stderr(Stdio::null()),
-    );
-    const LISTENING: &str = "listening on http://";
-    let line = relay.wait_for(LISTENING, Duration::from_secs(10));
-    let addr = line[line.find(LISTENING).unwrap() + LISTENING.len()..]
-        .trim()
-        .to_string();
-    (relay, format!("ws://{addr}"))
+        Duration::from_secs(10),
+    )
 }
 
 const EVENT: &str = r#"

@@ -39,6 +39,17 @@ impl Proc {
         }
     }
 
+    /// Starts a relay, `cmd` being `boothcast serve --listen 127.0.0.1:0 ...`, and returns it with
+    /// the WebSocket address it printed (`ws://HOST:PORT`).
+    pub fn relay(cmd: &mut Command, limit: Duration) -> (Proc, String) {
+        const LISTENING: &str = "listening on http://";
+        let mut relay = Proc::spawn(cmd);
+        let line = relay.wait_for(LISTENING, limit);
+        let rest = &line[line.find(LISTENING).unwrap() + LISTENING.len()..];
+        let addr = rest.split_whitespace().next().unwrap().to_string();
+        (relay, format!("ws://{addr}"))
+    }
+
     /// Writes a line to the child's standard input (spawned with `Stdio::piped()`).
     pub fn send(&mut self, line: &str) {
         use std::io::Write;
