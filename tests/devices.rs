@@ -159,26 +159,9 @@ fn speak(text: &str, path: &Path) {
     assert!(status.success());
 }
 
-const EVENT: &str = r#"
-[event]
-name = "Device test"
-[secrets]
-floor = "floor-secret"
-[[rooms]]
-id = "plenary"
-[[rooms.channels]]
-lang = "en"
-name = "English"
-native = "English"
-[[rooms.booths]]
-id = "en"
-languages = ["en"]
-secret = "secret-en"
-"#;
-
 fn serve(dir: &Path) -> (Proc, String) {
     let config = dir.join("event.toml");
-    std::fs::write(&config, EVENT).unwrap();
+    std::fs::write(&config, proc::EVENT).unwrap();
     Proc::relay(
         audio_process(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])

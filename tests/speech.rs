@@ -32,7 +32,7 @@ fn speak(text: &str, voice: &str, path: &Path) {
 /// Starts `boothcast serve` on an ephemeral port; returns it and its address.
 fn serve(dir: &Path) -> (Proc, String) {
     let config = dir.join("event.toml");
-    std::fs::write(&config, EVENT).unwrap();
+    std::fs::write(&config, proc::EVENT).unwrap();
     Proc::relay(
         Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
@@ -41,27 +41,6 @@ fn serve(dir: &Path) -> (Proc, String) {
         Duration::from_secs(10),
     )
 }
-
-const EVENT: &str = r#"
-[event]
-name = "Speech test"
-[secrets]
-floor = "floor-secret"
-[[rooms]]
-id = "plenary"
-[[rooms.channels]]
-lang = "en"
-name = "English"
-native = "English"
-[[rooms.channels]]
-lang = "ar"
-name = "Arabic"
-native = "العربية"
-[[rooms.booths]]
-id = "en"
-languages = ["en"]
-secret = "secret-en"
-"#;
 
 fn json_lines(lines: &[String], kind: &str) -> Vec<Value> {
     lines

@@ -7,6 +7,28 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The event the process tests serve: the floor, English and Arabic, booth `en`.
+pub const EVENT: &str = r#"
+[event]
+name = "Process test"
+[secrets]
+floor = "floor-secret"
+[[rooms]]
+id = "plenary"
+[[rooms.channels]]
+lang = "en"
+name = "English"
+native = "English"
+[[rooms.channels]]
+lang = "ar"
+name = "Arabic"
+native = "العربية"
+[[rooms.booths]]
+id = "en"
+languages = ["en"]
+secret = "secret-en"
+"#;
+
 pub struct Proc {
     child: Child,
     lines: std::sync::mpsc::Receiver<String>,
