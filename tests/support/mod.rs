@@ -2,6 +2,8 @@
 //! Every wait has a timeout; tests wait for events, never for a fixed time.
 #![allow(dead_code)]
 
+pub mod shaper;
+
 use boothcast::config::Event;
 use boothcast::protocol::{FrameHeader, ServerMessage, Source, CHANNEL_UNSET, HEADER_LEN};
 use boothcast::relay::{unix_micros, Relay};
