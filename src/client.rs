@@ -37,12 +37,13 @@ pub const PING_EVERY: Duration = Duration::from_secs(1);
 /// A connection from which nothing at all (a frame, a message, a pong) arrived for this long is
 /// dead: the path died without a FIN or a RST (Wi-Fi out of range, a NAT entry gone, a cable
 /// pulled), which TCP itself would notice only after many minutes. The client closes it and
-/// reconnects with its back-off. 4 s is four pings: on a working path a pong comes back within
-/// a round trip of each, so it takes three pongs in a row lost or over 3 s late (venue Wi-Fi
-/// delays a few packets by half a second) to end a connection that was alive; and detection,
-/// the first back-off and a new handshake still come within about 5 s. It is longer than the
-/// relay's own deadline for booths and the floor (3 s), so the relay has let go of a dead
-/// console (and started its channel's hold) by the time the console comes back.
+/// reconnects with its back-off. 4 s spans three or four pings, and on a working path a pong
+/// comes back within a round trip of each: only the answers to three pings in a row all lost
+/// (or each held up for seconds; venue Wi-Fi delays a few packets by half a second) end a
+/// connection that was alive. Detection, the first back-off and a new handshake still come
+/// within about 5 s. It is longer than the relay's own deadline for booths and the floor (3 s),
+/// so the relay has let go of a dead console (and started its channel's hold) by the time the
+/// console comes back.
 pub const DEAD_PATH: Duration = Duration::from_secs(4);
 /// Reconnection back-off: doubles from the first to the last.
 pub const BACKOFF_FIRST: Duration = Duration::from_millis(200);
