@@ -11,8 +11,10 @@
 //! - [`rules`]: who is live and what each channel carries: auto-floor, interlock, handover,
 //!   cough, relay. A state machine with time as an input; no I/O.
 //! - [`relay`]: the fan-out: one queue per channel shared by its listeners; feeds [`rules`].
-//! - [`server`]: HTTP and WebSocket transport around [`relay`]; [`tls`] for HTTPS/WSS and
-//!   [`join`] for the address delegates join at and its QR code.
+//! - [`server`]: HTTP and WebSocket transport around [`relay`]; [`accept`] takes connections
+//!   within the bounds of [`admission`] (how many, from whom) and [`attempts`] slows the
+//!   guessing of secrets; [`tls`] for HTTPS/WSS and [`join`] for the address delegates join at
+//!   and its QR code.
 //! - [`audio`]: WAV files, resampling, the Opus encoder and decoder (only clients touch audio).
 //! - [`client`]: the floor, booth and listener clients, from and to audio files or devices.
 //! - [`tui`]: the interpreter's console on a terminal (ratatui), in front of a booth client.
@@ -22,6 +24,9 @@
 //! - [`record`]: recordings of every channel, aligned, with a session index.
 //! - [`bench`]: the load generators of `docs/BENCHMARKS.md`.
 
+pub mod accept;
+pub mod admission;
+pub mod attempts;
 pub mod audio;
 pub mod bench;
 pub mod client;
