@@ -10,8 +10,10 @@ import { Playout, SAMPLE_RATE } from './playout.js';
 export const HEADER_LEN = 28;
 const WASM_DECODER = new URL('./node_modules/opus-decoder/dist/opus-decoder.min.js', import.meta.url);
 const WEBCODECS_CONFIG = { codec: 'opus', sampleRate: SAMPLE_RATE, numberOfChannels: 1 };
-// 512 samples (10.7 ms) per ScriptProcessor callback: smaller ones miss their turn whenever the
-// page's thread is busy; larger ones add their length to the delay.
+// 1024 samples (21 ms) per ScriptProcessor callback. The browser double-buffers them: a
+// callback the page's thread runs more than one buffer late is a gap or a repeated buffer at
+// the output. At 512 a busy machine's page missed its turn a few times a second (Chromium);
+// longer buffers add their length to the delay.
 const SCRIPT_BUFFER = 1024;
 // The ScriptProcessor's count of samples written follows the context's clock when the two are
 // further apart than this (two buffers): more than any wobble of playbackTime seen, less than

@@ -93,6 +93,11 @@ export function tmp() {
 
 const unloads = [];
 
+// Runs `fn` when the script ends, also on failure (a browser's process group, a sink).
+export function atExit(fn) {
+  unloads.push(fn);
+}
+
 function cleanup() {
   for (const u of unloads.splice(0)) {
     try {
@@ -221,8 +226,9 @@ export function sine(freq, seconds = 10, { tremolo = false } = {}) {
 // The floor feed, looping its sine. `realtime` runs it under SCHED_FIFO (chrt), as on a
 // dedicated machine at the mixing desk, so that a busy test machine does not make its frames
 // late: for measuring the page, not the sender.
-export function startFloor(relay, freq = TONES['plenary/floor'], { realtime = false, tremolo = false } = {}) {
-  const args = ['floor', '--server', relay.ws, '--input-file', sine(freq, 10, { tremolo }), '--loop'];
+// `wav`: another file to loop instead of the sine.
+export function startFloor(relay, freq = TONES['plenary/floor'], { realtime = false, tremolo = false, wav = null } = {}) {
+  const args = ['floor', '--server', relay.ws, '--input-file', wav || sine(freq, 10, { tremolo }), '--loop'];
   const [cmd, argv] = realtime ? ['chrt', ['-f', '10', BIN, ...args]] : [BIN, args];
   const proc = spawn(cmd, argv, {
     env: { ...process.env, BOOTHCAST_SECRET: SECRETS.floor },
