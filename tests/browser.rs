@@ -53,6 +53,11 @@ fn delegate_page_access_code() {
 }
 
 #[test]
+fn delegate_page_on_a_phone() {
+    run_script("phone");
+}
+
+#[test]
 fn delegate_page_playout_rules() {
     run_script("playout");
 }

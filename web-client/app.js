@@ -59,6 +59,10 @@ const state = {
   carrying: new Map(), // channel id → state text last shown, to announce changes
   switchedAt: null,
   lostConnection: false,
+  // The system stopped the sound (the phone locked, a call, another app): the audio context
+  // went to `suspended` or `interrupted` while the delegate was listening.
+  pausedBySystem: false,
+  eventName: '',
 };
 
 // Test hooks for the browser tests, and handy in a console.
@@ -117,6 +121,11 @@ function describe(c) {
 // A channel's name for people: the language in itself; the floor in the page's language.
 function channelName(c) {
   return c.lang === 'floor' ? t('floorName') : c.native;
+}
+
+// A room's name for people (the event file's), else its id.
+function roomName(id) {
+  return id;
 }
 
 function channelLabel(c) {
@@ -256,6 +265,7 @@ function onMessage(m) {
       state.welcomed = true;
       state.backoff = BACKOFF_FIRST;
       $('event').textContent = m.event;
+      state.eventName = m.event;
       state.eventDelayMs = m.listener_delay_ms || 0;
       applyDelay();
       updateExtraHint();
@@ -289,7 +299,7 @@ function onMessage(m) {
 }
 
 function onFrame(data) {
-  if (!state.playing || !state.player) return;
+  if (!state.playing || !state.player || state.pausedBySystem) return;
   const h = parseHeader(data);
   const c = channelById(state.wanted);
   // Frames of the previous channel may still arrive right after a switch: never play them.
@@ -349,6 +359,7 @@ $('code-form').addEventListener('submit', (e) => {
 
 async function ensurePlayer() {
   if (state.player) return state.player;
+  askPlaybackSession();
   state.starting ??= (async () => {
     const delayMs = effectiveDelay();
     let player;
@@ -360,6 +371,7 @@ async function ensurePlayer() {
     }
     player.setVolume(Number($('volume').value));
     $('path').textContent = player.path === 'fallback' ? `(${t('compat')})` : '';
+    player.context.addEventListener('statechange', onAudioState);
     state.player = player;
     return player;
   })();
@@ -395,8 +407,15 @@ function subscribe() {
   const c = channelById(state.wanted);
   if (state.player) state.player.reset();
   state.switchedAt = performance.now();
-  if (c) say(t('listening', { name: channelName(c) }));
-  setPageState('playing');
+  // Choosing a channel is a tap: it also brings back sound the system had stopped.
+  if (state.pausedBySystem) {
+    resumeAudio();
+    say(t('pausedByPhone'));
+  } else {
+    if (c) say(t('listening', { name: channelName(c) }));
+    setPageState('playing');
+  }
+  updateMediaSession();
   if (state.welcomed) send({ type: 'subscribe', channel: state.wanted });
   else if (!state.ws) connect();
 }
@@ -407,6 +426,8 @@ function stopPlaying() {
   $('play').dataset.playing = 'false';
   $('play').textContent = t('listen');
   if (state.player) state.player.reset();
+  showPaused(false);
+  updateMediaSession();
   if (was) {
     send({ type: 'unsubscribe' });
     say(t('stopped'));
@@ -429,6 +450,96 @@ $('play').addEventListener('click', () => {
   if (state.playing) stopPlaying();
   else startPlaying();
 });
+
+// --- the phone: audio session, interruptions, lock screen ------------------------------------
+
+// On an iPhone, Web Audio follows the ring/silent switch unless the page asks for a playback
+// session (Safari 16.4 and later); most delegates keep their phone on silent.
+function askPlaybackSession() {
+  try {
+    if (navigator.audioSession && navigator.audioSession.type !== 'playback') navigator.audioSession.type = 'playback';
+  } catch {}
+}
+
+// The audio context's state changed. The page itself never suspends it, so `suspended` or
+// `interrupted` while listening means the system stopped the sound.
+function onAudioState() {
+  const p = state.player;
+  if (!p || !state.playing) return;
+  const st = p.context.state;
+  if (st === 'running') {
+    if (state.pausedBySystem) {
+      // Back at live: whatever was queued before the pause is stale.
+      showPaused(false);
+      p.reset();
+      const c = channelById(state.wanted);
+      if (c) say(t('listening', { name: channelName(c) }));
+      setPageState('playing');
+    }
+  } else if (st === 'suspended' || st === 'interrupted') {
+    showPaused(true);
+    say(t('pausedByPhone'));
+    setPageState('paused');
+  }
+  updateMediaSession();
+}
+
+function showPaused(on) {
+  state.pausedBySystem = on;
+  $('paused').hidden = !on;
+}
+
+// Resumes the audio context; only works from a user's gesture on most phones.
+function resumeAudio() {
+  const p = state.player;
+  if (!p || p.context.state === 'running' || p.context.state === 'closed') return;
+  p.resume().catch(() => {});
+}
+
+// Any tap or key brings the sound back.
+for (const type of ['click', 'touchend', 'keydown']) {
+  document.addEventListener(
+    type,
+    () => {
+      if (state.playing && state.pausedBySystem) resumeAudio();
+    },
+    { capture: true },
+  );
+}
+
+// Back in front: a context the system suspended meanwhile may come back by itself; if it does
+// not, the page says so and waits for a tap.
+document.addEventListener('visibilitychange', () => {
+  if (document.visibilityState !== 'visible' || !state.playing || !state.player) return;
+  resumeAudio();
+  onAudioState();
+});
+
+// The lock screen and the system's media controls: the channel and the event, play and stop.
+function updateMediaSession() {
+  const ms = navigator.mediaSession;
+  if (!ms) return;
+  try {
+    const c = channelById(state.wanted);
+    if (state.playing && c && typeof MediaMetadata === 'function') {
+      ms.metadata = new MediaMetadata({ title: channelName(c), artist: state.eventName, album: roomName(c.room) });
+    }
+    ms.playbackState = !state.playing ? 'none' : state.pausedBySystem ? 'paused' : 'playing';
+  } catch {}
+}
+
+if (navigator.mediaSession) {
+  const handlers = {
+    play: () => (state.playing ? resumeAudio() : startPlaying()),
+    pause: () => stopPlaying(),
+    stop: () => stopPlaying(),
+  };
+  for (const [action, fn] of Object.entries(handlers)) {
+    try {
+      navigator.mediaSession.setActionHandler(action, fn);
+    } catch {}
+  }
+}
 
 // --- volume and delay -----------------------------------------------------------------------
 

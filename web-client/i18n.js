@@ -39,6 +39,7 @@ const STRINGS = {
     noAudio: 'This browser cannot play the sound. Try another browser.',
     refused: 'The relay refused the connection: {message}',
     unknownChannel: 'This language is no longer offered. Choose another one.',
+    pausedByPhone: 'Paused by the phone. Tap to resume.',
   },
   ru: {
     title: 'Синхронный перевод',
@@ -76,6 +77,7 @@ const STRINGS = {
     noAudio: 'Этот браузер не может воспроизвести звук. Попробуйте другой браузер.',
     refused: 'Сервер отказал в подключении: {message}',
     unknownChannel: 'Этот язык больше не транслируется. Выберите другой.',
+    pausedByPhone: 'Звук остановлен телефоном. Нажмите, чтобы продолжить.',
   },
 };
 
