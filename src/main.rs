@@ -355,15 +355,21 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 event.name,
                 event.channels.len()
             );
-            let mut join_url =
-                public_url.unwrap_or_else(|| boothcast::join::url(addr, tls.is_some()));
+            // The addresses a phone might reach, from the machine's interfaces; all are shown
+            // when there are several, unless --public-url chose one.
+            let candidates = match public_url {
+                Some(_) => Vec::new(),
+                None => boothcast::join::urls(addr, tls.is_some()),
+            };
+            let mut join_url = public_url.unwrap_or_else(|| candidates[0].clone());
             if !join_url.ends_with('/') {
                 join_url.push('/');
             }
-            println!("delegates join at {join_url} (QR code: {join_url}qr.svg)");
-            if let Ok(qr) = boothcast::join::text(&join_url) {
-                println!("{qr}");
-            }
+            let colors = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            print!(
+                "{}",
+                boothcast::join::announce(&event, &join_url, &candidates, colors)
+            );
             println!("sound engineer's console: {join_url}console");
             // Connections are bounded by the open-file limit: take all the system allows.
             let nofile = match boothcast::admission::raise_open_file_limit() {

@@ -369,16 +369,34 @@ fn configure_socket(tcp: &tokio::net::TcpStream) {
     set_notsent_lowat(tcp, NOTSENT_LOWAT);
 }
 
-async fn join(State(state): State<AppState>) -> impl IntoResponse {
-    axum::Json(serde_json::json!({ "url": &*state.join_url }))
+/// `/join[?room=ID]`: the address to join at, every hall's own address and the page's default
+/// language (`join::page_info`); an unknown room is a 404 saying so.
+async fn join(
+    State(state): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<crate::join::Query>,
+) -> axum::response::Response {
+    let event = state.relay.event();
+    match crate::join::page_info(event, &state.join_url, q.room.as_deref()) {
+        Ok(info) => axum::Json(info).into_response(),
+        Err(e) => (axum::http::StatusCode::NOT_FOUND, format!("{e}\n")).into_response(),
+    }
 }
 
-async fn qr_svg(State(state): State<AppState>) -> axum::response::Response {
-    match crate::join::svg(&state.join_url) {
+/// `/qr.svg[?room=ID]`: the QR code of the join address, or of a hall's own address.
+async fn qr_svg(
+    State(state): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<crate::join::Query>,
+) -> axum::response::Response {
+    let event = state.relay.event();
+    let url = match crate::join::join_url(event, &state.join_url, q.room.as_deref()) {
+        Ok(url) => url,
+        Err(e) => return (axum::http::StatusCode::NOT_FOUND, format!("{e}\n")).into_response(),
+    };
+    match crate::join::svg(&url) {
         Ok(svg) => ([("content-type", "image/svg+xml")], svg).into_response(),
         Err(e) => (
             axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            format!("no QR code for {}: {e}\n", state.join_url),
+            format!("no QR code for {url}: {e}\n"),
         )
             .into_response(),
     }

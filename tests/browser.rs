@@ -58,6 +58,11 @@ fn delegate_page_on_a_phone() {
 }
 
 #[test]
+fn delegate_page_halls() {
+    run_script("halls");
+}
+
+#[test]
 fn delegate_page_playout_rules() {
     run_script("playout");
 }

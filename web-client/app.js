@@ -39,11 +39,19 @@ const stored = {
   },
 };
 
+// A hall's own address shows that hall: a channel remembered from another hall is not chosen.
+const askedRoom = params.get('room');
+const remembered = stored.get('channel');
+
 const state = {
   ws: null,
   welcomed: false,
   channels: [],
-  wanted: stored.get('channel'), // channel id the delegate chose
+  wanted: askedRoom && remembered && !remembered.startsWith(askedRoom + '/') ? null : remembered, // channel id chosen
+  // The hall whose languages are shown, with several halls: `?room=ID` (a hall's own address
+  // and QR code), else the one chosen last time.
+  room: askedRoom || stored.get('room'),
+  roomNames: new Map(), // room id → the hall's name (from /join)
   playing: false,
   player: null,
   starting: null,
@@ -125,19 +133,92 @@ function channelName(c) {
 
 // A room's name for people (the event file's), else its id.
 function roomName(id) {
-  return id;
+  return state.roomNames.get(id) || id;
 }
 
-function channelLabel(c) {
-  const rooms = new Set(state.channels.map((x) => x.room));
-  return rooms.size > 1 ? `${channelName(c)} · ${c.room}` : channelName(c);
+// The event's halls in order, from the channel list.
+function rooms() {
+  return [...new Set(state.channels.map((c) => c.room))];
 }
+
+// --- halls ----------------------------------------------------------------------------------
+
+// An event with one hall looks as if there were no halls. With several, the page shows the
+// halls by name, then the chosen hall's languages.
+function renderHalls() {
+  const all = rooms();
+  const several = all.length > 1;
+  const chosen = several && all.includes(state.room) ? state.room : null;
+  $('halls').hidden = !several || chosen !== null;
+  $('channels').hidden = several && chosen === null;
+  $('other-halls').hidden = !several || chosen === null;
+  $('hall-name').textContent = chosen ? roomName(chosen) : '';
+  if (!several) return;
+  const list = $('hall-list');
+  const items = all.map((room) => {
+    let el = list.querySelector(`[data-room="${CSS.escape(room)}"]`);
+    if (!el) {
+      el = document.createElement('button');
+      el.type = 'button';
+      el.className = 'hall';
+      el.dataset.room = room;
+      const name = document.createElement('span');
+      name.className = 'name';
+      const langs = document.createElement('span');
+      langs.className = 'state';
+      el.append(name, langs);
+      el.addEventListener('click', () => chooseHall(room));
+    }
+    el.querySelector('.name').textContent = roomName(room);
+    el.querySelector('.state').textContent = state.channels
+      .filter((c) => c.room === room && c.lang !== 'floor')
+      .map((c) => c.native)
+      .join(' · ');
+    return el;
+  });
+  const same = items.length === list.children.length && items.every((el, i) => list.children[i] === el);
+  if (!same) list.replaceChildren(...items);
+}
+
+function chooseHall(room) {
+  state.room = room;
+  stored.set('room', room);
+  showRoomInAddress(room);
+  renderChannels();
+  const first = document.querySelector('#channel-list input:checked') || document.querySelector('#channel-list input');
+  if (first) first.focus();
+}
+
+// The hall's own address in the address bar, as its QR code has it: a bookmark or a shared
+// link opens the same hall.
+function showRoomInAddress(room) {
+  const q = new URLSearchParams(location.search);
+  if (room) q.set('room', room);
+  else q.delete('room');
+  const search = q.toString();
+  history.replaceState(null, '', location.pathname + (search ? '?' + search : ''));
+}
+
+$('other-halls').addEventListener('click', () => {
+  state.room = null;
+  showRoomInAddress(null);
+  renderChannels();
+  const first = document.querySelector('#hall-list button');
+  if (first) first.focus();
+});
 
 function renderChannels() {
+  renderHalls();
   const list = $('channel-list');
   const existing = new Map([...list.children].map((el) => [el.dataset.id, el]));
   const order = [];
+  const several = rooms().length > 1;
   for (const c of state.channels) {
+    if (several && c.room !== state.room) {
+      // Another hall's channel: not listed, but its change of state is still tracked.
+      state.carrying.set(c.id, describe(c));
+      continue;
+    }
     let el = existing.get(c.id);
     if (!el) {
       el = document.createElement('label');
@@ -162,7 +243,7 @@ function renderChannels() {
       el.append(input, text);
     }
     const name = el.querySelector('.name');
-    name.textContent = channelLabel(c);
+    name.textContent = channelName(c);
     // The native name in its own language, so a screen reader pronounces it right.
     if (c.lang !== 'floor') name.lang = c.lang;
     else name.removeAttribute('lang');
@@ -436,9 +517,14 @@ function stopPlaying() {
 }
 
 function select(id) {
-  if (!channelById(id)) return;
+  const c = channelById(id);
+  if (!c) return;
   state.wanted = id;
   stored.set('channel', id);
+  if (state.room !== c.room) {
+    state.room = c.room;
+    stored.set('room', c.room);
+  }
   if (document.body.dataset.state === 'error') clearError();
   renderChannels();
   // Choosing a language is the gesture that starts the sound.
@@ -588,6 +674,16 @@ setInterval(() => {
 }, 500);
 
 // --- start ----------------------------------------------------------------------------------
+
+// The event's halls by name (and the page's default language, see i18n), from /join.
+fetch('/join')
+  .then((r) => (r.ok ? r.json() : null))
+  .then((info) => {
+    if (!info || !Array.isArray(info.rooms)) return;
+    for (const r of info.rooms) state.roomNames.set(r.id, r.name);
+    if (state.channels.length) renderChannels();
+  })
+  .catch(() => {});
 
 translate();
 if (typeof AudioContext !== 'function') showError(t('noAudio'));

@@ -40,6 +40,8 @@ const STRINGS = {
     refused: 'The relay refused the connection: {message}',
     unknownChannel: 'This language is no longer offered. Choose another one.',
     pausedByPhone: 'Paused by the phone. Tap to resume.',
+    chooseHall: 'Hall',
+    otherHalls: 'Other halls',
   },
   ru: {
     title: 'Синхронный перевод',
@@ -78,6 +80,8 @@ const STRINGS = {
     refused: 'Сервер отказал в подключении: {message}',
     unknownChannel: 'Этот язык больше не транслируется. Выберите другой.',
     pausedByPhone: 'Звук остановлен телефоном. Нажмите, чтобы продолжить.',
+    chooseHall: 'Зал',
+    otherHalls: 'Другие залы',
   },
 };
 

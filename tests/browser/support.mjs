@@ -191,6 +191,7 @@ export async function startRelay({ env = {}, port = 0, event = EVENT, realtime =
     let buf = '';
     proc.stdout.on('data', (chunk) => {
       buf += chunk.toString();
+      proc.printed = buf;
       const m = buf.match(/listening on http:\/\/(\S+)/);
       if (m) {
         clearTimeout(timer);
@@ -227,8 +228,9 @@ export function sine(freq, seconds = 10, { tremolo = false } = {}) {
 // dedicated machine at the mixing desk, so that a busy test machine does not make its frames
 // late: for measuring the page, not the sender.
 // `wav`: another file to loop instead of the sine.
-export function startFloor(relay, freq = TONES['plenary/floor'], { realtime = false, tremolo = false, wav = null } = {}) {
-  const args = ['floor', '--server', relay.ws, '--input-file', wav || sine(freq, 10, { tremolo }), '--loop'];
+export function startFloor(relay, freq = TONES['plenary/floor'], { realtime = false, tremolo = false, wav = null, room = null } = {}) {
+  const args = ['floor', '--server', relay.ws, '--input-file', wav || sine(freq, 10, { tremolo }), '--loop',
+    ...(room ? ['--room', room] : [])];
   const [cmd, argv] = realtime ? ['chrt', ['-f', '10', BIN, ...args]] : [BIN, args];
   const proc = spawn(cmd, argv, {
     env: { ...process.env, BOOTHCAST_SECRET: SECRETS.floor },
@@ -241,12 +243,12 @@ export function startFloor(relay, freq = TONES['plenary/floor'], { realtime = fa
 
 // A booth console looping its sine, live at once unless `live: false`; commands go to its
 // standard input, its JSON lines collect in `lines`.
-export function startBooth(relay, booth, freq = TONES[`plenary/${booth}`], { live = true, tremolo = false } = {}) {
+export function startBooth(relay, booth, freq = TONES[`plenary/${booth}`], { live = true, tremolo = false, secret = SECRETS[booth] } = {}) {
   const proc = spawn(
     BIN,
     ['booth', '--server', relay.ws, '--booth', booth, '--input-file', sine(freq, 10, { tremolo }), '--loop',
       ...(live ? ['--live'] : [])],
-    { env: { ...process.env, BOOTHCAST_SECRET: SECRETS[booth] }, stdio: ['pipe', 'pipe', 'pipe'] },
+    { env: { ...process.env, BOOTHCAST_SECRET: secret }, stdio: ['pipe', 'pipe', 'pipe'] },
   );
   track(proc, `booth ${booth}`);
   proc.lines = [];
@@ -259,7 +261,7 @@ export function startBooth(relay, booth, freq = TONES[`plenary/${booth}`], { liv
 export async function boothLive(booth, timeoutMs = 15000) {
   await waitFor(
     `booth ${booth.label} to go live`,
-    () => booth.lines.some((l) => l.includes('"type":"console"') && /"live":"plenary\//.test(l)),
+    () => booth.lines.some((l) => l.includes('"type":"console"') && /"live":"[a-z0-9_-]+\//.test(l)),
     timeoutMs,
   );
 }
