@@ -63,6 +63,11 @@ fn delegate_page_halls() {
 }
 
 #[test]
+fn delegate_page_languages() {
+    run_script("languages");
+}
+
+#[test]
 fn delegate_page_playout_rules() {
     run_script("playout");
 }

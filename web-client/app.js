@@ -3,10 +3,14 @@
 // relay wants one. The protocol is docs/PROTOCOL.md; the audio is player.js.
 
 import { createPlayer, parseHeader } from './player.js';
-import { pickLanguage, translator } from './i18n.js';
+import { loadStrings } from './i18n.js';
 
-const lang = pickLanguage();
-const t = translator(lang);
+// The event's halls by name and the page's default language (`page_language` in the event
+// file), from /join; the page works without them.
+const pageInfo = await fetch('join')
+  .then((r) => (r.ok ? r.json() : null))
+  .catch(() => null);
+const { lang, dir, t } = await loadStrings({ fallback: pageInfo && pageInfo.language });
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 // AudioWorklet and WebCodecs need a secure context; `?fallback=1` forces the other path.
@@ -105,6 +109,7 @@ function clearError() {
 
 function translate() {
   document.documentElement.lang = lang;
+  document.documentElement.dir = dir;
   for (const el of document.querySelectorAll('[data-i18n]')) el.textContent = t(el.dataset.i18n);
   document.title = t('title');
   updateExtraHint();
@@ -675,16 +680,9 @@ setInterval(() => {
 
 // --- start ----------------------------------------------------------------------------------
 
-// The event's halls by name (and the page's default language, see i18n), from /join.
-fetch('/join')
-  .then((r) => (r.ok ? r.json() : null))
-  .then((info) => {
-    if (!info || !Array.isArray(info.rooms)) return;
-    for (const r of info.rooms) state.roomNames.set(r.id, r.name);
-    if (state.channels.length) renderChannels();
-  })
-  .catch(() => {});
-
+if (pageInfo && Array.isArray(pageInfo.rooms)) {
+  for (const r of pageInfo.rooms) state.roomNames.set(r.id, r.name);
+}
 translate();
 if (typeof AudioContext !== 'function') showError(t('noAudio'));
 say(t('connecting'));

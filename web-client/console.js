@@ -37,7 +37,7 @@ const state = {
 };
 
 // The halls' names, for grouping the channels by hall; the ids stand in until they come.
-fetch('/join')
+fetch('join')
   .then((r) => (r.ok ? r.json() : null))
   .then((info) => {
     if (!info || !Array.isArray(info.rooms)) return;

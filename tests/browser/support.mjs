@@ -180,10 +180,11 @@ function track(proc, label) {
 
 // `boothcast serve` on loopback; resolves once it says where it listens.
 // `realtime`: under SCHED_FIFO, as startFloor. `flags`: more options of `serve` (`--record DIR`).
-export async function startRelay({ env = {}, port = 0, event = EVENT, realtime = false, flags = [] } = {}) {
+// `webDir`: another page directory.
+export async function startRelay({ env = {}, port = 0, event = EVENT, realtime = false, flags = [], webDir = join(ROOT, 'web-client') } = {}) {
   const config = join(tmp(), 'event.toml');
   writeFileSync(config, event);
-  const args = ['serve', '--config', config, '--listen', `127.0.0.1:${port}`, '--web-dir', join(ROOT, 'web-client'), ...flags];
+  const args = ['serve', '--config', config, '--listen', `127.0.0.1:${port}`, '--web-dir', webDir, ...flags];
   const [cmd, argv] = realtime ? ['chrt', ['-f', '10', BIN, ...args]] : [BIN, args];
   const proc = track(spawn(cmd, argv, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] }), 'relay');
   const addr = await new Promise((resolve, reject) => {
