@@ -8,6 +8,7 @@ mod support;
 
 use boothcast::protocol::{Carrying, ChannelInfo, ServerMessage, Source};
 use boothcast::relay::unix_micros;
+use boothcast::server::SENDER_DEADLINE;
 use proc::Proc;
 use serde_json::{json, Value};
 use std::cell::Cell;
@@ -292,15 +293,10 @@ async fn a_booth_whose_path_dies_reconnects_by_itself_and_comes_back_muted() {
     relay.stop().await;
 }
 
-/// The relay's deadline for booth consoles and the floor.
-const SENDER_DEADLINE: Duration = Duration::from_secs(3);
 /// `hold_ms` of `en` in the test event.
 const HOLD: Duration = Duration::from_millis(300);
 
-// Ignored until the relay has its deadline for booth consoles and the floor (nothing heard for
-// 3 s: disconnected, logged as "no answer"); `cargo nextest run --run-ignored all` runs it.
 #[tokio::test]
-#[ignore]
 async fn the_relay_lets_go_of_a_live_console_whose_path_died() {
     let relay = TestRelay::start().await;
     let shaper = Shaper::start(relay.addr);
