@@ -5,7 +5,8 @@
 // each, 10 s are recorded from the browser's own PulseAudio null sink: at most 1 discontinuity
 // of the sine a second, and the delay the page shows within 50 ms of the delay from the relay
 // to the sink measured on the tone's markers. Before that, the page lists the channels and
-// switches to English and back (its tone heard at the sink).
+// switches to English and back (its tone heard at the sink). Then the relay restarts and the
+// page comes back by itself, and an event with an access code asks for it and plays.
 //
 //   node tests/browser/sound.mjs firefox
 
@@ -18,6 +19,7 @@ if (!engines.ENGINES.includes(engine)) throw new Error(`engine: one of ${engines
 const SECONDS = 10;
 const VOLUME = 0.8; // the page's default volume
 const EN_FREQ = 600; // English: 80 samples a period
+const CODE = '2468';
 
 // The delay the page shows, in ms, or null.
 const shownDelay = (page) =>
@@ -148,9 +150,33 @@ await s.run(
         failures.push(`${path}: no delay (${fig.delay_at_sink_ms} ms at the sink, ${fig.delay_shown_ms} ms shown)`);
       else if (Math.abs(fig.delay_at_sink_ms - fig.delay_shown_ms) > 50)
         failures.push(`${path}: the page shows ${fig.delay_shown_ms} ms, the sink says ${fig.delay_at_sink_ms} ms`);
+      if (path === 'fallback') {
+        // The relay restarts on the same port: the page comes back by itself.
+        const port = relay.addr.split(':').pop();
+        listener.close();
+        await relay.kill();
+        await s.waitFor('the page to notice the relay is gone', () => page.evaluate(() => document.body.dataset.state === 'reconnecting'), 5000);
+        await s.startRelay({ port, realtime: true });
+        await hears(sink.MARK_FREQ, out, 'the floor after the relay restarted');
+      }
       await page.close();
     }
     s.assert(failures.length === 0, failures.join('\n'));
+
+    // An event with an access code: the page asks for it, then plays.
+    const coded = await s.startRelay({ env: { BOOTHCAST_ACCESS_CODE: CODE } });
+    s.startFloor(coded, undefined, { wav: sink.markedTone() });
+    const page = await browser.newPage();
+    await page.goto(coded.http + '/');
+    await s.waitFor('the access code form', () => page.evaluate(() => !document.getElementById('code-form').hidden), 10000);
+    await page.evaluate((code) => {
+      document.getElementById('code').value = code;
+    }, CODE);
+    await page.click('#code-form button[type="submit"]');
+    await s.waitFor('the channel list after the code', () => page.evaluate(() => !!document.querySelector('.channel[data-id="plenary/floor"]')), 10000);
+    await page.click('.channel[data-id="plenary/floor"]');
+    await hears(sink.MARK_FREQ, out, 'the floor after the access code');
+    await page.close();
   },
   { timeoutMs: 100000 },
 );
