@@ -471,7 +471,8 @@ async function ensurePlayer() {
 async function startPlaying() {
   if (!state.wanted) {
     say(t('chooseLanguage'));
-    const first = document.querySelector('#channel-list input');
+    // The halls first where no hall is chosen yet.
+    const first = $('channels').hidden ? document.querySelector('#hall-list button') : document.querySelector('#channel-list input');
     if (first) first.focus();
     return;
   }
