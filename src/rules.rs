@@ -290,6 +290,11 @@ impl Rules {
         self.refresh(now, actions);
     }
 
+    /// The floor source of `room`, if one is connected.
+    pub fn floor_session(&self, room: usize) -> Option<Session> {
+        self.floors.get(room).copied().flatten()
+    }
+
     /// The floor source of `room` connects; an earlier one is closed.
     pub fn floor_connect(&mut self, session: Session, room: usize) -> Vec<Action> {
         let mut actions = Vec::new();
@@ -523,6 +528,62 @@ impl Rules {
         }
         self.refresh(now, &mut actions);
         Ok(actions)
+    }
+
+    /// Puts back a console that was connected before this state was made: another place
+    /// decided for the event until now (a cluster's decider died or stepped down). The console
+    /// hears `input` and is live on `live` with its cough flag as it was, unless that is no
+    /// longer allowed (the channel has a live console already, a partner is live, it would
+    /// make a loop): then it comes back muted and is told why. Never takes a channel over.
+    /// Returns the actions, `ConsoleChanged(session)` among them; a console refused outright
+    /// (its booth is full) gets `Close`.
+    pub fn restore_console(
+        &mut self,
+        session: Session,
+        booth: usize,
+        name: &str,
+        state: (Option<u16>, u16, bool),
+        now: Instant,
+    ) -> Vec<Action> {
+        let (live, input, cough) = state;
+        let mut actions = match self.console_connect(session, booth, name, now) {
+            Ok(a) => a,
+            Err(r) => return vec![Action::Close(session, r)],
+        };
+        let n = self.event.channels.len();
+        let valid = |c: u16| (c as usize) < n;
+        if valid(input) && input != self.consoles[&session].input {
+            if let Ok(a) = self.command(session, Command::Input(input), now) {
+                actions.extend(a);
+            }
+        }
+        if let Some(ch) = live.filter(|c| valid(*c)) {
+            let result = match self.channels[ch as usize].live {
+                Some(holder) => {
+                    let h = &self.consoles[&holder];
+                    refuse(
+                        ErrorCode::ChannelTaken,
+                        format!(
+                            "{} is live from booth {} (console {}); you are muted",
+                            self.event.channels[ch as usize].id,
+                            self.event.booths[h.booth].id,
+                            h.name
+                        ),
+                    )
+                }
+                None => self.command(session, Command::Live(Some(ch)), now),
+            };
+            match result {
+                Ok(a) => actions.extend(a),
+                Err(r) => actions.push(Action::Notify(session, r)),
+            }
+        }
+        if cough {
+            if let Ok(a) = self.command(session, Command::Cough(true), now) {
+                actions.extend(a);
+            }
+        }
+        actions
     }
 
     /// Engineer: takes a console off air.
