@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(cmake pkg-config libasound2-dev openssl espeak-ng sox ffmpeg opus-tools chromium tmux
+packages=(cmake pkg-config libasound2-dev openssl espeak-ng sox ffmpeg opus-tools chromium tmux nats-server
           pulseaudio pulseaudio-utils libasound2-plugins)
 missing=()
 for p in "${packages[@]}"; do

@@ -159,6 +159,10 @@ pub enum ToLeader {
         node: String,
         consoles: Vec<ConsoleSync>,
         floors: Vec<(Session, usize)>,
+        /// The node's next sequence number per channel: after deciding alone for a while
+        /// its listeners have heard numbers the decider has not used yet.
+        #[serde(default)]
+        seqs: Vec<u32>,
     },
 }
 
@@ -166,13 +170,19 @@ pub enum ToLeader {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 enum ToNode {
-    Message { session: Session, msg: ServerMessage },
+    Message {
+        session: Session,
+        msg: ServerMessage,
+    },
     Console {
         session: Session,
         state: ConsoleState,
         input: u16,
     },
-    Close { session: Session, msg: ServerMessage },
+    Close {
+        session: Session,
+        msg: ServerMessage,
+    },
 }
 
 /// The decider's announcement.
@@ -189,6 +199,9 @@ pub struct Announce {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeState {
     pub node: String,
+    /// Its session prefix: the decider forgets the senders of a node it no longer hears.
+    #[serde(default)]
+    pub prefix: u16,
     pub url: String,
     pub deciding: bool,
     pub isolated: bool,
@@ -237,6 +250,9 @@ pub struct Link {
     /// The decider's epoch as last seen, and its announced sequences with when they came.
     decider: Mutex<Option<(u64, String)>>,
     known_seqs: Mutex<Vec<(u32, Instant)>>,
+    /// Decider: the other nodes' senders it knows, and when each node (by session prefix) was
+    /// last heard from. Bounded by the senders an event can have and the nodes of a cluster.
+    remote: Mutex<(HashMap<Session, ()>, HashMap<u16, Instant>)>,
     pub counters: Counters,
 }
 
@@ -509,6 +525,42 @@ impl Link {
         }
     }
 
+    /// The node with session prefix `prefix` was heard from now.
+    fn heard(&self, prefix: u16) {
+        let mut r = self.remote.lock().expect("remote lock poisoned");
+        if r.1.len() < 1024 || r.1.contains_key(&prefix) {
+            r.1.insert(prefix, Instant::now());
+        }
+    }
+
+    /// Decider: a sender of another node is known.
+    fn remote_sender(&self, session: Session) {
+        self.heard((session >> SESSION_BITS) as u16);
+        let mut r = self.remote.lock().expect("remote lock poisoned");
+        if r.0.len() < 65_536 {
+            r.0.insert(session, ());
+        }
+    }
+
+    /// Decider: the senders of nodes not heard from within [`NODE_STALE`] (their node died
+    /// without saying goodbye), forgotten here.
+    fn orphans(&self) -> Vec<Session> {
+        let mut r = self.remote.lock().expect("remote lock poisoned");
+        let (senders, seen) = &mut *r;
+        let gone: Vec<Session> = senders
+            .keys()
+            .copied()
+            .filter(|s| {
+                seen.get(&((s >> SESSION_BITS) as u16))
+                    .is_none_or(|t| t.elapsed() > NODE_STALE)
+            })
+            .collect();
+        for s in &gone {
+            senders.remove(s);
+        }
+        gone
+    }
+
     fn sync_report(&self, epoch: u64) -> ToLeader {
         let locals = self.locals.lock().expect("locals lock poisoned");
         let mut consoles = Vec::new();
@@ -539,6 +591,7 @@ impl Link {
             node: self.node.clone(),
             consoles,
             floors,
+            seqs: Vec::new(),
         }
     }
 }
@@ -794,6 +847,7 @@ pub async fn join(relay: Arc<Relay>, options: Options) -> Result<Arc<Link>, Erro
         nodes: Mutex::new(BTreeMap::new()),
         decider: Mutex::new(None),
         known_seqs: Mutex::new(vec![(0, Instant::now()); event.channels.len()]),
+        remote: Mutex::new((HashMap::new(), HashMap::new())),
         counters: Counters::default(),
     });
     relay.set_cluster(link.clone(), ((prefix as u64) << SESSION_BITS) | 1);
@@ -802,15 +856,16 @@ pub async fn join(relay: Arc<Relay>, options: Options) -> Result<Arc<Link>, Erro
     tokio::spawn(node_inbox(client.clone(), relay.clone(), prefix));
     tokio::spawn(state_inbox(client.clone(), relay.clone(), link.clone()));
     tokio::spawn(interest(client.clone(), relay.clone(), link.clone()));
+    drop((event_kv, nodes_kv));
     tokio::spawn(heartbeat(
+        client.clone(),
         relay.clone(),
         link.clone(),
-        event_kv,
-        nodes_kv,
         mine_json,
         prefix,
     ));
-    tokio::spawn(lease(client, relay, link.clone(), lease_kv));
+    drop(lease_kv);
+    tokio::spawn(lease(client, relay, link.clone()));
     tracing::info!(node = %options.node, nats = %servers, prefix, "joined the cluster");
     Ok(link)
 }
@@ -876,10 +931,8 @@ async fn state_inbox(client: async_nats::Client, relay: Arc<Relay>, link: Arc<Li
         tracing::error!("cannot subscribe to the cluster's state");
         return;
     };
-    let mut all = futures_util::stream::select(
-        futures_util::stream::select(channels, decider),
-        nodes,
-    );
+    let mut all =
+        futures_util::stream::select(futures_util::stream::select(channels, decider), nodes);
     while let Some(m) = all.next().await {
         match m.subject.as_str() {
             CHANNELS => {
@@ -909,13 +962,18 @@ async fn state_inbox(client: async_nats::Client, relay: Arc<Relay>, link: Arc<Li
                 };
                 if new {
                     tracing::info!(decider = %a.node, epoch = a.epoch, "the cluster's decider");
-                    link.to_leader(&link.sync_report(a.epoch));
+                    let mut sync = link.sync_report(a.epoch);
+                    if let ToLeader::Sync { seqs, .. } = &mut sync {
+                        *seqs = relay.next_sequences();
+                    }
+                    link.to_leader(&sync);
                 }
             }
             _ => {
                 let Ok(s) = serde_json::from_slice::<NodeState>(&m.payload) else {
                     continue;
                 };
+                link.heard(s.prefix);
                 let mut nodes = link.nodes.lock().expect("nodes lock poisoned");
                 // Bounded: names of nodes not heard from for a while are forgotten.
                 nodes.retain(|_, (at, _)| at.elapsed() < NODE_STALE * 10);
@@ -976,7 +1034,9 @@ async fn channel_frames(
         if link.leading() {
             continue;
         }
-        link.counters.received_frames.fetch_add(1, Ordering::Relaxed);
+        link.counters
+            .received_frames
+            .fetch_add(1, Ordering::Relaxed);
         relay.inject_frame(channel, m.payload);
     }
 }
@@ -984,13 +1044,13 @@ async fn channel_frames(
 /// Once a second: this node's state to the others, and the event fingerprint and session
 /// prefix kept alive in NATS.
 async fn heartbeat(
+    client: async_nats::Client,
     relay: Arc<Relay>,
     link: Arc<Link>,
-    event_kv: kv::Store,
-    nodes_kv: kv::Store,
     fingerprint: Bytes,
     prefix: u16,
 ) {
+    let js = async_nats::jetstream::new(client);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n = 0u64;
@@ -999,6 +1059,7 @@ async fn heartbeat(
         n += 1;
         let state = NodeState {
             node: link.node.clone(),
+            prefix: link.prefix,
             url: link.url.clone(),
             deciding: link.leading(),
             isolated: link.isolated(),
@@ -1009,11 +1070,16 @@ async fn heartbeat(
             Bytes::from(serde_json::to_vec(&state).expect("serializable")),
         );
         if n.is_multiple_of(5) && !link.isolated() {
+            // Made again if NATS came back without them (memory storage).
             let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                let _ = event_kv.put("fingerprint", fingerprint.clone()).await;
-                let _ = nodes_kv
-                    .put(format!("prefix-{prefix}"), Bytes::from(link.node.clone()))
-                    .await;
+                if let Ok(kv) = bucket(&js, "boothcast-event", REGISTRY_TTL).await {
+                    let _ = kv.put("fingerprint", fingerprint.clone()).await;
+                }
+                if let Ok(kv) = bucket(&js, "boothcast-nodes", REGISTRY_TTL).await {
+                    let _ = kv
+                        .put(format!("prefix-{prefix}"), Bytes::from(link.node.clone()))
+                        .await;
+                }
             })
             .await;
         }
@@ -1022,11 +1088,14 @@ async fn heartbeat(
 
 /// The lease: taken when free, renewed while held, given up when it cannot be renewed.
 /// While held, this node consumes `boothcast.lead` and announces itself.
-async fn lease(client: async_nats::Client, relay: Arc<Relay>, link: Arc<Link>, kv: kv::Store) {
+async fn lease(client: async_nats::Client, relay: Arc<Relay>, link: Arc<Link>) {
+    let mut js = async_nats::jetstream::new(client.clone());
+    js.set_timeout(RENEW_EVERY);
+    let mut kv: Option<kv::Store> = None;
+    let mut last_bucket_try: Option<Instant> = None;
     let me = Bytes::from(link.node.clone());
     let mut held: Option<(u64, u64, Instant)> = None; // (revision, epoch, until)
     let mut lead_task: Option<tokio::task::JoinHandle<()>> = None;
-    let mut down_since: Option<Instant> = None;
     let mut channels = relay.channels_watch();
     let mut last_channels = Instant::now();
     let mut tick = tokio::time::interval(RENEW_EVERY);
@@ -1038,18 +1107,32 @@ async fn lease(client: async_nats::Client, relay: Arc<Relay>, link: Arc<Link>, k
             async_nats::connection::State::Connected
         );
         link.connected.store(up, Ordering::Relaxed);
-        down_since = if up {
-            None
-        } else {
-            down_since.or(Some(Instant::now()))
-        };
+        // The bucket is made again when NATS came back without it (memory storage).
+        if up
+            && kv.is_none()
+            && last_bucket_try.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            last_bucket_try = Some(Instant::now());
+            kv = bucket(&js, "boothcast-lease", LEASE_TTL).await.ok();
+        }
         let sent = Instant::now();
         if let Some((rev, epoch, until)) = held {
-            let r = tokio::time::timeout(RENEW_EVERY, kv.update("decider", me.clone(), rev)).await;
+            let r = match &kv {
+                Some(kv) => {
+                    tokio::time::timeout(RENEW_EVERY, kv.update("decider", me.clone(), rev))
+                        .await
+                        .map_err(|_| ())
+                }
+                None => Err(()),
+            };
             match r {
                 Ok(Ok(new)) => held = Some((new, epoch, sent + LEASE_TTL - LEASE_MARGIN)),
                 Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                     held = None;
+                }
+                Ok(Err(_)) if Instant::now() >= until => {
+                    held = None;
+                    kv = None;
                 }
                 _ if Instant::now() >= until => held = None,
                 _ => {}
@@ -1062,8 +1145,8 @@ async fn lease(client: async_nats::Client, relay: Arc<Relay>, link: Arc<Link>, k
                 link.leading.store(false, Ordering::Release);
                 link.interest_changed();
             }
-        } else if up {
-            match tokio::time::timeout(RENEW_EVERY, kv.create("decider", me.clone())).await {
+        } else if let (true, Some(store)) = (up, &kv) {
+            match tokio::time::timeout(RENEW_EVERY, store.create("decider", me.clone())).await {
                 Ok(Ok(rev)) => {
                     if link.isolated.swap(false, Ordering::AcqRel) {
                         tracing::info!(node = %link.node, "NATS is back");
@@ -1076,6 +1159,10 @@ async fn lease(client: async_nats::Client, relay: Arc<Relay>, link: Arc<Link>, k
                         link.clone(),
                         rev,
                     )));
+                }
+                Ok(Err(e)) if e.kind() != kv::CreateErrorKind::AlreadyExists => {
+                    // Not "taken": the bucket may be gone (NATS restarted).
+                    kv = None;
                 }
                 _ => {
                     if link.isolated.swap(false, Ordering::AcqRel) {
@@ -1092,11 +1179,9 @@ async fn lease(client: async_nats::Client, relay: Arc<Relay>, link: Arc<Link>, k
                 }
             }
         }
-        // Cut off for longer than a lease: decide alone for this node's clients.
-        if held.is_none()
-            && down_since.is_some_and(|t| t.elapsed() >= LEASE_TTL)
-            && !link.isolated.load(Ordering::Acquire)
-        {
+        // Cut off, and not (or no longer) holding the lease: decide alone for this node's
+        // clients at once, so a booth and listeners on this node keep hearing each other.
+        if held.is_none() && !up && !link.isolated.load(Ordering::Acquire) {
             link.isolated.store(true, Ordering::Release);
             tracing::warn!(node = %link.node, "NATS unreachable: serving this node's own booths and listeners alone");
             relay.log(
@@ -1109,6 +1194,9 @@ async fn lease(client: async_nats::Client, relay: Arc<Relay>, link: Arc<Link>, k
             take_over(&relay, &link, 0);
         }
         if let Some((_, epoch, _)) = held {
+            for s in link.orphans() {
+                relay.unregister_because(s, Some("its relay node is gone"));
+            }
             let announce = Announce {
                 node: link.node.clone(),
                 epoch,
@@ -1201,6 +1289,7 @@ fn handle(relay: &Arc<Relay>, link: &Arc<Link>, epoch: u64, msg: ToLeader) {
             if booth >= relay.event().booths.len() {
                 return;
             }
+            link.remote_sender(session);
             relay.sender_connected(
                 session,
                 &format!("{}/{name}", relay.event().booths[booth].id),
@@ -1211,6 +1300,7 @@ fn handle(relay: &Arc<Relay>, link: &Arc<Link>, epoch: u64, msg: ToLeader) {
         }
         ToLeader::Floor { session, room } => {
             if room < relay.event().rooms.len() {
+                link.remote_sender(session);
                 relay.sender_connected(session, "floor");
                 relay.floor_connect(session, room);
             }
@@ -1241,6 +1331,11 @@ fn handle(relay: &Arc<Relay>, link: &Arc<Link>, epoch: u64, msg: ToLeader) {
             let _ = relay.force_mute(&booth, &console);
         }
         ToLeader::Gone { session, reason } => {
+            link.remote
+                .lock()
+                .expect("remote lock poisoned")
+                .0
+                .remove(&session);
             relay.unregister_because(session, reason.as_deref());
         }
         ToLeader::Sync {
@@ -1248,9 +1343,20 @@ fn handle(relay: &Arc<Relay>, link: &Arc<Link>, epoch: u64, msg: ToLeader) {
             node,
             consoles,
             floors,
+            seqs,
         } => {
             if e != epoch || node == link.node {
                 return;
+            }
+            for (i, s) in seqs.iter().enumerate().take(relay.event().channels.len()) {
+                relay.advance_sequence(i as u16, *s);
+            }
+            for s in consoles
+                .iter()
+                .map(|c| c.session)
+                .chain(floors.iter().map(|f| f.0))
+            {
+                link.remote_sender(s);
             }
             for c in &consoles {
                 if c.booth < relay.event().booths.len() {

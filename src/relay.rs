@@ -698,8 +698,7 @@ impl Relay {
             }
             let mut actions = vec![Action::ChannelsChanged];
             for c in consoles {
-                if rules.console_state(c.session).is_some() || c.booth >= self.event.booths.len()
-                {
+                if rules.console_state(c.session).is_some() || c.booth >= self.event.booths.len() {
                     continue;
                 }
                 actions.extend(rules.restore_console(

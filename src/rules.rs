@@ -1118,3 +1118,58 @@ languages = ["ar"]
         t.rules.console_connect(98, 1, "0", t.t0).unwrap();
     }
 }
+
+#[cfg(test)]
+mod restore_tests {
+    use super::*;
+    use crate::config::Event;
+
+    const EVENT: &str = r#"
+[event]
+name = "test"
+[[rooms]]
+id = "p"
+[[rooms.channels]]
+lang = "en"
+name = "English"
+native = "English"
+[[rooms.channels]]
+lang = "ru"
+name = "Russian"
+native = "Русский"
+takeover = true
+[[rooms.booths]]
+id = "en"
+languages = ["en"]
+[[rooms.booths]]
+id = "ru"
+languages = ["ru"]
+[[rooms.booths]]
+id = "ru2"
+languages = ["ru"]
+"#;
+    // Channels: 0 floor, 1 en, 2 ru. Booths: 0 en, 1 ru, 2 ru2.
+
+    #[test]
+    fn a_restored_console_is_live_as_it_was_and_a_second_claim_comes_back_muted() {
+        let event = Arc::new(Event::parse(EVENT, "t", &|_| None).unwrap());
+        let now = Instant::now();
+        let mut rules = Rules::new(event, now);
+        let a = rules.restore_console(1, 1, "1", (Some(2), 1, true), now);
+        assert!(a.contains(&Action::ConsoleChanged(1)));
+        let s = rules.console_state(1).unwrap();
+        assert_eq!(s.live.as_deref(), Some("p/ru"));
+        assert_eq!(s.input, "p/en");
+        assert!(s.cough);
+        // A second claim on the channel (even a take-over channel) never takes it.
+        let b = rules.restore_console(2, 2, "1", (Some(2), 0, false), now);
+        assert!(b
+            .iter()
+            .any(|a| matches!(a, Action::Notify(2, r) if r.code == ErrorCode::ChannelTaken)));
+        assert_eq!(rules.console_state(2).unwrap().live, None);
+        assert_eq!(
+            rules.console_state(1).unwrap().live.as_deref(),
+            Some("p/ru")
+        );
+    }
+}
