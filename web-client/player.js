@@ -1,6 +1,7 @@
 // Plays boothcast audio frames (docs/PROTOCOL.md section 6) in the browser.
 //
-// Main path: WebCodecs AudioDecoder → AudioWorklet (playout.js in worklet.js) → volume → out.
+// Main path: WebCodecs AudioDecoder → AudioWorklet (playout.js in worklet.js) → volume → out;
+// a WebCodecs decoder that keeps failing is replaced by the WASM one.
 // Fallback path (no secure context, or `fallback: true`): opus-decoder (WASM) → the same playout
 // on the page's thread behind a ScriptProcessorNode → volume → out.
 // The player knows nothing of WebSockets: the page hands it each binary message as received.
@@ -10,9 +11,26 @@ import { Playout, SAMPLE_RATE } from './playout.js';
 export const HEADER_LEN = 28;
 const WASM_DECODER = new URL('./node_modules/opus-decoder/dist/opus-decoder.min.js', import.meta.url);
 const WEBCODECS_CONFIG = { codec: 'opus', sampleRate: SAMPLE_RATE, numberOfChannels: 1 };
-// 512 samples (10.7 ms) per ScriptProcessor callback: smaller ones miss their turn whenever the
-// page's thread is busy; larger ones add their length to the delay.
-const SCRIPT_BUFFER = 512;
+// 1024 samples (21 ms) per ScriptProcessor callback. The browser double-buffers them: a
+// callback the page's thread runs more than one buffer late is a gap or a repeated buffer at
+// the output. At 512 a busy machine's page missed its turn a few times a second (Chromium);
+// longer buffers add their length to the delay.
+const SCRIPT_BUFFER = 1024;
+// The ScriptProcessor's count of samples written follows the context's clock when the two are
+// further apart than this (two buffers): more than any wobble of playbackTime seen, less than
+// what a dropped callback or two makes.
+const RESYNC = 2 * SCRIPT_BUFFER;
+// The mapping from the count to the context's time follows playbackTime's wobble this slowly
+// (about 64 callbacks, 0.7 s).
+const SMOOTH = 1 / 64;
+// getOutputTimestamp() is believed when the latency it implies (rendering to hearing) is at
+// least the context's own baseLatency + outputLatency less this, and at most the second limit.
+const LATENCY_SLACK_MS = 5;
+const MAX_OUTPUT_LATENCY_MS = 1000;
+// The output stage's latency where the browser does not report it (WebKit: outputLatency 0):
+// WebKitGTK through PulseAudio measured 50-60 ms beyond its baseLatency, an iPhone's speaker
+// 10-30 ms; 40 ms is within 30 ms of both.
+const ASSUMED_OUTPUT_MS = 40;
 // Delay figures kept for stats() and the benchmarks: the last 10 s of 20 ms frames.
 const KEEP_DELAYS = 500;
 
@@ -42,14 +60,19 @@ export async function createPlayer({ fallback = false, delayMs = 0 } = {}) {
     const useWebCodecs = !fallback && (await webCodecsOpus());
     const sink = useWorklet ? await workletSink(context, delayMs) : scriptSink(context, delayMs);
     sink.node.connect(volume);
-    const decoder = useWebCodecs ? webCodecsDecoder(sink.frame) : await wasmDecoder(sink.frame);
-    return new Player({
+    let player = null;
+    // A WebCodecs decoder that says yes and then fails every decode (some Safari versions) is
+    // replaced by the WASM one.
+    const onFailing = () => player && player.useWasm();
+    const decoder = useWebCodecs ? webCodecsDecoder(sink.frame, onFailing) : await wasmDecoder(sink.frame);
+    player = new Player({
       context,
       volume,
       sink,
       decoder,
       path: useWorklet && useWebCodecs ? 'webcodecs' : 'fallback',
     });
+    return player;
   } catch (e) {
     context.close();
     throw e;
@@ -65,15 +88,21 @@ class Player {
     this.outputKind = sink.kind;
     this.sink = sink;
     this.decoder = decoder;
+    this.switching = null; // the WASM decoder being loaded to replace a failing one
+    this.failovers = 0;
+    this.errorsBefore = 0; // decode errors of the decoder replaced
     this.local = []; // ms from a frame's arrival at the page to its sound at the output
     this.relay = []; // ms from the relay's stamp to the sound (meaningful with synced clocks)
+    this.latencies = []; // ms from rendering a sample to hearing it, last estimates
+    this.latencyMs = null;
+    this.clockSource = null; // 'timestamp' (getOutputTimestamp) or 'context' (its latency figures)
     this.last = { underruns: 0, concealed: 0, lost: 0, skipped: 0, late: 0, marginMs: 0, bufferedMs: 0 };
     sink.onReport = (r) => this.onReport(r);
   }
 
   push(buffer) {
     const h = parseHeader(buffer);
-    if (!h) return;
+    if (!h || this.switching) return;
     this.decoder.decode(
       { seq: h.seq, channel: h.channel, relayUs: h.relayUs, arrivalMs: performance.now() },
       new Uint8Array(buffer, HEADER_LEN),
@@ -83,6 +112,26 @@ class Player {
   reset() {
     this.decoder.reset();
     this.sink.reset();
+  }
+
+  // Moves from the WebCodecs decoder to the WASM one (once); frames that come meanwhile are
+  // dropped, and the playout starts again at live with the first frame decoded.
+  useWasm() {
+    if (this.switching || this.decoderKind === 'wasm') return;
+    this.switching = wasmDecoder(this.sink.frame)
+      .then((d) => {
+        this.errorsBefore += this.decoder.errors;
+        this.decoder.close();
+        this.decoder = d;
+        this.decoderKind = 'wasm';
+        this.path = 'worklet-wasm';
+        this.failovers++;
+        this.sink.reset();
+      })
+      .catch(() => {})
+      .finally(() => {
+        this.switching = null;
+      });
   }
 
   setVolume(v) {
@@ -101,7 +150,7 @@ class Player {
     if (!played.length) return;
     const toPerf = this.outputClock();
     for (const [relayUs, arrivalMs, frame] of played) {
-      const audible = toPerf(frame / SAMPLE_RATE);
+      const audible = toPerf(this.sink.contextTime(frame));
       this.local.push(audible - arrivalMs);
       this.relay.push(performance.timeOrigin + audible - relayUs / 1000);
     }
@@ -109,16 +158,38 @@ class Player {
     if (this.relay.length > KEEP_DELAYS) this.relay.splice(0, this.relay.length - KEEP_DELAYS);
   }
 
-  // Maps a time on the audio context's clock to when it is heard, on the performance.now() clock.
+  // Maps a time on the audio context's clock to when it is heard, on the performance.now() clock:
+  // the sample rendered now (currentTime) is heard `latency` ms later. The browser's own
+  // getOutputTimestamp() says so directly, but it is trusted only when it is plausible:
+  // WebKit's performanceTime is performance.now() plus the context's time (the latency it
+  // implies grows without end) and its outputLatency is 0; Firefox's timestamp leaves out the
+  // output stage (it implies 0 ms, less than its own outputLatency). Otherwise the context's
+  // baseLatency + outputLatency stand in, or, where the output stage is not reported,
+  // baseLatency + ASSUMED_OUTPUT_MS. The median of the last estimates is used: currentTime
+  // moves in steps of the render quantum.
   outputClock() {
-    const ts = this.context.getOutputTimestamp ? this.context.getOutputTimestamp() : null;
-    if (ts && ts.performanceTime > 0) {
-      return (t) => ts.performanceTime + (t - ts.contextTime) * 1000;
-    }
     const now = performance.now();
-    const ctx = this.context.currentTime;
-    const out = (this.context.outputLatency || 0) + (this.context.baseLatency || 0);
-    return (t) => now + (t - ctx + out) * 1000;
+    const ct = this.context.currentTime;
+    const output = 1000 * (this.context.outputLatency || 0);
+    const reported = output + 1000 * (this.context.baseLatency || 0);
+    // No browser's output stage takes no time: an outputLatency of 0 (WebKit) or none at all
+    // means "unknown", and a typical figure stands in.
+    let latency = output > 0 ? reported : reported + ASSUMED_OUTPUT_MS;
+    let source = output > 0 ? 'context' : 'assumed';
+    const ts = this.context.getOutputTimestamp ? this.context.getOutputTimestamp() : null;
+    if (ts && Number.isFinite(ts.performanceTime) && ts.performanceTime > 0 && Number.isFinite(ts.contextTime)) {
+      const implied = ts.performanceTime - now + (ct - ts.contextTime) * 1000;
+      if (implied >= reported - LATENCY_SLACK_MS && implied <= MAX_OUTPUT_LATENCY_MS) {
+        latency = implied;
+        source = 'timestamp';
+      }
+    }
+    this.latencies.push(latency);
+    if (this.latencies.length > 21) this.latencies.shift();
+    this.clockSource = source;
+    const l = median(this.latencies);
+    this.latencyMs = l;
+    return (t) => now + (t - ct) * 1000 + l;
   }
 
   // The figures of the last second (50 frames of 20 ms) and the counters since the start.
@@ -134,7 +205,10 @@ class Player {
       marginMs: this.last.marginMs,
       bufferedMs: this.last.bufferedMs,
       outputLatencyMs: 1000 * ((this.context.outputLatency || 0) + (this.context.baseLatency || 0)),
-      decodeErrors: this.decoder.errors,
+      renderToEarMs: this.latencyMs,
+      clock: { source: this.clockSource, ...this.sink.clock() },
+      decodeErrors: this.errorsBefore + this.decoder.errors,
+      failovers: this.failovers,
       path: this.path,
       decoder: this.decoderKind,
       output: this.outputKind,
@@ -179,19 +253,26 @@ async function webCodecsOpus() {
 }
 
 // WebCodecs decodes asynchronously; outputs come back in order, each matched to its frame's
-// details by the timestamp given to the chunk.
-function webCodecsDecoder(onFrame) {
+// details by the timestamp given to the chunk. `onFailing` is called when FAILS_BEFORE_WASM
+// decoders in a row failed (an error, or stuck) before giving any sound.
+function webCodecsDecoder(onFrame, onFailing = () => {}) {
   const pending = [];
   let stamp = 0;
   let decoder = null;
   const self = { kind: 'webcodecs', errors: 0 };
+  let failures = 0; // since the last output
+  const failed = () => {
+    failures++;
+    if (failures >= FAILS_BEFORE_WASM) onFailing();
+  };
   const open = () => {
-    decoder = new AudioDecoder({
+    const d = new AudioDecoder({
       output: (data) => {
         // Output timestamps may be rounded by a microsecond: match the nearest stamp.
         while (pending.length && pending[0].stamp < data.timestamp - STAMP_STEP / 2) pending.shift();
         const near = pending.length && Math.abs(pending[0].stamp - data.timestamp) < STAMP_STEP / 2;
         const meta = near ? pending.shift() : null;
+        failures = 0;
         const samples = new Float32Array(data.numberOfFrames);
         data.copyTo(samples, { planeIndex: 0, format: 'f32-planar' });
         data.close();
@@ -200,22 +281,34 @@ function webCodecsDecoder(onFrame) {
       error: () => {
         // The decoder is closed after an error; the next frame opens a new one.
         self.errors++;
-        decoder = null;
+        if (decoder === d) decoder = null;
         pending.length = 0;
+        failed();
       },
     });
-    decoder.configure(WEBCODECS_CONFIG);
+    decoder = d;
+    d.configure(WEBCODECS_CONFIG);
   };
   self.decode = (frame, opus) => {
-    if (!decoder || decoder.state === 'closed') open();
     stamp += STAMP_STEP;
     pending.push({ stamp, frame });
     // More than a second waiting means the decoder is stuck; start it again rather than queue.
     if (pending.length > 50) {
       self.reset();
+      failed();
       return;
     }
-    decoder.decode(new EncodedAudioChunk({ type: 'key', timestamp: stamp, data: opus }));
+    try {
+      if (!decoder || decoder.state === 'closed') open();
+      decoder.decode(new EncodedAudioChunk({ type: 'key', timestamp: stamp, data: opus }));
+    } catch {
+      // A decoder that throws instead of calling back: the same as an error.
+      self.errors++;
+      pending.length = 0;
+      if (decoder && decoder.state !== 'closed') decoder.close();
+      decoder = null;
+      failed();
+    }
   };
   self.reset = () => {
     pending.length = 0;
@@ -232,6 +325,9 @@ function webCodecsDecoder(onFrame) {
 
 // Chunk timestamps only pair outputs with their frames; a 20 ms step keeps them plausible.
 const STAMP_STEP = 20000;
+// Decoders in a row that fail before any output before the WASM decoder takes over: one
+// failure may be a bad packet; three at 20 ms frames are 60 ms of nothing but errors.
+const FAILS_BEFORE_WASM = 3;
 
 let wasmLoading = null;
 function loadWasmDecoder() {
@@ -283,17 +379,51 @@ async function workletSink(context, delayMs) {
     frame: (f) => node.port.postMessage({ type: 'frame', ...f }, [f.samples.buffer]),
     reset: () => node.port.postMessage({ type: 'reset' }),
     setDelay: (ms) => node.port.postMessage({ type: 'delay', ms }),
+    // The worklet's output frames are the context's own (currentFrame).
+    contextTime: (frame) => frame / SAMPLE_RATE,
+    clock: () => null,
     close: () => node.disconnect(),
   };
   node.port.onmessage = (e) => sink.onReport(e.data);
   return sink;
 }
 
+// The ScriptProcessor's output is placed by counting the samples written, not at
+// round(playbackTime × 48000): Chromium and WebKit do not advance playbackTime by exactly one
+// buffer per callback (it wobbles by a few to a few dozen samples around the true position),
+// and following it skipped or repeated samples at buffer boundaries, a crackle at every
+// callback. The context's clock is followed only when it really moves away from the count
+// (callbacks were dropped while the page's thread was busy): then the count jumps forward to
+// it, one discontinuity where the output had a gap anyway. The average difference between the
+// two maps what was written to the context's time, for the delay figure.
 function scriptSink(context, delayMs) {
   const playout = new Playout({ delayMs });
   const node = context.createScriptProcessor(SCRIPT_BUFFER, 0, 1);
+  const clock = { pos: null, offset: 0, resyncs: 0, wobble: 0 };
   node.onaudioprocess = (e) => {
-    playout.pull(e.outputBuffer.getChannelData(0), Math.round(e.playbackTime * SAMPLE_RATE));
+    const out = e.outputBuffer.getChannelData(0);
+    const at = e.playbackTime * SAMPLE_RATE;
+    if (clock.pos === null) {
+      clock.pos = Math.round(at);
+      clock.offset = 0;
+    } else {
+      const err = at - (clock.pos + clock.offset);
+      clock.wobble = Math.max(Math.abs(err), clock.wobble * 0.999);
+      if (err > RESYNC) {
+        // Callbacks were dropped: the output moved on without us. Catch up with it.
+        clock.pos += Math.round(err);
+        clock.resyncs++;
+      } else if (err < -RESYNC) {
+        // The context's clock is behind the count (it was suspended, or restarted): the
+        // mapping follows it; the sound stays continuous.
+        clock.offset += err;
+        clock.resyncs++;
+      } else {
+        clock.offset += err * SMOOTH;
+      }
+    }
+    playout.pull(out, clock.pos);
+    clock.pos += out.length;
   };
   const sink = {
     kind: 'scriptprocessor',
@@ -302,6 +432,9 @@ function scriptSink(context, delayMs) {
     frame: (f) => playout.push(f),
     reset: () => playout.reset(),
     setDelay: (ms) => playout.setDelay(ms),
+    // Context time in seconds of the playout's output frame `frame`.
+    contextTime: (frame) => (frame + clock.offset) / SAMPLE_RATE,
+    clock: () => ({ resyncs: clock.resyncs, wobbleSamples: Math.round(clock.wobble) }),
     close: () => {
       clearInterval(timer);
       node.disconnect();

@@ -10,6 +10,7 @@
 //! Figures about the relay process (CPU time, resident memory) are read from `/proc`.
 
 pub mod icecast;
+pub mod soak;
 
 use crate::protocol::{FrameHeader, Source, CHANNEL_UNSET};
 use crate::relay::unix_micros;
