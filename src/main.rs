@@ -243,6 +243,9 @@ enum Cmd {
         /// One listener in this many measures every frame's delay; the rest read every 100 ms.
         #[arg(long, default_value_t = 50)]
         probe_every: usize,
+        /// Listeners ask for the relaxed delivery class (frames written every 100 ms).
+        #[arg(long)]
+        relaxed: bool,
     },
 }
 
@@ -580,9 +583,11 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             relay_pid,
             idle_steps,
             probe_every,
+            relaxed,
         } => {
             let report = boothcast::bench::run(boothcast::bench::Options {
                 probe_every,
+                relaxed,
                 addr,
                 channels,
                 listeners,
