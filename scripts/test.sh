@@ -32,3 +32,4 @@ bash scripts/pulse.sh
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo nextest run --locked --no-fail-fast "$@"
+bash scripts/fuzz.sh 20
