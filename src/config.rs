@@ -277,7 +277,11 @@ fn field_of_toml_error(e: &toml::de::Error, text: &str) -> String {
     let msg = e.message();
     if let Some(start) = msg.find('`') {
         if let Some(len) = msg[start + 1..].find('`') {
-            return msg[start + 1..start + 1 + len].to_string();
+            return match &msg[start + 1..start + 1 + len] {
+                // The empty key (`'' = 1`), spelled as in TOML rather than left blank.
+                "" => "\"\"".to_string(),
+                field => field.to_string(),
+            };
         }
     }
     let line = e

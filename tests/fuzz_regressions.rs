@@ -7,7 +7,7 @@
 mod checks;
 
 use boothcast::config::Event;
-use boothcast::protocol::FrameError;
+use boothcast::protocol::{FrameError, SenderHealth, ServerMessage};
 use boothcast::relay;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -120,4 +120,39 @@ fn a_control_character_in_the_event_file_is_named() {
             "{name}"
         );
     }
+}
+
+/// An unknown empty key was refused with no field: "fuzz.toml:1: : unknown field ``".
+#[test]
+fn an_unknown_empty_key_is_named() {
+    let text = String::from_utf8(regression("event", "empty-key.toml")).unwrap();
+    let err = Event::parse(&text, "event.toml", &|_| None)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "event.toml:1: \"\": unknown field ``, expected one of `event`, `secrets`, `rooms`"
+    );
+}
+
+/// A client read `jitter_ms` 4.444444444444444e44 from the relay's JSON as the next float up:
+/// serde_json parses floats exactly only with its `float_roundtrip` feature.
+#[test]
+fn figures_read_back_exactly() {
+    let text = String::from_utf8(regression("server_message", "long-decimal-jitter")).unwrap();
+    let m = ServerMessage::parse(&text).unwrap();
+    assert_eq!(ServerMessage::parse(&m.to_json()).unwrap(), m);
+    let sent = ServerMessage::Health {
+        senders: vec![SenderHealth {
+            who: "en/1".into(),
+            rtt_ms: Some(0.1 + 0.2),
+            jitter_ms: 4.444444444444444e44,
+            frames: 1,
+            lost: 0,
+            reconnects: 0,
+            overruns: 0,
+            silent_ms: None,
+        }],
+    };
+    assert_eq!(ServerMessage::parse(&sent.to_json()).unwrap(), sent);
 }
