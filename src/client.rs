@@ -45,9 +45,17 @@ pub const PING_EVERY: Duration = Duration::from_secs(1);
 /// so the relay has let go of a dead console (and started its channel's hold) by the time the
 /// console comes back.
 pub const DEAD_PATH: Duration = Duration::from_secs(4);
-/// Reconnection back-off: doubles from the first to the last.
+/// Reconnection back-off: doubles from the first to the last, each wait drawn at random
+/// within ±50 % of it ([`Retry`]).
 pub const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// The first attempt after a connection was lost comes within this long, at a random moment:
+/// when a relay dies, the thousands of listeners it had arrive at the survivors spread over it
+/// instead of all in the same millisecond.
+pub const FIRST_RETRY_SPREAD: Duration = Duration::from_millis(300);
+/// Most relay addresses a client keeps: those given, then those the relays told it in
+/// `welcome` (a cluster has a handful of nodes).
+pub const MAX_RELAYS: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -102,7 +110,10 @@ pub fn ws_url(server: &str) -> Result<String, Error> {
         "wss" | "https" => "wss",
         _ => return Err(Error::Url(server.to_string())),
     };
+    // A base address (`/` or a path ending in `/`, as a relay behind a proxy tells its own)
+    // gets `ws` added; any other path is the WebSocket's own.
     let (host, path) = match rest.split_once('/') {
+        Some((h, p)) if p.ends_with('/') => (h, format!("/{p}ws")),
         Some((h, p)) if !p.is_empty() => (h, format!("/{p}")),
         Some((h, _)) => (h, "/ws".to_string()),
         None => (rest, "/ws".to_string()),
@@ -111,6 +122,107 @@ pub fn ws_url(server: &str) -> Result<String, Error> {
         return Err(Error::Url(server.to_string()));
     }
     Ok(format!("{scheme}://{host}{path}"))
+}
+
+/// The relays a client may connect to, tried in turn: the addresses given (`--server`, once
+/// or more), then those the relays told it in `welcome` (`relays`, the live nodes of a
+/// cluster). A connection that fails or is lost moves the client on to the next one.
+#[derive(Debug, Clone)]
+pub struct Relays {
+    /// WebSocket addresses (`ws_url`), no two alike; at most [`MAX_RELAYS`].
+    urls: Vec<String>,
+    current: usize,
+}
+
+impl Relays {
+    /// The addresses given, as `ws://`, `http://`, `wss://` or `https://` URLs; at least one.
+    /// Errors with [`Error::Url`] for an address that is not a relay's (or none at all).
+    pub fn new<S: AsRef<str>>(servers: &[S]) -> Result<Relays, Error> {
+        let mut relays = Relays {
+            urls: Vec::new(),
+            current: 0,
+        };
+        for s in servers {
+            let url = ws_url(s.as_ref())?;
+            if !relays.urls.contains(&url) && relays.urls.len() < MAX_RELAYS {
+                relays.urls.push(url);
+            }
+        }
+        if relays.urls.is_empty() {
+            return Err(Error::Url(String::new()));
+        }
+        Ok(relays)
+    }
+
+    /// The WebSocket address to connect to now.
+    pub fn current(&self) -> &str {
+        &self.urls[self.current]
+    }
+
+    /// Moves on to the next address, round the list.
+    pub fn advance(&mut self) {
+        self.current = (self.current + 1) % self.urls.len();
+    }
+
+    /// Adds the addresses a relay told (`welcome`'s `relays`) that are not known yet, up to
+    /// [`MAX_RELAYS`] in all; addresses that are not a relay's are left out.
+    pub fn learn(&mut self, told: &[String]) {
+        for t in told {
+            if self.urls.len() >= MAX_RELAYS {
+                break;
+            }
+            match ws_url(t) {
+                Ok(url) if !self.urls.contains(&url) => self.urls.push(url),
+                _ => {}
+            }
+        }
+    }
+
+    /// How many addresses there are.
+    pub fn len(&self) -> usize {
+        self.urls.len()
+    }
+
+    /// Never true (there is at least one address); for clippy's sake.
+    pub fn is_empty(&self) -> bool {
+        self.urls.is_empty()
+    }
+}
+
+/// When to try again: the first attempt after a loss within [`FIRST_RETRY_SPREAD`] at random,
+/// then the back-off (doubling from [`BACKOFF_FIRST`] to [`BACKOFF_MAX`]) within ±50 % at
+/// random. A connection the relay welcomed starts it over (`reset`).
+#[derive(Debug, Clone)]
+pub struct Retry {
+    attempts: u32,
+    backoff: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Retry {
+        Retry {
+            attempts: 0,
+            backoff: BACKOFF_FIRST,
+        }
+    }
+}
+
+impl Retry {
+    /// The wait before the next attempt.
+    pub fn next(&mut self, rng: &mut impl rand::Rng) -> Duration {
+        self.attempts += 1;
+        if self.attempts == 1 {
+            return FIRST_RETRY_SPREAD.mul_f64(rng.random_range(0.0..1.0));
+        }
+        let wait = self.backoff.mul_f64(rng.random_range(0.5..1.5));
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        wait
+    }
+
+    /// A connection was welcomed: the next loss starts over.
+    pub fn reset(&mut self) {
+        *self = Retry::default();
+    }
 }
 
 /// What a booth session tells a user interface in front of it (`tui`), instead of JSON lines.
@@ -203,8 +315,13 @@ fn connect_error(url: &str, e: tokio_tungstenite::tungstenite::Error) -> Error {
     }
 }
 
-/// Connects and says hello; returns once the relay welcomed us, all within `CONNECT_TIMEOUT`.
-async fn open(url: &str, hello: &ClientMessage, front: &Front) -> Result<Link, Error> {
+/// Connects and says hello; returns once the relay welcomed us, all within `CONNECT_TIMEOUT`,
+/// with the relay addresses the welcome told (a cluster's live nodes; none from a relay alone).
+async fn open(
+    url: &str,
+    hello: &ClientMessage,
+    front: &Front,
+) -> Result<(Link, Vec<String>), Error> {
     let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
     let timed_out = || Error::Connect {
         url: url.to_string(),
@@ -236,7 +353,9 @@ async fn open(url: &str, hello: &ClientMessage, front: &Front) -> Result<Link, E
             Some(Ok(Message::Text(text))) => {
                 front.text(&text);
                 match ServerMessage::parse(&text) {
-                    Ok(ServerMessage::Welcome { .. }) => return Ok(Link::new(ws)),
+                    Ok(ServerMessage::Welcome { relays, .. }) => {
+                        return Ok((Link::new(ws), relays))
+                    }
                     Ok(ServerMessage::Error { code, message, .. }) => {
                         return Err(Error::Refused { code, message })
                     }
@@ -536,12 +655,12 @@ impl Sender {
     }
 }
 
-/// Runs a sender (floor or booth) until its file ends, reconnecting with back-off.
-/// `commands` are console command lines (booth only); `go_live` is sent once, on the first
-/// connection only: a reconnecting console never goes on air by itself.
+/// Runs a sender (floor or booth) until its file ends, reconnecting with back-off, to the next
+/// of `relays` each time. `commands` are console command lines (booth only); `go_live` is sent
+/// once, on the first connection only: a reconnecting console never goes on air by itself.
 #[allow(clippy::too_many_arguments)]
 async fn run_sender(
-    url: String,
+    mut relays: Relays,
     hello: ClientMessage,
     source: Source,
     opts: SenderOptions,
@@ -560,9 +679,10 @@ async fn run_sender(
         "input_device": sender.mic.device(),
         "output_device": player.as_ref().map(|p| p.name()),
     }));
-    let mut backoff = BACKOFF_FIRST;
+    let mut retry = Retry::default();
     loop {
         front.report(|| Report::Connecting);
+        let url = relays.current().to_string();
         let connect = async {
             tokio::select! {
                 ws = open(&url, &hello, &front) => ws,
@@ -570,8 +690,9 @@ async fn run_sender(
             }
         };
         let result = match connect.await {
-            Ok(mut link) => {
-                backoff = BACKOFF_FIRST;
+            Ok((mut link, told)) => {
+                relays.learn(&told);
+                retry.reset();
                 front.report(|| Report::Connected);
                 sender.mic.skip_to_now()?;
                 // Taken before it is sent: a connection lost right here does not send it again.
@@ -604,17 +725,27 @@ async fn run_sender(
             }
             Err(e) if e.is_final() => return Err(e),
             Err(e) => {
-                front.line(serde_json::json!({"type": "disconnected", "reason": e.to_string()}));
+                let wait = retry.next(&mut rand::rng());
+                relays.advance();
+                front.line(serde_json::json!({
+                    "type": "disconnected",
+                    "reason": e.to_string(),
+                    "retry_in_ms": wait.as_millis() as u64,
+                    "next": relays.current(),
+                }));
                 front.report(|| Report::Disconnected {
                     reason: e.to_string(),
-                    retry_in: backoff,
+                    retry_in: wait,
                 });
-                tracing::warn!("{e}; reconnecting in {} ms", backoff.as_millis());
+                tracing::warn!(
+                    next = relays.current(),
+                    "{e}; reconnecting in {} ms",
+                    wait.as_millis()
+                );
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     e = sender.mic.idle() => e?,
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
     }
@@ -804,14 +935,15 @@ pub fn parse_command(line: &str) -> Result<Command, String> {
 
 /// The floor feed: sends a file as the original sound of a room.
 pub struct FloorOptions {
-    pub server: String,
+    /// Relay addresses (at least one), tried in turn when a connection fails or is lost.
+    pub servers: Vec<String>,
     pub secret: String,
     pub room: Option<String>,
     pub sender: SenderOptions,
 }
 
 pub async fn floor(opts: FloorOptions) -> Result<(), Error> {
-    let url = ws_url(&opts.server)?;
+    let relays = Relays::new(&opts.servers)?;
     let hello = ClientMessage::Hello {
         role: Role::Floor,
         booth: None,
@@ -823,7 +955,7 @@ pub async fn floor(opts: FloorOptions) -> Result<(), Error> {
         delivery: None,
     };
     run_sender(
-        url,
+        relays,
         hello,
         Source::Floor,
         opts.sender,
@@ -837,7 +969,8 @@ pub async fn floor(opts: FloorOptions) -> Result<(), Error> {
 
 /// A booth console: sends a file as the interpreter's microphone and takes commands.
 pub struct BoothOptions {
-    pub server: String,
+    /// Relay addresses (at least one), tried in turn when a connection fails or is lost.
+    pub servers: Vec<String>,
     pub secret: String,
     pub booth: String,
     pub console: String,
@@ -855,7 +988,7 @@ pub struct BoothOptions {
 }
 
 pub async fn booth(opts: BoothOptions) -> Result<(), Error> {
-    let url = ws_url(&opts.server)?;
+    let relays = Relays::new(&opts.servers)?;
     let hello = ClientMessage::Hello {
         role: Role::Interpreter,
         booth: Some(opts.booth),
@@ -870,7 +1003,7 @@ pub async fn booth(opts: BoothOptions) -> Result<(), Error> {
         channel: opts.lang.clone(),
     });
     run_sender(
-        url,
+        relays,
         hello,
         Source::Interpreter,
         opts.sender,
@@ -884,7 +1017,8 @@ pub async fn booth(opts: BoothOptions) -> Result<(), Error> {
 
 /// A listener writing what it hears to a WAV file.
 pub struct ListenOptions {
-    pub server: String,
+    /// Relay addresses (at least one), tried in turn when a connection fails or is lost.
+    pub servers: Vec<String>,
     /// The event's access code, if it has one.
     pub secret: Option<String>,
     pub channel: String,
@@ -1204,7 +1338,7 @@ fn jitter_config(floor: Option<Duration>) -> crate::jitter::Config {
 
 /// Listens to a channel and writes what is heard, in real time, gaps kept.
 pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
-    let url = ws_url(&opts.server)?;
+    let mut relays = Relays::new(&opts.servers)?;
     let start = Instant::now();
     let summary = ListenSummary {
         start_us: unix_micros(),
@@ -1255,13 +1389,21 @@ pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
         client: Some("boothcast listen".into()),
         delivery: None,
     };
-    let mut backoff = BACKOFF_FIRST;
-    let mut first = true;
+    let mut retry = Retry::default();
+    // Until a relay first welcomes it, a listener gives up once every address refused to connect.
+    let mut welcomed = false;
+    let mut unreachable = 0;
     loop {
         let mut conn: Option<Link> = None;
+        let url = relays.current().to_string();
+        let mut told = Vec::new();
         let session = async {
-            let link = conn.insert(open(&url, &hello, &Front::default()).await?);
+            let (link, t) = open(&url, &hello, &Front::default()).await?;
+            told = t;
+            let link = conn.insert(link);
             let mut report = interval(STATS_EVERY);
+            // The first frame of each connection is told (`hearing`), with where it came from.
+            let mut hearing = false;
             loop {
                 let msg = tokio::select! {
                     msg = link.next() => msg?,
@@ -1271,7 +1413,14 @@ pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
                     }
                 };
                 match msg {
-                    Message::Binary(frame) => playout.frame(&frame, Instant::now())?,
+                    Message::Binary(frame) => {
+                        if !hearing {
+                            hearing = true;
+                            let seq = FrameHeader::parse(&frame).map(|h| h.sequence).ok();
+                            emit(serde_json::json!({"type": "hearing", "relay": url, "seq": seq}));
+                        }
+                        playout.frame(&frame, Instant::now())?
+                    }
                     Message::Text(text) => {
                         println!("{text}");
                         if let Ok(ServerMessage::Error {
@@ -1302,22 +1451,40 @@ pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
         };
         // A connection the relay welcomed starts the back-off over.
         if conn.is_some() {
-            backoff = BACKOFF_FIRST;
+            relays.learn(&told);
+            retry.reset();
+            welcomed = true;
+            unreachable = 0;
         }
         match result {
             Ok(()) => break,
-            Err(e) if e.is_final() || (first && matches!(e, Error::Connect { .. })) => {
+            Err(e) if e.is_final() => return Err(e),
+            Err(e @ Error::Connect { .. })
+                if !welcomed && {
+                    unreachable += 1;
+                    unreachable >= relays.len()
+                } =>
+            {
                 return Err(e)
             }
             Err(e) => {
-                emit(serde_json::json!({"type": "disconnected", "reason": e.to_string()}));
-                tracing::warn!("{e}; reconnecting in {} ms", backoff.as_millis());
+                let wait = retry.next(&mut rand::rng());
+                relays.advance();
+                emit(serde_json::json!({
+                    "type": "disconnected",
+                    "reason": e.to_string(),
+                    "retry_in_ms": wait.as_millis() as u64,
+                    "next": relays.current(),
+                }));
+                tracing::warn!(
+                    next = relays.current(),
+                    "{e}; reconnecting in {} ms",
+                    wait.as_millis()
+                );
                 playout.reconnected();
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                tokio::time::sleep(wait).await;
             }
         }
-        first = false;
         if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
             break;
         }
@@ -1343,8 +1510,62 @@ mod tests {
         assert_eq!(ws_url("ws://h:1/").unwrap(), "ws://h:1/ws");
         assert_eq!(ws_url("https://h").unwrap(), "wss://h/ws");
         assert_eq!(ws_url("wss://h:8443/ws").unwrap(), "wss://h:8443/ws");
+        assert_eq!(ws_url("https://h/hall/").unwrap(), "wss://h/hall/ws");
         assert!(ws_url("127.0.0.1:8080").is_err());
         assert!(ws_url("ftp://h").is_err());
+    }
+
+    #[test]
+    fn relays_round_robin_and_learn_from_welcome() {
+        assert!(Relays::new::<&str>(&[]).is_err());
+        assert!(Relays::new(&["ws://a:1", "b:2"]).is_err());
+        let mut r = Relays::new(&["ws://a:1", "http://a:1/", "ws://b:2"]).unwrap();
+        assert_eq!(r.len(), 2, "the same relay given twice is kept once");
+        assert_eq!(r.current(), "ws://a:1/ws");
+        r.advance();
+        assert_eq!(r.current(), "ws://b:2/ws");
+        r.learn(&[
+            "ws://b:2/".into(),
+            "ws://c:3/".into(),
+            "not an address".into(),
+        ]);
+        assert_eq!(r.len(), 3);
+        r.advance();
+        assert_eq!(r.current(), "ws://c:3/ws");
+        r.advance();
+        assert_eq!(r.current(), "ws://a:1/ws");
+        let many: Vec<String> = (0..100).map(|i| format!("ws://n{i}:1/")).collect();
+        r.learn(&many);
+        assert_eq!(r.len(), MAX_RELAYS);
+    }
+
+    #[test]
+    fn retries_are_spread_at_random() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let firsts: Vec<Duration> = (0..1000).map(|_| Retry::default().next(&mut rng)).collect();
+        assert!(firsts.iter().all(|d| *d < FIRST_RETRY_SPREAD));
+        // Spread over the whole window, not bunched: each tenth of it gets some.
+        for tenth in 0..10u32 {
+            let (lo, hi) = (
+                FIRST_RETRY_SPREAD * tenth / 10,
+                FIRST_RETRY_SPREAD * (tenth + 1) / 10,
+            );
+            assert!(firsts.iter().filter(|d| **d >= lo && **d < hi).count() > 50);
+        }
+        let mut retry = Retry::default();
+        retry.next(&mut rng);
+        let mut backoff = BACKOFF_FIRST;
+        for _ in 0..10 {
+            let wait = retry.next(&mut rng);
+            assert!(
+                wait >= backoff / 2 && wait <= backoff * 3 / 2,
+                "{wait:?} for {backoff:?}"
+            );
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        retry.reset();
+        assert!(retry.next(&mut rng) < FIRST_RETRY_SPREAD);
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub const RENEW_EVERY: Duration = Duration::from_millis(250);
 pub const LEASE_MARGIN: Duration = Duration::from_millis(300);
 /// A node not heard from for this long is left out of the audience and the node list.
 pub const NODE_STALE: Duration = Duration::from_secs(3);
+/// Most relay addresses a `welcome` lists (a cluster has a handful of nodes).
+pub const MAX_RELAYS: usize = 16;
 /// Messages waiting to be handed to the NATS client; past this they are dropped and counted
 /// (the relay never waits for NATS).
 pub const OUT_QUEUE: usize = 4096;
@@ -455,6 +457,21 @@ impl Link {
             .filter(|(n, (at, _))| **n != self.node && at.elapsed() <= NODE_STALE)
             .map(|(_, (_, s))| s.clone())
             .collect()
+    }
+
+    /// The public addresses of the live nodes (this one's first, then the others heard from
+    /// within [`NODE_STALE`] by name), as told in `welcome`: at most [`MAX_RELAYS`].
+    pub fn relays(&self) -> Vec<String> {
+        let mut out = vec![self.url.clone()];
+        for s in self.peers() {
+            if out.len() >= MAX_RELAYS {
+                break;
+            }
+            if !s.url.is_empty() && !out.contains(&s.url) {
+                out.push(s.url);
+            }
+        }
+        out
     }
 
     /// The cluster's metrics in the Prometheus text format.

@@ -108,8 +108,9 @@ enum Cmd {
     },
     /// Listen to a channel: play it on an output device, or write what is heard to a WAV file.
     Listen {
-        #[arg(long)]
-        server: String,
+        /// Relay address (ws://HOST:PORT, wss://…); once per relay of a cluster, tried in turn.
+        #[arg(long, required = true)]
+        server: Vec<String>,
         /// Channel: a language code (en) or a full id (plenary/en).
         #[arg(long)]
         lang: String,
@@ -253,8 +254,10 @@ enum Cmd {
 struct SenderArgs {
     /// Relay address, e.g. ws://127.0.0.1:8080 (wss://HOST:PORT for a relay serving TLS; a
     /// certificate not signed by a system authority is trusted through BOOTHCAST_CA_CERT=FILE).
-    #[arg(long)]
-    server: String,
+    /// Give it once per relay of a cluster: a connection that fails or is lost moves on to the
+    /// next (and to the relays the cluster tells).
+    #[arg(long, required = true)]
+    server: Vec<String>,
     /// Secret of the booth or the floor.
     #[arg(long, env = "BOOTHCAST_SECRET", hide_env_values = true)]
     secret: String,
@@ -503,7 +506,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Floor { common, room } => {
             let sender = common.sender()?;
             client::floor(FloorOptions {
-                server: common.server,
+                servers: common.server,
                 secret: common.secret,
                 room,
                 sender,
@@ -522,7 +525,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
         } => {
             let sender = common.sender()?;
             let mut opts = BoothOptions {
-                server: common.server,
+                servers: common.server,
                 secret: common.secret,
                 booth,
                 console,
@@ -562,7 +565,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 (None, None) => anyhow::bail!("listen needs --output-file or --output-device"),
             };
             client::listen(ListenOptions {
-                server,
+                servers: server,
                 secret,
                 channel: lang,
                 output,

@@ -262,6 +262,11 @@ pub enum ServerMessage {
         /// delayed video (0: none).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         listener_delay_ms: Option<u32>,
+        /// In a cluster: the public base addresses (`ws://`, `wss://`, `http://` or
+        /// `https://`) of the relays live now, this one first; a client tries the next of them
+        /// when its connection is lost. Absent (empty) from a relay that serves alone.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        relays: Vec<String>,
     },
     /// Every channel with what it carries now. Sent after `welcome` and on every change.
     Channels { channels: Vec<ChannelInfo> },

@@ -1089,6 +1089,7 @@ async fn serve(
         console,
         listener_delay_ms: matches!(conn.peer, Peer::Listener)
             .then_some(relay.event().listener_delay_ms),
+        relays: relay.cluster().map(|c| c.relays()).unwrap_or_default(),
     };
     let channels_now = channels.borrow_and_update().clone();
     if send_text(ws, welcome.to_json().into()).await.is_err()

@@ -419,3 +419,126 @@ async fn without_nats_each_node_serves_its_own_and_rejoins() {
     hear(&mut near, 3, 10).await;
     assert!(far_back < Duration::from_secs(10), "{far_back:?}");
 }
+
+/// Two seconds of a 440 Hz tone: a booth process's microphone.
+fn tone(dir: &Path) -> PathBuf {
+    let path = dir.join("tone.wav");
+    let status = Command::new("sox")
+        .args(["-n", "-r", "48000", "-c", "1", "-b", "16"])
+        .arg(&path)
+        .args(["synth", "2", "sine", "440", "vol", "0.5"])
+        .status()
+        .expect("sox is installed (scripts/test.sh installs it)");
+    assert!(status.success());
+    path
+}
+
+/// The first output line containing `then` that comes after one containing `first`.
+fn after(p: &mut Proc, first: &str, then: &str, limit: Duration) -> serde_json::Value {
+    let passed = std::cell::Cell::new(false);
+    let line = p.wait_until(&format!("`{then}` after `{first}`"), limit, |l| {
+        if passed.get() && l.contains(then) {
+            return true;
+        }
+        if l.contains(first) {
+            passed.set(true);
+        }
+        false
+    });
+    serde_json::from_str(&line).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_given_several_relays_move_on_when_their_node_dies() {
+    let dir = tmpdir("addresses");
+    let (_nats, a, b, c) = cluster(&dir).await;
+    let base = |n: &Node| format!("ws://{}/", n.http);
+
+    // The welcome lists every live node's public address.
+    let mut probe = Client::connect(
+        &a.ws,
+        json!({"type": "hello", "role": "listener", "channel": "plenary/fr"}),
+    )
+    .await;
+    let relays = probe
+        .wait_text("welcome", |m| match m {
+            ServerMessage::Welcome { relays, .. } => Some(relays.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        relays[0],
+        base(&a),
+        "the node's own address first: {relays:?}"
+    );
+    let mut sorted = relays.clone();
+    sorted.sort();
+    let mut want = vec![base(&a), base(&b), base(&c)];
+    want.sort();
+    assert_eq!(sorted, want);
+
+    // A booth process on b (then c), live on English; a listen process on c (then b).
+    let tone = tone(&dir);
+    let mut booth = Proc::spawn(
+        Command::new(BIN)
+            .args(["booth", "--headless", "--live", "--loop", "--booth", "en"])
+            .args(["--server", &b.ws, "--server", &c.ws, "--input-file"])
+            .arg(&tone)
+            .env("BOOTHCAST_SECRET", "secret-en")
+            .stdin(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let limit = Duration::from_secs(10);
+    booth.wait_until("the booth live", limit, |l| {
+        l.contains("\"type\":\"console\"") && l.contains("\"live\":\"plenary/en\"")
+    });
+    let mut listen = Proc::spawn(
+        Command::new(BIN)
+            .args([
+                "listen", "--lang", "en", "--server", &c.ws, "--server", &b.ws,
+            ])
+            .arg("--output-file")
+            .arg(dir.join("heard.wav"))
+            .stdin(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let hearing = |listen: &mut Proc, n: &Node| {
+        let relay = format!("\"relay\":\"{}\"", n.ws);
+        listen.wait_until(&format!("hearing from {}", n.ws), limit, |l| {
+            l.contains("\"type\":\"hearing\"") && l.contains(&relay)
+        });
+    };
+    hearing(&mut listen, &c);
+
+    // kill -9 of the listener's node: it hears the channel again from b.
+    let t = Instant::now();
+    drop(c);
+    hearing(&mut listen, &b);
+    let again = t.elapsed();
+    println!(
+        "listen process: node killed, heard the channel again on another node after {again:?}"
+    );
+    assert!(again < BOUND, "{again:?}");
+    drop(listen);
+
+    // kill -9 of the live booth's node: it comes back on a, the one node left (c is dead too;
+    // a was told in b's welcome), muted.
+    let mut on_a = Client::listener(&a.ws, "plenary/fr").await;
+    let t = Instant::now();
+    drop(b);
+    let from_a = format!("\"relays\":[\"{}\"", base(&a));
+    let state = after(&mut booth, &from_a, "\"type\":\"console\"", limit);
+    let back = t.elapsed();
+    println!("booth process: node killed, connected again on another node after {back:?}");
+    assert!(state["live"].is_null(), "on air by itself: {state}");
+    let line = booth.last("disconnected");
+    assert!(line["retry_in_ms"].as_u64().is_some(), "{line}");
+    // Nobody is live on English anywhere; the console goes live again when told.
+    on_a.channel_state("plenary/en", |i| i.live.is_none()).await;
+    booth.send("live");
+    on_a.channel_state("plenary/en", |i| i.live.is_some()).await;
+    let mut listener = Client::listener(&a.ws, "plenary/en").await;
+    listener
+        .frames_until(|h, _| h.source == boothcast::protocol::Source::Interpreter)
+        .await;
+}

@@ -20,6 +20,12 @@ const FALLBACK = params.get('fallback') === '1' || !window.isSecureContext;
 // relay that is down (the same steps as the boothcast clients).
 const BACKOFF_FIRST = 200;
 const BACKOFF_MAX = 5000;
+// The first attempt after a lost connection comes at a random moment within 300 ms, and each
+// later wait is the back-off ±50 % at random: when a relay of a cluster dies, its listeners
+// arrive at the others spread out, not all at once.
+const FIRST_RETRY_SPREAD = 300;
+// Most relay addresses kept: this page's own, then those a cluster tells in `welcome`.
+const MAX_RELAYS = 16;
 // A ping every 2 s; a connection that brought nothing for 6 s is dead (a Wi-Fi that dropped
 // without closing the TCP connection) and is replaced.
 const PING_EVERY = 2000;
@@ -63,7 +69,11 @@ const state = {
   code: sessionStorage.getItem('boothcast.code') || '',
   askingCode: false,
   backoff: BACKOFF_FIRST,
+  retries: 0, // attempts since the last welcome
   retry: null,
+  // WebSocket addresses of the relays, tried in turn: this page's own, then the cluster's.
+  relays: null,
+  relay: 0,
   lastMessage: 0,
   pingSentAt: 0,
   rttMs: null,
@@ -272,7 +282,32 @@ function renderChannels() {
 // --- the connection -------------------------------------------------------------------------
 
 function wsUrl() {
-  return (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws';
+  if (!state.relays) state.relays = [(location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws'];
+  return state.relays[state.relay % state.relays.length];
+}
+
+// A relay's base address as `welcome` tells it (ws(s):// or http(s)://) as a WebSocket
+// address, or null. A page loaded over https can only open wss:// ones.
+function relayWsUrl(base) {
+  let u;
+  try {
+    u = new URL(base);
+  } catch {
+    return null;
+  }
+  const scheme = { 'ws:': 'ws:', 'http:': 'ws:', 'wss:': 'wss:', 'https:': 'wss:' }[u.protocol];
+  if (!scheme || (location.protocol === 'https:' && scheme !== 'wss:')) return null;
+  const path = u.pathname.endsWith('/') ? u.pathname + 'ws' : u.pathname;
+  return scheme + '//' + u.host + path;
+}
+
+// Adds the relays a cluster told that are not known yet.
+function learnRelays(list) {
+  wsUrl();
+  for (const base of Array.isArray(list) ? list : []) {
+    const url = typeof base === 'string' ? relayWsUrl(base) : null;
+    if (url && !state.relays.includes(url) && state.relays.length < MAX_RELAYS) state.relays.push(url);
+  }
 }
 
 function send(msg) {
@@ -287,6 +322,7 @@ function connect() {
     state.ws.close();
   }
   state.welcomed = false;
+  state.connectingSince = performance.now();
   const ws = new WebSocket(wsUrl());
   ws.binaryType = 'arraybuffer';
   state.ws = ws;
@@ -339,10 +375,19 @@ function connect() {
   };
 }
 
+// The next attempt goes to the next relay, after a wait spread at random.
 function scheduleReconnect() {
   clearTimeout(state.retry);
-  state.retry = setTimeout(connect, state.backoff);
-  state.backoff = Math.min(BACKOFF_MAX, state.backoff * 2);
+  state.relay = (state.relay + 1) % (state.relays ? state.relays.length : 1);
+  let wait;
+  if (state.retries === 0) {
+    wait = Math.random() * FIRST_RETRY_SPREAD;
+  } else {
+    wait = state.backoff * (0.5 + Math.random());
+    state.backoff = Math.min(BACKOFF_MAX, state.backoff * 2);
+  }
+  state.retries += 1;
+  state.retry = setTimeout(connect, wait);
 }
 
 function onMessage(m) {
@@ -350,6 +395,8 @@ function onMessage(m) {
     case 'welcome':
       state.welcomed = true;
       state.backoff = BACKOFF_FIRST;
+      state.retries = 0;
+      learnRelays(m.relays);
       $('event').textContent = m.event;
       state.eventName = m.event;
       state.eventDelayMs = m.listener_delay_ms || 0;
@@ -397,8 +444,14 @@ function onFrame(data) {
 // sent long enough ago. (Timers of a hidden tab may run once a minute; comparing with the last
 // ping, not with the clock, keeps that from looking like a dead connection.)
 setInterval(() => {
-  if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return;
   const now = performance.now();
+  // A relay that does not answer at all (its machine gone) is given up after DEAD_AFTER too,
+  // and the next one is tried.
+  if (state.ws && state.ws.readyState === WebSocket.CONNECTING && now - state.connectingSince > DEAD_AFTER) {
+    state.ws.close();
+    return;
+  }
+  if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return;
   if (state.pingSentAt && state.lastMessage < state.pingSentAt && now - state.pingSentAt > DEAD_AFTER) {
     state.ws.close();
     return;
@@ -438,6 +491,7 @@ $('code-form').addEventListener('submit', (e) => {
   sessionStorage.setItem('boothcast.code', code);
   say(t('connecting'));
   state.backoff = BACKOFF_FIRST;
+  state.retries = 0;
   connect();
 });
 
