@@ -1066,6 +1066,8 @@ pub struct ListenSummary {
     pub start_us: u64,
     /// Median of (arrival - capture time), over all frames, in milliseconds.
     pub median_network_delay_ms: f64,
+    /// 99th percentile of (arrival - capture time), in milliseconds.
+    pub p99_network_delay_ms: f64,
     /// Median of (arrival - relay receive time), in milliseconds.
     pub median_relay_to_listener_ms: f64,
     pub seconds_written: f64,
@@ -1207,6 +1209,7 @@ impl Playout {
         }
         self.summary.seconds_written = self.written as f64 / audio::SAMPLE_RATE as f64;
         self.summary.median_network_delay_ms = median(&mut self.delays);
+        self.summary.p99_network_delay_ms = percentile(&self.delays, 99);
         self.summary.median_relay_to_listener_ms = median(&mut self.relay_delays);
         self.writer.finish()?;
         Ok(self.summary)
@@ -1298,6 +1301,7 @@ impl Ear {
                 summary.concealed = stats.concealed;
                 summary.undecodable = player.undecodable();
                 summary.median_network_delay_ms = median(&mut delays);
+                summary.p99_network_delay_ms = percentile(&delays, 99);
                 summary.median_relay_to_listener_ms = median(&mut relay_delays);
                 summary.seconds_written =
                     (unix_micros().saturating_sub(summary.start_us)) as f64 / 1e6;
@@ -1318,6 +1322,14 @@ fn median(v: &mut [f64]) -> f64 {
     }
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
+}
+
+/// The `p`th percentile of values sorted ascending (`median` sorts them); 0 when none.
+fn percentile(sorted: &[f64], p: usize) -> f64 {
+    match sorted.len() {
+        0 => 0.0,
+        n => sorted[((n - 1) * p.min(100)) / 100],
+    }
 }
 
 /// A file listener's jitter margin when none is given: absorbs network jitter within the
