@@ -28,6 +28,11 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
 /// Longest request head taken (the page's requests are far smaller).
 pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
+/// Time a connection taken into the reserve (the relay is full of listeners) has to become a
+/// sender or an engineer, WebSocket upgrade and `hello` included: a booth needs a few round
+/// trips; whoever only holds the place gives it back soon.
+pub const RESERVE_DEADLINE: Duration = Duration::from_secs(2);
+
 /// How long, at shutdown, a connection in the middle of an HTTP request may take to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
@@ -135,6 +140,17 @@ pub async fn run(
     }
 }
 
+/// The answer to a request other than a WebSocket upgrade on a connection in the reserve.
+fn reserve_only() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        [("retry-after", "2"), ("connection", "close")],
+        "the relay is full: its last places are kept for booths, the floor and engineers\n",
+    )
+        .into_response()
+}
+
 /// Tells a refused connection why, if it can be done at once, and closes it.
 fn refuse(tcp: TcpStream, refused: Refused, tls: bool) {
     if !tls {
@@ -190,18 +206,40 @@ async fn serve_http<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let reserved = ticket.is_reserved();
     let service =
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            req.extensions_mut().insert(ticket.clone());
-            app.clone().oneshot(req)
+            let app = app.clone();
+            let ticket = ticket.clone();
+            async move {
+                // A place in the reserve is for a booth, the floor or an engineer, which come
+                // through /ws: anything else there is refused and the place given back.
+                if ticket.is_reserved() && req.uri().path() != "/ws" {
+                    ticket.count_reserve_refusal();
+                    return Ok(reserve_only());
+                }
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(ticket);
+                app.oneshot(req).await
+            }
         });
     let conn = http
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     let mut conn = std::pin::pin!(conn);
+    let deadline = async {
+        if reserved {
+            tokio::time::sleep(RESERVE_DEADLINE).await
+        } else {
+            std::future::pending().await
+        }
+    };
     let result = tokio::select! {
         r = conn.as_mut() => r,
+        _ = deadline => {
+            tracing::debug!(peer = %peer, "closed: a reserve place not taken by a sender in time");
+            return;
+        }
         _ = stop.changed() => {
             conn.as_mut().graceful_shutdown();
             match tokio::time::timeout(SHUTDOWN_GRACE, conn.as_mut()).await {

@@ -125,6 +125,16 @@ impl Network {
     }
 }
 
+/// The address a client is counted under by the per-address bounds and the secret attempts:
+/// an IPv4 address; an IPv6 address's /64 (a host picks any address of its /64 at will,
+/// RFC 4941), `::ffff:a.b.c.d` as `a.b.c.d`.
+pub fn host_key(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
+
 /// `::ffff:a.b.c.d` as `a.b.c.d`, so that one client has one address whatever the socket.
 pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -199,6 +209,8 @@ struct State {
     /// Pending connections outside the reserve, oldest first (entries of connections that are
     /// no longer pending are skipped when met, and swept when the queue outgrows the open ones).
     pending: VecDeque<Weak<Slot>>,
+    /// Pending connections in the reserve, oldest first, the same way.
+    reserve_pending: VecDeque<Weak<Slot>>,
 }
 
 /// Counters of the gate, for `/metrics`.
@@ -272,7 +284,7 @@ impl Gate {
 
     /// Takes a new connection from `peer`, or says why not.
     pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Ticket, Refused> {
-        let peer = canonical(peer);
+        let peer = host_key(peer);
         let trusted = self.is_trusted_proxy(peer);
         let refused = |r: Refused| {
             match r {
@@ -284,9 +296,8 @@ impl Gate {
         };
         let mut victim = None;
         let mut state = self.lock();
-        if state.open >= self.limits.max_open {
-            return refused(Refused::Full);
-        }
+        // Every place taken: only by closing a pending connection is there room.
+        let full = state.open >= self.limits.max_open;
         let (pending_here, reserve_here) = state
             .by_addr
             .get(&peer)
@@ -296,9 +307,9 @@ impl Gate {
             return refused(Refused::PerAddress);
         }
         let shared_room = self.limits.max_open - self.limits.reserve;
-        let reserved = if state.shared < shared_room {
+        let reserved = if !full && state.shared < shared_room {
             false
-        } else if let Some(v) = oldest_pending(&mut state) {
+        } else if let Some(v) = oldest_pending(&mut state.pending) {
             release(
                 &mut state,
                 &v,
@@ -306,9 +317,20 @@ impl Gate {
             );
             victim = Some(v);
             false
-        } else if state.reserved < self.limits.reserve
-            && (trusted || reserve_here < RESERVE_PER_ADDRESS)
-        {
+        } else if !trusted && reserve_here >= RESERVE_PER_ADDRESS {
+            return refused(Refused::Full);
+        } else if !full && state.reserved < self.limits.reserve {
+            true
+        } else if let Some(v) = oldest_pending(&mut state.reserve_pending) {
+            // The reserve is full of connections that have not said who they are: the oldest
+            // gives its place, so that whoever holds places by reconnecting cannot keep a
+            // booth out.
+            release(
+                &mut state,
+                &v,
+                &mut v.state.lock().expect("slot lock poisoned"),
+            );
+            victim = Some(v);
             true
         } else {
             return refused(Refused::Full);
@@ -331,6 +353,10 @@ impl Gate {
         if reserved {
             a.reserve += 1;
             state.reserved += 1;
+            if state.reserve_pending.len() > 2 * self.limits.reserve + 64 {
+                state.reserve_pending.retain(|w| w.strong_count() > 0);
+            }
+            state.reserve_pending.push_back(Arc::downgrade(&slot));
         } else {
             state.shared += 1;
             if state.pending.len() > 2 * state.open + 64 {
@@ -348,13 +374,24 @@ impl Gate {
     }
 }
 
-/// The oldest connection still pending outside the reserve.
-fn oldest_pending(state: &mut State) -> Option<Arc<Slot>> {
-    while let Some(w) = state.pending.pop_front() {
+/// A pending connection younger than this is never closed to make room: a booth on a slow
+/// path needs a few round trips to say who it is, and a script recycling its own connections
+/// must not be able to close each newcomer before it has.
+pub const MIN_PENDING_AGE: Duration = Duration::from_secs(1);
+
+/// The oldest connection still pending outside the reserve, if it is older than
+/// [`MIN_PENDING_AGE`].
+fn oldest_pending(queue: &mut VecDeque<Weak<Slot>>) -> Option<Arc<Slot>> {
+    while let Some(w) = queue.pop_front() {
         if let Some(slot) = w.upgrade() {
             let s = slot.state.lock().expect("slot lock poisoned");
             if s.class == Class::Pending && !s.released {
                 drop(s);
+                if slot.since.elapsed() < MIN_PENDING_AGE {
+                    // The queue is in admission order: every later one is younger still.
+                    queue.push_front(w);
+                    return None;
+                }
                 return Some(slot);
             }
         }
@@ -415,6 +452,15 @@ impl Ticket {
         self.0.state.lock().expect("slot lock poisoned").reserved
     }
 
+    /// Counts a request refused because this connection is in the reserve and not a sender's.
+    pub fn count_reserve_refusal(&self) {
+        self.0
+            .gate
+            .counters
+            .denied_full
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Completes when the gate closes this connection to make room for a newer one.
     pub async fn evicted(&self) {
         loop {
@@ -432,7 +478,7 @@ impl Ticket {
     /// trusted proxy gave). Refused when the relay keeps its last places for senders or the
     /// address has as many listeners as it may.
     pub fn listener(&self, client: IpAddr) -> Result<(), Denied> {
-        let client = canonical(client);
+        let client = host_key(client);
         let gate = &self.0.gate;
         let mut state = gate.lock();
         let mut s = self.0.state.lock().expect("slot lock poisoned");
@@ -642,6 +688,11 @@ mod tests {
             .map(|i| g.admit(ip(&format!("192.0.2.{i}"))).unwrap())
             .collect();
         assert_eq!(g.open(), 4);
+        // Too young to be closed: the newcomer goes to the reserve instead.
+        let young = g.admit(ip("192.0.2.8")).unwrap();
+        assert!(young.is_reserved());
+        drop(young);
+        std::thread::sleep(MIN_PENDING_AGE);
         // The shared room (4) is full: the oldest pending one goes.
         let newer = g.admit(ip("192.0.2.9")).unwrap();
         assert!(!newer.is_reserved());
@@ -670,8 +721,17 @@ mod tests {
         let late = g.admit(ip("198.51.100.2")).unwrap();
         assert_eq!(late.listener(late.peer()), Err(Denied::Full));
         booth.sender();
-        // Both places of the reserve are taken now.
+        // Both places of the reserve are taken now, one by a connection still pending: too
+        // young to give its place...
         assert_eq!(g.admit(ip("198.51.100.3")).err(), Some(Refused::Full));
+        // ...until it has had its second.
+        let squatter = g.admit(ip("198.51.100.4"));
+        assert_eq!(squatter.err(), Some(Refused::Full));
+        std::thread::sleep(MIN_PENDING_AGE);
+        let newcomer = g.admit(ip("198.51.100.5")).unwrap();
+        assert!(newcomer.is_reserved());
+        assert!(late.0.state.lock().unwrap().released);
+        drop(newcomer);
         drop(late);
         drop(listeners);
         assert_eq!(g.open(), 1);
@@ -719,6 +779,26 @@ mod tests {
         u.insert("forwarded", "for=unknown".parse().unwrap());
         assert_eq!(client_addr(ip("10.0.0.1"), &u, &g), ip("10.0.0.1"));
         assert_eq!(client_addr(ip("::ffff:192.0.2.3"), &u, &g), ip("192.0.2.3"));
+    }
+
+    #[test]
+    fn an_ipv6_host_counts_by_its_64() {
+        let g = gate(100, 10);
+        let t: Vec<_> = (1..=3)
+            .map(|i| g.admit(ip(&format!("2001:db8:1:2::{i}"))).unwrap())
+            .collect();
+        assert_eq!(
+            g.admit(ip("2001:db8:1:2::99")).err(),
+            Some(Refused::PerAddress)
+        );
+        assert!(g.admit(ip("2001:db8:1:3::1")).is_ok());
+        t[0].listener(ip("2001:db8:1:2::1")).unwrap();
+        t[1].listener(ip("2001:db8:1:2::2")).unwrap();
+        assert_eq!(
+            t[2].listener(ip("2001:db8:1:2::3")),
+            Err(Denied::PerAddress(2))
+        );
+        assert_eq!(host_key(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
     }
 
     #[test]

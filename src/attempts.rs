@@ -1,9 +1,11 @@
 //! Slows down the guessing of secrets: booth secrets, the floor's, the engineer's, the
 //! delegates' access code.
 //!
-//! Each address has a few wrong tries free; after that every wrong try makes it wait, twice as
-//! long each time (1 s, 2 s, 4 s... up to [`MAX_WAIT`]). While it waits, its hellos with a
-//! secret are refused with `too_many_attempts` without the secret being compared. An address
+//! Each address has a few wrong tries free at each target (a booth, the floor, the engineer,
+//! the access code); after that every wrong try makes it wait, twice as long each time (1 s,
+//! 2 s, 4 s... up to [`MAX_WAIT`]). While it waits, its hellos with a secret for that target
+//! are refused with `too_many_attempts` without the secret being compared; a booth behind the
+//! same NAT as a guesser of another booth is not kept out. An address
 //! that has never failed is always heard, so the right secret from another address works at
 //! once. When one target (a booth, say) gets many wrong tries from many addresses, each
 //! address loses its free tries for it: guessing from many addresses is slowed too. A right
@@ -47,7 +49,7 @@ struct Target {
 /// The wrong tries seen, by address and by target.
 #[derive(Default)]
 pub struct Attempts {
-    addresses: Mutex<HashMap<IpAddr, Record>>,
+    addresses: Mutex<HashMap<(IpAddr, String), Record>>,
     targets: Mutex<HashMap<String, Target>>,
 }
 
@@ -56,10 +58,10 @@ impl Attempts {
         Attempts::default()
     }
 
-    /// May `addr` try a secret now? `Err(wait)` while it has to wait.
-    pub fn check(&self, addr: IpAddr, now: Instant) -> Result<(), Duration> {
+    /// May `addr` try a secret for `target` now? `Err(wait)` while it has to wait.
+    pub fn check(&self, addr: IpAddr, target: &str, now: Instant) -> Result<(), Duration> {
         let addresses = self.addresses.lock().expect("attempts lock poisoned");
-        match addresses.get(&addr) {
+        match addresses.get(&(addr, target.to_string())) {
             Some(r) if now < r.until => Err(r.until - now),
             _ => Ok(()),
         }
@@ -88,19 +90,20 @@ impl Attempts {
         };
         let free = if alarm { 0 } else { FREE_TRIES };
         let mut addresses = self.addresses.lock().expect("attempts lock poisoned");
-        if addresses.len() >= MAX_ADDRESSES && !addresses.contains_key(&addr) {
+        let key = (addr, target.to_string());
+        if addresses.len() >= MAX_ADDRESSES && !addresses.contains_key(&key) {
             addresses.retain(|_, r| now.saturating_duration_since(r.last) < FORGET_AFTER);
             if addresses.len() >= MAX_ADDRESSES {
                 if let Some(oldest) = addresses
                     .iter()
                     .min_by_key(|(_, r)| r.last)
-                    .map(|(a, _)| *a)
+                    .map(|(k, _)| k.clone())
                 {
                     addresses.remove(&oldest);
                 }
             }
         }
-        let r = addresses.entry(addr).or_insert(Record {
+        let r = addresses.entry(key).or_insert(Record {
             failures: 0,
             until: now,
             last: now,
@@ -120,12 +123,12 @@ impl Attempts {
         wait
     }
 
-    /// `addr` gave a right secret: its record is cleared.
-    pub fn succeeded(&self, addr: IpAddr) {
+    /// `addr` gave the right secret for `target`: its record there is cleared.
+    pub fn succeeded(&self, addr: IpAddr, target: &str) {
         self.addresses
             .lock()
             .expect("attempts lock poisoned")
-            .remove(&addr);
+            .remove(&(addr, target.to_string()));
     }
 
     /// Addresses that must wait now.
@@ -153,23 +156,25 @@ mod tests {
         let t0 = Instant::now();
         let x = ip("192.0.2.1");
         for _ in 0..FREE_TRIES {
-            assert!(a.check(x, t0).is_ok());
+            assert!(a.check(x, "booth en", t0).is_ok());
             assert_eq!(a.failed(x, "booth en", t0), Duration::ZERO);
         }
         assert_eq!(a.failed(x, "booth en", t0), Duration::from_secs(1));
-        assert_eq!(a.check(x, t0), Err(Duration::from_secs(1)));
+        assert_eq!(a.check(x, "booth en", t0), Err(Duration::from_secs(1)));
         let t1 = t0 + Duration::from_secs(1);
-        assert!(a.check(x, t1).is_ok());
+        assert!(a.check(x, "booth en", t1).is_ok());
         assert_eq!(a.failed(x, "booth en", t1), Duration::from_secs(2));
         assert_eq!(a.failed(x, "booth en", t1), Duration::from_secs(4));
         for _ in 0..20 {
             a.failed(x, "booth en", t1);
         }
-        assert_eq!(a.check(x, t1), Err(MAX_WAIT));
+        assert_eq!(a.check(x, "booth en", t1), Err(MAX_WAIT));
         // Another address is heard at once.
-        assert!(a.check(ip("192.0.2.2"), t1).is_ok());
-        a.succeeded(x);
-        assert!(a.check(x, t1).is_ok());
+        assert!(a.check(ip("192.0.2.2"), "booth en", t1).is_ok());
+        // The same address may still try another booth.
+        assert!(a.check(x, "booth ru", t1).is_ok());
+        a.succeeded(x, "booth en");
+        assert!(a.check(x, "booth en", t1).is_ok());
     }
 
     #[test]
@@ -180,7 +185,7 @@ mod tests {
             a.failed(IpAddr::V4((0x0a00_0000 + i).into()), "booth en", t0);
         }
         let fresh = ip("192.0.2.77");
-        assert!(a.check(fresh, t0).is_ok());
+        assert!(a.check(fresh, "booth en", t0).is_ok());
         assert_eq!(a.failed(fresh, "booth en", t0), Duration::from_secs(1));
         // Other targets keep their free tries; the window passes.
         assert_eq!(a.failed(ip("192.0.2.78"), "engineer", t0), Duration::ZERO);
@@ -200,7 +205,7 @@ mod tests {
             a.failed(x, "floor", t0);
         }
         let later = t0 + FORGET_AFTER;
-        assert!(a.check(x, later).is_ok());
+        assert!(a.check(x, "floor", later).is_ok());
         assert_eq!(a.failed(x, "floor", later), Duration::ZERO);
         for i in 0..(MAX_ADDRESSES as u32 + 5) {
             a.failed(IpAddr::V4(i.into()), "floor", t0);

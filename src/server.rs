@@ -173,30 +173,39 @@ struct AppState {
     /// Refusals of secrets are logged once per address per interval.
     quiet: Arc<crate::admission::Quiet>,
     accept: Arc<crate::accept::Counters>,
-    /// Ticks every [`LISTENER_PING`]: listeners and engineers are pinged on it (one timer for
-    /// all of them, not one each).
-    ping: watch::Receiver<()>,
-    /// Ticks every [`RELAXED_EVERY`]: listeners of the relaxed class are written to on it.
-    relaxed: watch::Receiver<()>,
+    /// Tick every [`LISTENER_PING`], each at its own phase: listeners and engineers are pinged
+    /// on the one their session falls on (one timer for all of them, not one each, and never
+    /// all of them at once: a ping to twenty thousand listeners at the same moment would hold
+    /// up everyone's audio).
+    ping: Arc<[watch::Receiver<()>]>,
+    /// Tick every [`RELAXED_EVERY`], at phases spread the same way: listeners of the relaxed
+    /// class are written to on theirs.
+    relaxed: Arc<[watch::Receiver<()>]>,
     web_dir: Arc<PathBuf>,
 }
 
-/// A watch that ticks every `period` while anyone holds a receiver: one timer for many tasks.
-fn ticker(period: Duration) -> watch::Receiver<()> {
-    let (tx, rx) = watch::channel(());
+/// `phases` watches that each tick every `period`, one after the other `period / phases`
+/// apart, from one timer: many tasks wake on few timers, a share of them at a time.
+fn ticker(period: Duration, phases: usize) -> Arc<[watch::Receiver<()>]> {
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..phases.max(1)).map(|_| watch::channel(())).unzip();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(period);
+        let mut tick = tokio::time::interval(period / txs.len() as u32);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
-        loop {
+        for k in 0.. {
             tick.tick().await;
-            if tx.send(()).is_err() {
+            // Everyone gone (the relay stopped): so does the timer.
+            if txs[k % txs.len()].send(()).is_err() && txs.iter().all(|t| t.is_closed()) {
                 return;
             }
         }
     });
-    rx
+    rxs.into()
 }
+
+/// Phases of the listeners' pings (100 ms apart) and of the relaxed writes (10 ms apart).
+const PING_PHASES: usize = 50;
+const RELAXED_PHASES: usize = 10;
 
 /// Serves the relay on an already-bound listener until `shutdown` completes.
 pub async fn run(
@@ -233,8 +242,8 @@ pub async fn run(
     );
     let gate = Gate::new(limits);
     let accept_counters = Arc::new(crate::accept::Counters::default());
-    let ping_rx = ticker(LISTENER_PING);
-    let relaxed_rx = ticker(RELAXED_EVERY);
+    let ping_rx = ticker(LISTENER_PING, PING_PHASES);
+    let relaxed_rx = ticker(RELAXED_EVERY, RELAXED_PHASES);
     let state = AppState {
         relay: relay.clone(),
         shutdown: stop_rx.clone(),
@@ -315,10 +324,15 @@ pub fn servable(path: &str) -> bool {
     let segments: Vec<&str> = rest.split('/').collect();
     let name = segments.last().copied().unwrap_or("");
     let ext = name.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
-    segments
-        .iter()
-        .all(|s| !s.is_empty() && !s.starts_with('.') && *s != "node_modules" && !s.contains('\\'))
-        && !matches!(name, "package.json" | "package-lock.json")
+    segments.iter().all(|s| {
+        // A name longer than any of the page's is not one of them (and past 255 bytes
+        // the file system would refuse it with an error, not a 404).
+        !s.is_empty()
+            && s.len() <= 128
+            && !s.starts_with('.')
+            && *s != "node_modules"
+            && !s.contains('\\')
+    }) && !matches!(name, "package.json" | "package-lock.json")
         && TYPES.contains(&ext)
 }
 
@@ -346,7 +360,7 @@ async fn page_file(
             .fetch_add(1, Ordering::Relaxed);
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            [("retry-after", "2")],
+            [("retry-after", "2"), ("connection", "close")],
             "the relay is full: try again in a moment\n",
         )
             .into_response();
@@ -641,9 +655,15 @@ impl Drop for Connection {
 async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr, ticket: Ticket) {
     let relay = state.relay.clone();
     let (session, ctl) = relay.register();
+    // A place in the reserve is given back soon if no sender or engineer takes it.
+    let hello_within = if ticket.is_reserved() {
+        crate::accept::RESERVE_DEADLINE
+    } else {
+        HELLO_TIMEOUT
+    };
     let first = async {
         tokio::select! {
-            m = tokio::time::timeout(HELLO_TIMEOUT, first_message(&mut ws)) => Some(m),
+            m = tokio::time::timeout(hello_within, first_message(&mut ws)) => Some(m),
             // The gate needs this place for a newer connection.
             _ = ticket.evicted() => None,
         }
@@ -668,7 +688,7 @@ async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr, ticket
                 .fetch_add(1, Ordering::Relaxed);
             Err(Ending::new(
                 ErrorCode::NotHello,
-                format!("no hello within {} s", HELLO_TIMEOUT.as_secs()),
+                format!("no hello within {} s", hello_within.as_secs()),
             ))
         }
     };
@@ -710,7 +730,13 @@ async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr, ticket
             return;
         }
     };
-    tracing::info!(peer = %addr, session, who = ?peer, "connected");
+    // Delegates come and go by the thousand (and a script by the hundred thousand): their
+    // comings and goings are debug lines; senders' and engineers' are worth a line each.
+    if matches!(peer, Peer::Listener) {
+        tracing::debug!(peer = %addr, session, who = ?peer, "connected");
+    } else {
+        tracing::info!(peer = %addr, session, who = ?peer, "connected");
+    }
     let mut conn = Connection {
         relay,
         session,
@@ -746,8 +772,9 @@ async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr, ticket
         first_channel,
         Ticks {
             shutdown: state.shutdown,
-            ping: state.ping,
-            relaxed: (delivery == Delivery::Relaxed).then(|| state.relaxed.clone()),
+            ping: state.ping[session as usize % state.ping.len()].clone(),
+            relaxed: (delivery == Delivery::Relaxed)
+                .then(|| state.relaxed[session as usize % state.relaxed.len()].clone()),
         },
     )
     .await;
@@ -756,14 +783,11 @@ async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr, ticket
         .as_ref()
         .map(|e| e.message.as_str())
         .unwrap_or("closed by the client");
-    tracing::info!(
-        peer = %conn.addr,
-        session,
-        delivered = conn.delivered,
-        skipped = conn.skipped,
-        reason,
-        "disconnected"
-    );
+    if matches!(conn.peer, Peer::Listener) {
+        tracing::debug!(peer = %conn.addr, session, delivered = conn.delivered, skipped = conn.skipped, reason, "disconnected");
+    } else {
+        tracing::info!(peer = %conn.addr, session, delivered = conn.delivered, skipped = conn.skipped, reason, "disconnected");
+    }
     let dead = ending
         .as_ref()
         .is_some_and(|e| e.code == ErrorCode::Timeout);
@@ -860,14 +884,15 @@ fn check_secret(
     wrong: &str,
 ) -> Result<(), Ending> {
     let now = std::time::Instant::now();
-    if let Err(wait) = state.attempts.check(addr.ip(), now) {
+    let host = crate::admission::host_key(addr.ip());
+    if let Err(wait) = state.attempts.check(host, target, now) {
         return Err(too_many_attempts(wait));
     }
     if secret_matches(expected, given) {
-        state.attempts.succeeded(addr.ip());
+        state.attempts.succeeded(host, target);
         return Ok(());
     }
-    let wait = state.attempts.failed(addr.ip(), target, now);
+    let wait = state.attempts.failed(host, target, now);
     if !wait.is_zero() {
         // Counted once per address and interval in the engineer's log by the caller.
         tracing::debug!(peer = %addr.ip(), target, wait_s = wait.as_secs(), "wrong secret; the address waits");
