@@ -14,6 +14,7 @@
 //! - [`server`]: HTTP and WebSocket transport around [`relay`]; [`tls`] for HTTPS/WSS and
 //!   [`join`] for the address delegates join at and its QR code.
 //! - [`audio`]: WAV files, resampling, the Opus encoder and decoder (only clients touch audio).
+//! - [`input`]: sound files and live streams in (symphonia), paced as a microphone delivers.
 //! - [`client`]: the floor, booth and listener clients, from and to audio files or devices.
 //! - [`tui`]: the interpreter's console on a terminal (ratatui), in front of a booth client.
 //! - [`device`]: real audio devices through cpal: capture, playback, listing.
@@ -27,6 +28,7 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod device;
+pub mod input;
 pub mod jitter;
 pub mod join;
 pub mod ogg;
