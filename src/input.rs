@@ -55,8 +55,18 @@ pub const MAX_BACKLOG: Duration = Duration::from_millis(250);
 const QUEUE: usize = 64;
 /// Silent frames sent after a file's end, so the listener's decoder finishes the last word.
 const TAIL_FRAMES: u64 = 10;
-/// A live input counts as live (its backlog bounded) for this long after it was last late.
-const LIVE_FOR: Duration = Duration::from_secs(2);
+/// `now` minus the duration of `samples`: the anchor that makes sample `samples` due now.
+fn back(now: Instant, samples: u64) -> Instant {
+    now.checked_sub(Duration::from_micros(
+        samples * 1_000_000 / u64::from(SAMPLE_RATE),
+    ))
+    .unwrap_or(now)
+}
+
+/// [`MAX_BACKLOG`] in samples at 48 kHz.
+fn backlog_limit() -> usize {
+    MAX_BACKLOG.as_micros() as usize * SAMPLE_RATE as usize / 1_000_000
+}
 
 /// What the inputs accept, for refusals.
 pub const ACCEPTED: &str = "WAV (PCM 8/16/24/32-bit, float, A-law/µ-law, ADPCM, extensible, \
@@ -652,9 +662,6 @@ pub struct Feed {
     start_us: u64,
     /// After an outage, a file's timeline skips to here (a media position in samples).
     skip_to: u64,
-    /// When a frame last had to wait for its input (a live input's backlog is bounded while
-    /// this is recent).
-    late_at: Option<Instant>,
     overruns: Arc<AtomicU64>,
 }
 
@@ -676,7 +683,6 @@ impl Feed {
             anchor: None,
             start: Instant::now(),
             start_us: unix_micros(),
-            late_at: None,
             skip_to: 0,
             overruns,
         }
@@ -751,31 +757,29 @@ impl Feed {
             self.pending.resize(frame, 0.0);
         }
         let now = Instant::now();
+        if self.kind == Kind::Live && !self.ended {
+            // The newest sound of a live input has just been captured: it fixes the timeline.
+            // The timeline moves later when the input is late (a stall: what waited beyond
+            // MAX_BACKLOG is dropped), and earlier only when a backlog builds up (a source whose
+            // clock runs fast, or a burst at the start), so the frames at the live edge go
+            // out as soon as they are whole.
+            self.take_arrived();
+            let newest = self.pos + self.pending.len() as u64;
+            let edge = back(now, newest);
+            let backlog = self.pending.len() - frame;
+            self.anchor = Some(match self.anchor {
+                Some(a) if a >= edge && backlog <= backlog_limit() / 2 => a,
+                _ => edge,
+            });
+            self.bound_backlog();
+        }
         let end = self.pos + frame as u64;
-        let anchor = *self.anchor.get_or_insert_with(|| {
-            // The first frame is due now.
-            now.checked_sub(Duration::from_micros(
-                end * 1_000_000 / u64::from(SAMPLE_RATE),
-            ))
-            .unwrap_or(now)
-        });
+        // A file's first frame is due now.
+        let anchor = *self.anchor.get_or_insert_with(|| back(now, end));
         let due = self.due(anchor, end);
         if now < due {
             // Ahead of the clock (a file, or a stream sent faster than real time): wait.
             tokio::time::sleep_until(due.into()).await;
-        } else if self.kind == Kind::Live && !self.ended {
-            // A live input late: its sound arrived later than the timeline said. If a backlog
-            // came with it (a stall, then everything at once), skip to the newest sound; then
-            // the timeline follows the input.
-            if now - due > Duration::from_millis(1) {
-                self.late_at = Some(now);
-            }
-            self.bound_backlog();
-            let newest = self.pos + self.pending.len() as u64;
-            self.anchor = Some(self.due_back(now, newest));
-        }
-        if self.kind == Kind::Live && self.late_at.is_some_and(|t| t.elapsed() < LIVE_FOR) {
-            self.bound_backlog();
         }
         let pcm: Vec<f32> = self.pending.drain(..frame).collect();
         let anchor = self.anchor.expect("set above");
@@ -788,15 +792,6 @@ impl Feed {
         };
         self.pos += frame as u64;
         Some((pcm, first_us))
-    }
-
-    /// `now` minus the duration of `samples`: the anchor that makes sample `samples` due now.
-    fn due_back(&self, now: Instant, samples: u64) -> Instant {
-        now.checked_sub(Duration::from_micros(
-            samples * 1_000_000 / u64::from(SAMPLE_RATE),
-        ))
-        .unwrap_or(self.start)
-        .max(self.anchor.unwrap_or(self.start))
     }
 
     /// A live input's backlog: what arrived beyond the frame being sent and `MAX_BACKLOG` is
@@ -857,5 +852,73 @@ impl Feed {
                 std::future::pending().await
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A live input that stalls for half a second and then delivers its backlog at once: the
+    /// backlog beyond `MAX_BACKLOG` is dropped (a gap), the rest goes out at once, and the
+    /// frames after it are at the live edge again; no frame ever leaves ahead of the clock.
+    #[tokio::test]
+    async fn a_stalled_live_input_is_a_gap_not_a_burst() {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let overruns = Arc::new(AtomicU64::new(0));
+        let mut feed = Feed::new(rx, Kind::Live, 960, overruns.clone());
+        let block = vec![0.1f32; 480];
+        let producer = tokio::spawn(async move {
+            let start = Instant::now();
+            let mut sent = 0u32;
+            // 1 s in real time, 10 ms blocks; then nothing for 0.5 s; then 0.5 s at once; then
+            // 0.5 s in real time again.
+            for phase in [(100u32, true), (50, false), (50, true)] {
+                for _ in 0..phase.0 {
+                    tx.send(block.clone()).await.unwrap();
+                    sent += 1;
+                    if phase.1 {
+                        let at = start + Duration::from_millis(10 * u64::from(sent));
+                        tokio::time::sleep_until(at.into()).await;
+                    }
+                }
+                if !phase.1 {
+                    continue;
+                }
+                if sent == 100 {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        });
+        let mut frames = Vec::new();
+        while let Some((_, capture_us)) = feed.next().await {
+            frames.push((Instant::now(), capture_us));
+        }
+        producer.await.unwrap();
+        let dropped_ms = overruns.load(Ordering::Relaxed) as f64 / 48.0;
+        // The backlog beyond 250 ms (and the frame being sent) is gone.
+        assert!(
+            (200.0..=300.0).contains(&dropped_ms),
+            "dropped {dropped_ms} ms"
+        );
+        // No more than the kept backlog leaves together.
+        let mut together = 1;
+        let mut most = 1;
+        for w in frames.windows(2) {
+            if w[1].0 - w[0].0 < Duration::from_millis(2) {
+                together += 1;
+                most = most.max(together);
+            } else {
+                together = 1;
+            }
+        }
+        assert!(most <= 15, "{most} frames left at once");
+        // Capture times never go back, and jump where the sound was dropped.
+        let gaps: Vec<u64> = frames
+            .windows(2)
+            .map(|w| w[1].1.saturating_sub(w[0].1))
+            .collect();
+        assert!(frames.windows(2).all(|w| w[1].1 >= w[0].1));
+        assert!(gaps.iter().any(|g| *g > 200_000), "{gaps:?}");
     }
 }

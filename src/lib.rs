@@ -12,7 +12,8 @@
 //!   cough, relay. A state machine with time as an input; no I/O.
 //! - [`relay`]: the fan-out: one queue per channel shared by its listeners; feeds [`rules`].
 //! - [`server`]: HTTP and WebSocket transport around [`relay`]; [`tls`] for HTTPS/WSS and
-//!   [`join`] for the address delegates join at and its QR code.
+//!   [`join`] for the address delegates join at and its QR code; [`stream`] for the channels
+//!   as HTTP streams (Ogg Opus) for any player.
 //! - [`audio`]: WAV files, resampling, the Opus encoder and decoder (only clients touch audio).
 //! - [`input`]: sound files and live streams in (symphonia), paced as a microphone delivers.
 //! - [`client`]: the floor, booth and listener clients, from and to audio files or devices.
@@ -37,5 +38,6 @@ pub mod record;
 pub mod relay;
 pub mod rules;
 pub mod server;
+pub mod stream;
 pub mod tls;
 pub mod tui;

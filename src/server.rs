@@ -185,6 +185,16 @@ pub async fn run(
         .route("/metrics", get(metrics))
         .route("/join", get(join))
         .route("/qr.svg", get(qr_svg))
+        .route(
+            "/listen/{room}/{file}",
+            get(
+                |State(s): State<AppState>,
+                 axum::extract::Path((room, file)): axum::extract::Path<(String, String)>,
+                 headers: axum::http::HeaderMap| {
+                    crate::stream::listen(s.relay, s.shutdown, room, file, headers)
+                },
+            ),
+        )
         .route_service(
             "/console",
             Compression::new(ServeFile::new(options.web_dir.join("console.html"))),
