@@ -26,8 +26,25 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Longest wait for the relay to answer a connection or a hello.
+/// Longest wait for a connection to the relay: the TCP (and TLS) connection, the WebSocket
+/// upgrade, the hello and the relay's welcome, all together. A path that dies while connecting
+/// is given up after this long, and the next attempt follows the back-off.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a connected client sends the relay a WebSocket ping, which the relay's WebSocket
+/// layer answers with a pong. It keeps something arriving on a working path even when the relay
+/// has nothing to send (a listener's channel carrying silence), so that silence means a dead path.
+pub const PING_EVERY: Duration = Duration::from_secs(1);
+/// A connection from which nothing at all (a frame, a message, a pong) arrived for this long is
+/// dead: the path died without a FIN or a RST (Wi-Fi out of range, a NAT entry gone, a cable
+/// pulled), which TCP itself would notice only after many minutes. The client closes it and
+/// reconnects with its back-off. 4 s spans three or four pings, and on a working path a pong
+/// comes back within a round trip of each: only the answers to three pings in a row all lost
+/// (or each held up for seconds; venue Wi-Fi delays a few packets by half a second) end a
+/// connection that was alive. Detection, the first back-off and a new handshake still come
+/// within about 5 s. It is longer than the relay's own deadline for booths and the floor (3 s),
+/// so the relay has let go of a dead console (and started its channel's hold) by the time the
+/// console comes back.
+pub const DEAD_PATH: Duration = Duration::from_secs(4);
 /// Reconnection back-off: doubles from the first to the last.
 pub const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -189,8 +206,16 @@ fn connect_error(url: &str, e: tokio_tungstenite::tungstenite::Error) -> Error {
     }
 }
 
-/// Connects and says hello; returns once the relay welcomed us.
-async fn open(url: &str, hello: &ClientMessage, front: &Front) -> Result<Ws, Error> {
+/// Connects and says hello; returns once the relay welcomed us, all within `CONNECT_TIMEOUT`.
+async fn open(url: &str, hello: &ClientMessage, front: &Front) -> Result<Link, Error> {
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    let timed_out = || Error::Connect {
+        url: url.to_string(),
+        reason: format!(
+            "no answer from the relay within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        ),
+    };
     // No Nagle: a frame sent while the relay delays its ACK (it does once it has sent us
     // something, such as its ping each second) would otherwise wait up to 40 ms.
     let tls = match url.starts_with("wss://") {
@@ -198,17 +223,14 @@ async fn open(url: &str, hello: &ClientMessage, front: &Front) -> Result<Ws, Err
         false => None,
     };
     let connect = tokio_tungstenite::connect_async_tls_with_config(url, None, true, tls);
-    let (mut ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+    let (mut ws, _) = tokio::time::timeout_at(deadline, connect)
         .await
-        .map_err(|_| Error::Connect {
-            url: url.to_string(),
-            reason: "timed out".into(),
-        })?
+        .map_err(|_| timed_out())?
         .map_err(|e| connect_error(url, e))?;
-    ws.send(Message::Text(hello.to_json().into()))
+    tokio::time::timeout_at(deadline, ws.send(Message::Text(hello.to_json().into())))
         .await
+        .map_err(|_| Error::Lost("the relay took no hello".into()))?
         .map_err(|e| Error::Lost(e.to_string()))?;
-    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
     loop {
         let msg = tokio::time::timeout_at(deadline, ws.next())
             .await
@@ -217,7 +239,7 @@ async fn open(url: &str, hello: &ClientMessage, front: &Front) -> Result<Ws, Err
             Some(Ok(Message::Text(text))) => {
                 front.text(&text);
                 match ServerMessage::parse(&text) {
-                    Ok(ServerMessage::Welcome { .. }) => return Ok(ws),
+                    Ok(ServerMessage::Welcome { .. }) => return Ok(Link::new(ws)),
                     Ok(ServerMessage::Error { code, message, .. }) => {
                         return Err(Error::Refused { code, message })
                     }
@@ -228,6 +250,82 @@ async fn open(url: &str, hello: &ClientMessage, front: &Front) -> Result<Ws, Err
             Some(Err(e)) => return Err(Error::Lost(e.to_string())),
             None => return Err(Error::Lost("closed before welcome".into())),
         }
+    }
+}
+
+/// A connection to the relay that notices a dead path. Every client reads and writes through
+/// one: while it waits for the relay it pings it every `PING_EVERY`, and it ends the connection
+/// once nothing at all arrived for `DEAD_PATH`, or a write could not be made before that.
+struct Link {
+    ws: Ws,
+    /// When something (anything) last arrived.
+    heard: tokio::time::Instant,
+    ping: tokio::time::Interval,
+}
+
+impl Link {
+    fn new(ws: Ws) -> Link {
+        let now = tokio::time::Instant::now();
+        let mut ping = tokio::time::interval_at(now + PING_EVERY, PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Link {
+            ws,
+            heard: now,
+            ping,
+        }
+    }
+
+    /// The time by which something must arrive.
+    fn deadline(&self) -> tokio::time::Instant {
+        self.heard + DEAD_PATH
+    }
+
+    fn dead() -> Error {
+        Error::Lost(format!(
+            "no answer from the relay for {} s",
+            DEAD_PATH.as_secs()
+        ))
+    }
+
+    /// The next message from the relay: text, binary, or its own ping or pong (which need no
+    /// answer from the caller: the WebSocket layer answers pings). Errors with `Error::Lost`
+    /// when the relay closed, on a read error, and when the path is dead. Cancel-safe: a ping
+    /// cut short by the caller's `select!` stays queued and leaves with the next write.
+    async fn next(&mut self) -> Result<Message, Error> {
+        loop {
+            let deadline = self.deadline();
+            tokio::select! {
+                msg = self.ws.next() => {
+                    self.heard = tokio::time::Instant::now();
+                    return match msg {
+                        Some(Ok(Message::Close(_))) | None => {
+                            Err(Error::Lost("the relay closed the connection".into()))
+                        }
+                        Some(Ok(msg)) => Ok(msg),
+                        Some(Err(e)) => Err(Error::Lost(e.to_string())),
+                    };
+                }
+                _ = self.ping.tick() => self.send(Message::Ping(Default::default())).await?,
+                _ = tokio::time::sleep_until(deadline) => return Err(Self::dead()),
+            }
+        }
+    }
+
+    /// Sends a message; a write that cannot be made before the deadline means a dead path.
+    async fn send(&mut self, msg: Message) -> Result<(), Error> {
+        tokio::time::timeout_at(self.deadline(), self.ws.send(msg))
+            .await
+            .map_err(|_| Self::dead())?
+            .map_err(|e| Error::Lost(e.to_string()))
+    }
+
+    async fn text(&mut self, msg: &ClientMessage) -> Result<(), Error> {
+        self.send(Message::Text(msg.to_json().into())).await
+    }
+
+    /// Closes the connection, waiting at most a second: on a dead path nothing would come.
+    async fn close(&mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.close(None)).await;
     }
 }
 
@@ -416,25 +514,30 @@ async fn run_sender(
             }
         };
         let result = match connect.await {
-            Ok(mut ws) => {
+            Ok(mut link) => {
                 backoff = BACKOFF_FIRST;
                 front.report(|| Report::Connected);
                 sender.mic.skip_to_now()?;
-                if let Some(live) = go_live.take() {
-                    ws.send(Message::Text(live.to_json().into()))
+                // Taken before it is sent: a connection lost right here does not send it again.
+                let live = match go_live.take() {
+                    Some(live) => link.text(&live).await,
+                    None => Ok(()),
+                };
+                match live {
+                    Ok(()) => {
+                        sender_session(
+                            &mut link,
+                            &mut sender,
+                            source,
+                            commands.as_mut(),
+                            ui.as_mut().map(|ui| &mut ui.commands),
+                            &front,
+                            player.as_mut(),
+                        )
                         .await
-                        .map_err(|e| Error::Lost(e.to_string()))?;
+                    }
+                    Err(e) => Err(e),
                 }
-                sender_session(
-                    &mut ws,
-                    &mut sender,
-                    source,
-                    commands.as_mut(),
-                    ui.as_mut().map(|ui| &mut ui.commands),
-                    &front,
-                    player.as_mut(),
-                )
-                .await
             }
             Err(e) => Err(e),
         };
@@ -500,7 +603,7 @@ fn interval(period: Duration) -> tokio::time::Interval {
 }
 
 async fn sender_session(
-    ws: &mut Ws,
+    link: &mut Link,
     sender: &mut Sender,
     source: Source,
     mut commands: Option<&mut mpsc::Receiver<String>>,
@@ -520,18 +623,18 @@ async fn sender_session(
                     front.line(serde_json::json!({"type": "capture", "device": sender.mic.device(), "overruns": overruns}));
                     front.report(|| Report::Overruns(overruns));
                     let msg = ClientMessage::Stats { overruns };
-                    ws.send(Message::Text(msg.to_json().into())).await.map_err(|e| Error::Lost(e.to_string()))?;
+                    link.text(&msg).await?;
                 }
             }
             frame = sender.next_frame(source) => {
                 let Some(frame) = frame? else {
-                    let _ = ws.close(None).await;
+                    link.close().await;
                     return Ok(());
                 };
                 if let Ok(h) = FrameHeader::parse(&frame) {
                     front.report(|| Report::Sent { rms: h.rms, peak: h.peak });
                 }
-                ws.send(Message::Binary(frame)).await.map_err(|e| Error::Lost(e.to_string()))?;
+                link.send(Message::Binary(frame)).await?;
             }
             command = async {
                 match ui.as_mut() {
@@ -541,10 +644,10 @@ async fn sender_session(
             } => {
                 let Some(msg) = command else {
                     // The user interface quit.
-                    let _ = ws.close(None).await;
+                    link.close().await;
                     return Ok(());
                 };
-                ws.send(Message::Text(msg.to_json().into())).await.map_err(|e| Error::Lost(e.to_string()))?;
+                link.text(&msg).await?;
             }
             line = async {
                 match commands.as_mut() {
@@ -558,7 +661,7 @@ async fn sender_session(
                     continue;
                 };
                 match parse_command(&line) {
-                    Ok(Command::Relay(msg)) => ws.send(Message::Text(msg.to_json().into())).await.map_err(|e| Error::Lost(e.to_string()))?,
+                    Ok(Command::Relay(msg)) => link.text(&msg).await?,
                     Ok(Command::Volume(v)) => match player.as_deref() {
                         Some(p) => {
                             let set = p.volume().set(v);
@@ -567,20 +670,20 @@ async fn sender_session(
                         None => emit(serde_json::json!({"type": "error", "code": "bad_command", "message": "no headphones to turn: start the booth with --output-device or --default-output", "fatal": false})),
                     },
                     Ok(Command::Quit) => {
-                        let _ = ws.close(None).await;
+                        link.close().await;
                         return Ok(());
                     }
                     Err(e) => emit(serde_json::json!({"type": "error", "code": "bad_command", "message": e, "fatal": false})),
                 }
             }
-            msg = ws.next() => match msg {
-                Some(Ok(Message::Text(text))) => {
+            msg = link.next() => match msg? {
+                Message::Text(text) => {
                     front.text(&text);
                     if let Ok(ServerMessage::Error { code, message, fatal: true }) = ServerMessage::parse(&text) {
                         return Err(Error::Refused { code, message });
                     }
                 }
-                Some(Ok(Message::Binary(frame))) => {
+                Message::Binary(frame) => {
                     if let Ok(h) = FrameHeader::parse(&frame) {
                         front.report(|| Report::Heard(h));
                     }
@@ -589,9 +692,7 @@ async fn sender_session(
                         p.frame(&frame);
                     }
                 }
-                Some(Ok(Message::Close(_))) | None => return Err(Error::Lost("the relay closed the connection".into())),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(Error::Lost(e.to_string())),
+                _ => {}
             }
         }
     }
@@ -1098,21 +1199,21 @@ pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
     let mut backoff = BACKOFF_FIRST;
     let mut first = true;
     loop {
-        let mut conn: Option<Ws> = None;
+        let mut conn: Option<Link> = None;
         let session = async {
-            let ws = conn.insert(open(&url, &hello, &Front::default()).await?);
+            let link = conn.insert(open(&url, &hello, &Front::default()).await?);
             let mut report = interval(STATS_EVERY);
             loop {
                 let msg = tokio::select! {
-                    msg = ws.next() => msg,
+                    msg = link.next() => msg?,
                     _ = tick_if(playout.is_device(), &mut report) => {
                         emit(serde_json::json!({"type": "playout", "playout": playout.playout()}));
                         continue;
                     }
                 };
                 match msg {
-                    Some(Ok(Message::Binary(frame))) => playout.frame(&frame, Instant::now())?,
-                    Some(Ok(Message::Text(text))) => {
+                    Message::Binary(frame) => playout.frame(&frame, Instant::now())?,
+                    Message::Text(text) => {
                         println!("{text}");
                         if let Ok(ServerMessage::Error {
                             code,
@@ -1120,14 +1221,10 @@ pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
                             fatal: true,
                         }) = ServerMessage::parse(&text)
                         {
-                            return Err(Error::Refused { code, message });
+                            return Err::<(), _>(Error::Refused { code, message });
                         }
                     }
-                    Some(Ok(Message::Close(_))) | None => {
-                        return Err::<(), _>(Error::Lost("the relay closed the connection".into()))
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(Error::Lost(e.to_string())),
+                    _ => {}
                 }
             }
         };
@@ -1139,11 +1236,15 @@ pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
             },
         };
         let Some(result) = result else {
-            if let Some(mut ws) = conn.take() {
-                let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+            if let Some(mut link) = conn.take() {
+                link.close().await;
             }
             break;
         };
+        // A connection the relay welcomed starts the back-off over.
+        if conn.is_some() {
+            backoff = BACKOFF_FIRST;
+        }
         match result {
             Ok(()) => break,
             Err(e) if e.is_final() || (first && matches!(e, Error::Connect { .. })) => {
@@ -1151,6 +1252,7 @@ pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
             }
             Err(e) => {
                 emit(serde_json::json!({"type": "disconnected", "reason": e.to_string()}));
+                tracing::warn!("{e}; reconnecting in {} ms", backoff.as_millis());
                 playout.reconnected();
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);

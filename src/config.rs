@@ -126,6 +126,8 @@ pub struct Event {
     pub booths: Vec<Booth>,
     /// Secrets that were generated at start (role, secret), to be printed once by `serve`.
     pub generated: Vec<(String, String)>,
+    /// What a person should know about the event (weak secrets), without the secrets.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -200,7 +202,7 @@ impl Event {
                 file: file.to_string(),
                 line,
                 field: field_of_toml_error(&e, text),
-                message: e.message().to_string(),
+                message: toml_message(&e, text),
             }
         })?;
         Validator { text, file }.build(raw, env)
@@ -237,6 +239,19 @@ impl Event {
 
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// What is wrong, from a TOML/serde error. toml gives some syntax errors (a control character in
+/// a comment) no message at all: name the character it stopped at instead.
+fn toml_message(e: &toml::de::Error, text: &str) -> String {
+    if !e.message().trim().is_empty() {
+        return e.message().to_string();
+    }
+    let at = e.span().and_then(|s| text.get(s.start..)?.chars().next());
+    match at {
+        Some(c) => format!("invalid TOML: unexpected character {c:?}"),
+        None => "invalid TOML: unexpected end of file".to_string(),
+    }
 }
 
 /// Names the field of a TOML/serde error: the one the message quotes ("unknown field `x`",
@@ -296,11 +311,22 @@ impl Validator<'_> {
             });
         }
         let mut generated = Vec::new();
+        let mut warnings = Vec::new();
         let mut secret = |role: String, env_key: &str, from_file: Option<String>| -> String {
-            if let Some(s) = env(env_key).filter(|s| !s.is_empty()) {
-                return s;
-            }
-            if let Some(s) = from_file.filter(|s| !s.is_empty()) {
+            let given = env(env_key)
+                .filter(|s| !s.is_empty())
+                .map(|s| (s, env_key.to_string()))
+                .or_else(|| {
+                    from_file
+                        .filter(|s| !s.is_empty())
+                        .map(|s| (s, self.file.to_string()))
+                });
+            if let Some((s, from)) = given {
+                if let Some(why) = weak_secret(&s) {
+                    warnings.push(format!(
+                        "the secret for {role} (from {from}) is weak: {why}; use {MIN_SECRET_LEN} or more characters, not only digits, or leave it out to have one generated"
+                    ));
+                }
                 return s;
             }
             let s = generate_secret();
@@ -500,7 +526,24 @@ impl Validator<'_> {
             channels,
             booths,
             generated,
+            warnings,
         })
+    }
+}
+
+/// Secrets shorter than this get a warning: a person-made secret of a few characters falls to
+/// guessing in hours even at the relay's slowed-down pace (see `attempts.rs`).
+pub const MIN_SECRET_LEN: usize = 12;
+
+/// Why a secret a person chose is easy to guess, if it is.
+pub fn weak_secret(secret: &str) -> Option<String> {
+    let len = secret.chars().count();
+    if secret.chars().all(|c| c.is_ascii_digit()) {
+        Some(format!("it is {len} digits only"))
+    } else if len < MIN_SECRET_LEN {
+        Some(format!("it is {len} characters long"))
+    } else {
+        None
     }
 }
 
@@ -575,6 +618,29 @@ mod tests {
         assert_eq!(e.booth("en").unwrap().secret, "from-env");
         assert_eq!(e.access_code.as_deref(), Some("1234"));
         assert!(!e.generated.iter().any(|(r, _)| r == "booth en"));
+    }
+
+    #[test]
+    fn short_or_digit_secrets_are_warned_about_without_showing_them() {
+        let env = |k: &str| match k {
+            "BOOTHCAST_BOOTH_SECRET_EN" => Some("483920".to_string()),
+            "BOOTHCAST_BOOTH_SECRET_RU" => Some("pass".to_string()),
+            "BOOTHCAST_BOOTH_SECRET_FR" => Some("correct-horse-battery".to_string()),
+            _ => None,
+        };
+        let e = Event::parse(DEFAULT_EVENT, "x", &env).unwrap();
+        assert_eq!(e.warnings.len(), 2, "{:?}", e.warnings);
+        assert!(e.warnings[0].contains("booth en") && e.warnings[0].contains("6 digits only"));
+        assert!(e.warnings[1].contains("booth ru") && e.warnings[1].contains("4 characters"));
+        assert!(e
+            .warnings
+            .iter()
+            .all(|w| !w.contains("483920") && !w.contains("pass")));
+        // Generated secrets are never warned about.
+        assert!(Event::parse(DEFAULT_EVENT, "x", &|_| None)
+            .unwrap()
+            .warnings
+            .is_empty());
     }
 
     #[test]

@@ -11,9 +11,11 @@
 //! - [`rules`]: who is live and what each channel carries: auto-floor, interlock, handover,
 //!   cough, relay. A state machine with time as an input; no I/O.
 //! - [`relay`]: the fan-out: one queue per channel shared by its listeners; feeds [`rules`].
-//! - [`server`]: HTTP and WebSocket transport around [`relay`]; [`tls`] for HTTPS/WSS and
-//!   [`join`] for the address delegates join at and its QR code; [`stream`] for the channels
-//!   as HTTP streams (Ogg Opus) for any player.
+//! - [`server`]: HTTP and WebSocket transport around [`relay`]; [`accept`] takes connections
+//!   within the bounds of [`admission`] (how many, from whom) and [`attempts`] slows the
+//!   guessing of secrets; [`tls`] for HTTPS/WSS and [`join`] for the address delegates join at
+//!   and its QR code; [`stream`] for the channels as HTTP streams
+//!   (Ogg Opus) for any player.
 //! - [`audio`]: WAV files, resampling, the Opus encoder and decoder (only clients touch audio).
 //! - [`input`]: sound files and live streams in (symphonia), paced as a microphone delivers.
 //! - [`client`]: the floor, booth and listener clients, from and to audio files or devices.
@@ -24,6 +26,9 @@
 //! - [`record`]: recordings of every channel, aligned, with a session index.
 //! - [`bench`]: the load generators of `docs/BENCHMARKS.md`.
 
+pub mod accept;
+pub mod admission;
+pub mod attempts;
 pub mod audio;
 pub mod bench;
 pub mod client;

@@ -56,6 +56,15 @@ enum Cmd {
         /// on its network and the port listened on).
         #[arg(long, value_name = "URL")]
         public_url: Option<String>,
+        /// Delegates' connections one client address may hold (every phone has its own address
+        /// on a venue LAN; raise it when many come through one NAT).
+        #[arg(long, value_name = "N", default_value_t = boothcast::admission::LISTENERS_PER_ADDRESS)]
+        listeners_per_address: usize,
+        /// A reverse proxy (address or network, e.g. 10.0.0.0/24) whose Forwarded or
+        /// X-Forwarded-For header gives the client's address; may be given more than once.
+        /// Without it those headers are ignored.
+        #[arg(long, value_name = "ADDR")]
+        trusted_proxy: Vec<boothcast::admission::Network>,
     },
     /// Send a sound file or a live stream as the floor (the hall's original sound).
     Floor {
@@ -318,6 +327,8 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             tls_cert,
             tls_key,
             public_url,
+            listeners_per_address,
+            trusted_proxy,
             ..
         } => {
             let event = match &config {
@@ -336,7 +347,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 (Some(cert), Some(key)) => Some(boothcast::tls::load(cert, key)?),
                 _ => None,
             };
-            let listener = tokio::net::TcpListener::bind(&listen)
+            let listener = boothcast::accept::bind(&listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
             let addr = listener.local_addr()?;
@@ -356,8 +367,28 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 println!("{qr}");
             }
             println!("sound engineer's console: {join_url}console");
+            // Connections are bounded by the open-file limit: take all the system allows.
+            let nofile = match boothcast::admission::raise_open_file_limit() {
+                Ok((before, now, hard)) => {
+                    tracing::info!(soft_before = before, soft = now, hard, "open-file limit");
+                    now
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read or raise the open-file limit");
+                    boothcast::admission::open_file_limit()
+                }
+            };
+            for warning in &event.warnings {
+                tracing::warn!("{warning}");
+            }
+            let senders =
+                event.booths.len() * boothcast::rules::MAX_CONSOLES_PER_BOOTH + event.rooms.len();
+            let mut limits = boothcast::admission::Limits::for_event(nofile, senders);
+            limits.listeners_per_address = listeners_per_address.max(1);
+            limits.trusted_proxies = trusted_proxy;
             let relay = Relay::new(Arc::new(event));
             let mut options = server::Options {
+                limits: Some(limits),
                 record_at_start: record.is_some(),
                 record_dir: record,
                 tls,
@@ -527,6 +558,9 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::CheckConfig { file } => {
             let event = Event::load(&file)?;
             println!("{}: event \"{}\" is valid", file.display(), event.name);
+            for warning in &event.warnings {
+                println!("warning: {warning}");
+            }
             for room in &event.rooms {
                 println!("room {} ({})", room.id, room.name);
                 for ch in event.channels.iter().filter(|c| c.room == room.id) {

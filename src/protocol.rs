@@ -297,6 +297,10 @@ pub struct SenderHealth {
     /// Capture overruns the sender reports (`stats`).
     #[serde(default)]
     pub overruns: u64,
+    /// Milliseconds since its last frame (`null` before the first). A live console whose
+    /// frames stopped shows here first, before its deadline closes it.
+    #[serde(default)]
+    pub silent_ms: Option<u64>,
 }
 
 /// One entry of the event log.
@@ -429,6 +433,16 @@ pub enum ErrorCode {
     TooSlow,
     /// The relay is shutting down.
     ShuttingDown,
+    /// Too many wrong secrets from this address: it must wait before trying again.
+    TooManyAttempts,
+    /// The relay holds as many connections as it can; its last places are kept for booths,
+    /// the floor and engineers. Try again in a moment.
+    ServerFull,
+    /// This address has as many listener connections as it may.
+    TooManyConnections,
+    /// Nothing came from the client (no frame, message or pong) within its deadline: the
+    /// path to it is taken to be dead.
+    Timeout,
 }
 
 /// Why a text message was refused.

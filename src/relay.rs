@@ -78,6 +78,12 @@ pub struct Stats {
     pub refused_frames: AtomicU64,
     pub refused_messages: AtomicU64,
     pub slow_closed: AtomicU64,
+    /// Hellos refused because the address must wait after wrong secrets.
+    pub refused_attempts: AtomicU64,
+    /// WebSocket connections that did not say `hello` in time.
+    pub hello_timeouts: AtomicU64,
+    /// Connections closed because nothing came from them within their deadline.
+    pub dead_paths: AtomicU64,
     pub recording_bytes: AtomicU64,
     pub recording_lost: AtomicU64,
 }
@@ -100,12 +106,15 @@ pub struct Health {
     /// Capture overruns, as the sender reports them.
     pub overruns: u64,
     last: Option<(u32, u64, u64)>,
+    /// When its last frame came (monotonic clock).
+    pub last_frame: Option<Instant>,
 }
 
 impl Health {
     /// A frame with the sender's `sequence` and `capture_us` arrived at `arrival_us`.
     pub fn frame(&mut self, sequence: u32, capture_us: u64, arrival_us: u64) {
         self.frames += 1;
+        self.last_frame = Some(Instant::now());
         if let Some((seq, capture, arrival)) = self.last {
             let gap = sequence.wrapping_sub(seq).wrapping_sub(1);
             if gap > 0 && gap < 1 << 16 {
@@ -283,6 +292,9 @@ impl Relay {
                     frames: h.frames,
                     lost: h.lost,
                     overruns: h.overruns,
+                    silent_ms: h
+                        .last_frame
+                        .map(|t| t.elapsed().as_millis().min(u64::MAX as u128) as u64),
                     reconnects: self
                         .connects
                         .get(who)
@@ -302,9 +314,19 @@ impl Relay {
 
     /// A connection ended, for whatever reason.
     pub fn unregister(&self, session: Session) {
+        self.unregister_because(session, None)
+    }
+
+    /// A connection ended; a sender's entry in the event log says why when it is known
+    /// (`no answer for 3 s (path dead)`).
+    pub fn unregister_because(&self, session: Session, reason: Option<&str>) {
         self.sessions.remove(&session);
         if let Some((_, (who, _))) = self.health.remove(&session) {
-            self.log(LogKind::Disconnect, format!("{who} disconnected"));
+            let text = match reason {
+                Some(r) => format!("{who} disconnected: {r}"),
+                None => format!("{who} disconnected"),
+            };
+            self.log(LogKind::Disconnect, text);
         }
         let now = Instant::now();
         self.with_rules(|rules| Ok(rules.disconnect(session, now)))
@@ -788,6 +810,21 @@ impl Relay {
                 &self.stats.slow_closed,
                 "Connections closed for not reading.",
             ),
+            (
+                "boothcast_refused_attempts_total",
+                &self.stats.refused_attempts,
+                "Hellos refused with too_many_attempts: the address must wait after wrong secrets.",
+            ),
+            (
+                "boothcast_hello_timeouts_total",
+                &self.stats.hello_timeouts,
+                "WebSocket connections closed for not saying hello in time.",
+            ),
+            (
+                "boothcast_dead_paths_total",
+                &self.stats.dead_paths,
+                "Connections closed because nothing came from them within their deadline.",
+            ),
         ];
         for (name, v, help) in global {
             let _ = writeln!(
@@ -809,10 +846,21 @@ type SenderMetric = (
 );
 
 /// Validates a frame from a sender: the header, and that the payload is one Opus packet of
-/// at most 60 ms.
-fn check_frame(frame: &[u8]) -> Result<FrameHeader, FrameError> {
+/// 2.5 to 60 ms ([`MAX_PACKET_SAMPLES`]), judged from its TOC byte and frame count only (the
+/// relay never decodes audio). `frame` is the whole binary message, header first; the packet
+/// is `&frame[HEADER_LEN..]`.
+///
+/// # Errors
+/// The [`FrameError`] of [`FrameHeader::parse`] for the header; [`FrameError::Opus`] for a
+/// payload that is not an Opus packet, holds no frame or lasts longer than 60 ms.
+pub fn check_frame(frame: &[u8]) -> Result<FrameHeader, FrameError> {
     let header = FrameHeader::parse(frame)?;
     match opus::packet::get_nb_samples(&frame[HEADER_LEN..], 48_000) {
+        // A code 3 packet may declare zero frames (RFC 6716 forbids it): nothing to play, and
+        // nothing the recorder can place in time.
+        Ok(0) => Err(FrameError::Opus(
+            "the Opus packet holds no frame (a code 3 packet with a frame count of 0)".into(),
+        )),
         Ok(n) if n <= MAX_PACKET_SAMPLES => Ok(header),
         Ok(n) => Err(FrameError::Opus(format!(
             "the Opus packet lasts {} ms; at most 60 ms per frame",

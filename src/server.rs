@@ -4,8 +4,16 @@
 //!
 //! Routes: `/ws` (the protocol of `docs/PROTOCOL.md`), `/` (the delegate's page from
 //! `web-client/`), `/console` (the engineer's page), `/join` and `/qr.svg` (the join address),
-//! `/healthz`, `/metrics`. Plain HTTP, or HTTPS with `Options::tls`.
+//! `/healthz`, `/metrics`. Plain HTTP, or HTTPS with `Options::tls`. Connections come through
+//! the accept loop of `accept.rs` and the bounds of `admission.rs`.
+//!
+//! Liveness: the relay pings every connection and closes one from which nothing came (no
+//! frame, message or pong) within its role's deadline ([`SENDER_DEADLINE`],
+//! [`LISTENER_DEADLINE`]); a booth console or floor feed closed so is treated exactly as one
+//! that disconnected.
 
+use crate::admission::{Gate, Limits, Ticket};
+use crate::attempts::Attempts;
 use crate::config::secret_matches;
 use crate::protocol::{
     ClientMessage, ErrorCode, LogKind, Role, ServerMessage, MAX_CONTROL_LEN, MAX_FRAME_LEN,
@@ -16,7 +24,6 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{ConnectInfo, State};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::Router;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -28,11 +35,23 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch};
+use tower::ServiceExt;
 use tower_http::compression::Compression;
-use tower_http::services::{ServeDir, ServeFile};
+use tower_http::services::ServeFile;
 
-/// Time a new connection has to say `hello`.
-pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a new WebSocket connection has to say `hello` (every client sends it at once).
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// A booth console or floor feed from which nothing came for this long (it sends frames
+/// every 20 ms and is pinged every second) is taken to be on a dead path and treated as
+/// disconnected: with a channel's hold (1.5 s by default) the floor is back on its channel
+/// within about 4.5 s, and the partner can go live.
+pub const SENDER_DEADLINE: Duration = Duration::from_secs(3);
+/// Listeners and engineers are pinged this often: a channel carrying nothing does not look
+/// idle to a proxy, and a phone that left is noticed.
+pub const LISTENER_PING: Duration = Duration::from_secs(5);
+/// A listener or engineer from which nothing came for this long (three pings unanswered) is
+/// closed; its client reconnects to live if it is still there.
+pub const LISTENER_DEADLINE: Duration = Duration::from_secs(15);
 /// A listener that has not taken a single frame for this long is not reading at all: it is
 /// closed (its client reconnects to live). Shorter stalls only skip frames.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,6 +82,9 @@ pub struct Options {
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     /// The address delegates join at (default: from the bound address, see `join::url`).
     pub join_url: Option<String>,
+    /// Connection bounds (default: from the open-file limit and the event, see
+    /// [`Limits::for_event`]).
+    pub limits: Option<Limits>,
 }
 
 /// The recording in progress, if any, shared by the engineers' connections.
@@ -133,6 +155,7 @@ impl Default for Options {
             record_at_start: false,
             tls: None,
             join_url: None,
+            limits: None,
         }
     }
 }
@@ -144,6 +167,15 @@ struct AppState {
     write_timeout: Duration,
     recorder: Recorder,
     join_url: Arc<str>,
+    gate: Arc<Gate>,
+    attempts: Arc<Attempts>,
+    /// Refusals of secrets are logged once per address per interval.
+    quiet: Arc<crate::admission::Quiet>,
+    accept: Arc<crate::accept::Counters>,
+    /// Ticks every [`LISTENER_PING`]: listeners and engineers are pinged on it (one timer for
+    /// all of them, not one each).
+    ping: watch::Receiver<()>,
+    web_dir: Arc<PathBuf>,
 }
 
 /// Serves the relay on an already-bound listener until `shutdown` completes.
@@ -154,7 +186,6 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let relay_for_drain = relay.clone();
     tokio::spawn(relay.clone().run_timers(stop_rx.clone()));
     let recorder = Recorder {
         dir: options.record_dir.clone(),
@@ -170,15 +201,42 @@ pub async fn run(
         Some(u) => u.clone(),
         None => crate::join::url(listener.local_addr()?, options.tls.is_some()),
     };
+    let limits = options.limits.clone().unwrap_or_else(|| {
+        Limits::for_event(crate::admission::open_file_limit(), senders(relay.event()))
+    });
+    tracing::info!(
+        max_connections = limits.max_open,
+        reserved_for_senders = limits.reserve,
+        listeners_per_address = limits.listeners_per_address,
+        trusted_proxies = limits.trusted_proxies.len(),
+        "connection bounds"
+    );
+    let gate = Gate::new(limits);
+    let accept_counters = Arc::new(crate::accept::Counters::default());
+    let (ping_tx, ping_rx) = watch::channel(());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(LISTENER_PING);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if ping_tx.send(()).is_err() {
+                return;
+            }
+        }
+    });
     let state = AppState {
         relay: relay.clone(),
-        shutdown: stop_rx,
+        shutdown: stop_rx.clone(),
         write_timeout: options.write_timeout,
         recorder: recorder.clone(),
         join_url: join_url.into(),
+        gate: gate.clone(),
+        attempts: Arc::new(Attempts::new()),
+        quiet: Arc::new(crate::admission::Quiet::new(AUTH_LOG_INTERVAL)),
+        accept: accept_counters.clone(),
+        ping: ping_rx,
+        web_dir: Arc::new(options.web_dir.clone()),
     };
-    // Pages and scripts go compressed to browsers that take it (a phone on a busy venue
-    // network loads the page several times faster); audio on /ws is Opus already.
     let app = Router::new()
         .route("/ws", get(ws_handler))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -189,56 +247,132 @@ pub async fn run(
             "/listen/{room}/{file}",
             get(
                 |State(s): State<AppState>,
+                 ConnectInfo(peer): ConnectInfo<SocketAddr>,
+                 ticket: Option<axum::Extension<Ticket>>,
                  axum::extract::Path((room, file)): axum::extract::Path<(String, String)>,
                  headers: axum::http::HeaderMap| {
-                    crate::stream::listen(s.relay, s.shutdown, room, file, headers)
+                    let cx = crate::stream::Context {
+                        relay: s.relay,
+                        shutdown: s.shutdown,
+                        gate: s.gate,
+                        attempts: s.attempts,
+                    };
+                    crate::stream::listen(cx, peer, ticket.map(|t| t.0), room, file, headers)
                 },
             ),
         )
-        .route_service(
-            "/console",
-            Compression::new(ServeFile::new(options.web_dir.join("console.html"))),
-        )
-        .fallback_service(Compression::new(ServeDir::new(&options.web_dir)))
+        .route("/console", get(page_file))
+        .fallback(page_file)
         .with_state(state);
-    let stop = async move {
-        shutdown.await;
-        // Every connection's task sees this and closes with `shutting_down`.
-        let _ = stop_tx.send(true);
+    let accept = crate::accept::Accept {
+        gate,
+        counters: accept_counters,
+        tls: options.tls.map(tokio_rustls::TlsAcceptor::from),
+        configure: configure_socket,
     };
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    match options.tls {
-        Some(config) => {
-            let listener = crate::tls::Listener::new(listener, config, configure_socket)?;
-            axum::serve(listener.tap_io(|_| {}), app)
-                .with_graceful_shutdown(stop)
-                .await?
-        }
-        None => {
-            axum::serve(listener.tap_io(configure_socket_mut), app)
-                .with_graceful_shutdown(stop)
-                .await?
-        }
-    }
-    // WebSocket connections outlive the HTTP server's shutdown: give each a moment to send its
-    // close frame, so clients learn why rather than seeing a reset.
+    let server = tokio::spawn(crate::accept::run(listener, app, accept, stop_rx));
+    shutdown.await;
+    // Every connection's task sees this and closes with `shutting_down`.
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    // WebSocket connections outlive the accept loop: give each a moment to send its close
+    // frame, so clients learn why rather than seeing a reset.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while relay_for_drain.session_count() > 0 && tokio::time::Instant::now() < deadline {
+    while relay.session_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A recording still running is closed properly: every file ends, the index is written.
-    let _ = recorder.set(&relay_for_drain, false).await;
+    let _ = recorder.set(&relay, false).await;
     Ok(())
+}
+
+/// How often a refusal of a secret is written to the log and the engineer's event log per
+/// address (a guessing script makes thousands; one line per address and interval is enough).
+pub const AUTH_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Booth consoles and floor feeds the event can have at once.
+fn senders(event: &crate::config::Event) -> usize {
+    event.booths.len() * crate::rules::MAX_CONSOLES_PER_BOOTH + event.rooms.len()
+}
+
+/// Whether a path of the page's directory may be served: the delegate's page and the
+/// engineer's console (HTML, scripts, styles, translations, images) and the WASM Opus decoder
+/// they load; nothing of the build tooling (`package.json`, `node_modules/` but the decoder,
+/// dot files).
+pub fn servable(path: &str) -> bool {
+    const DECODER: &str = "/node_modules/opus-decoder/dist/opus-decoder.min.js";
+    const TYPES: [&str; 9] = [
+        "html",
+        "js",
+        "mjs",
+        "css",
+        "json",
+        "svg",
+        "png",
+        "ico",
+        "webmanifest",
+    ];
+    if path == "/" || path == DECODER {
+        return true;
+    }
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    let name = segments.last().copied().unwrap_or("");
+    let ext = name.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
+    segments
+        .iter()
+        .all(|s| !s.is_empty() && !s.starts_with('.') && *s != "node_modules" && !s.contains('\\'))
+        && !matches!(name, "package.json" | "package-lock.json")
+        && TYPES.contains(&ext)
+}
+
+/// The page's files (compressed for browsers that take it: a phone on a busy venue network
+/// loads the page several times faster); 404 for anything else in its directory. A connection
+/// in the reserve of the gate is for senders only: 503.
+async fn page_file(
+    State(state): State<AppState>,
+    ticket: Option<axum::Extension<Ticket>>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    let path = match req.uri().path() {
+        "/console" => "/console.html".to_string(),
+        p => p.to_string(),
+    };
+    if !servable(&path) {
+        return (StatusCode::NOT_FOUND, "not found\n").into_response();
+    }
+    if ticket.is_some_and(|t| t.is_reserved()) {
+        state
+            .gate
+            .counters
+            .denied_full
+            .fetch_add(1, Ordering::Relaxed);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("retry-after", "2")],
+            "the relay is full: try again in a moment\n",
+        )
+            .into_response();
+    }
+    let file = if path == "/" {
+        state.web_dir.join("index.html")
+    } else {
+        state.web_dir.join(&path[1..])
+    };
+    let service = Compression::new(ServeFile::new(file));
+    match service.oneshot(req).await {
+        Ok(r) => r.into_response(),
+        Err(e) => match e {},
+    }
 }
 
 /// Socket options of every connection: no Nagle delay on audio, a small kernel send queue.
 fn configure_socket(tcp: &tokio::net::TcpStream) {
     let _ = tcp.set_nodelay(true);
     set_notsent_lowat(tcp, NOTSENT_LOWAT);
-}
-
-fn configure_socket_mut(tcp: &mut tokio::net::TcpStream) {
-    configure_socket(tcp)
 }
 
 async fn join(State(state): State<AppState>) -> impl IntoResponse {
@@ -278,23 +412,93 @@ fn set_notsent_lowat(tcp: &tokio::net::TcpStream, bytes: u32) {
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        state.relay.metrics(),
-    )
+    use std::fmt::Write;
+    let mut out = state.relay.metrics();
+    let g = &state.gate;
+    let limits = g.limits();
+    let gauges = [
+        (
+            "boothcast_connections_open",
+            g.open() as u64,
+            "Connections open now (all kinds).",
+        ),
+        (
+            "boothcast_connections_limit",
+            limits.max_open as u64,
+            "Connections the relay holds at most (from the open-file limit).",
+        ),
+        (
+            "boothcast_connections_reserved",
+            limits.reserve as u64,
+            "Of those, kept back for booth consoles, floor feeds and engineers.",
+        ),
+        (
+            "boothcast_secret_waiting_addresses",
+            state.attempts.waiting(std::time::Instant::now()) as u64,
+            "Addresses that must wait after wrong secrets.",
+        ),
+    ];
+    for (name, v, help) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    }
+    let c = &g.counters;
+    let a = &state.accept;
+    let _ = writeln!(
+        out,
+        "# HELP boothcast_refused_connections_total Connections refused or closed by the admission bounds, by reason.\n# TYPE boothcast_refused_connections_total counter"
+    );
+    for (reason, v) in [
+        ("full", &c.refused_full),
+        ("per_address", &c.refused_per_address),
+        ("listener_full", &c.denied_full),
+        ("listeners_per_address", &c.denied_per_address),
+        ("evicted", &c.evicted),
+        ("request_timeout", &a.request_timeouts),
+        ("tls_handshake", &a.handshake_failures),
+        ("hello_timeout", &state.relay.stats.hello_timeouts),
+        ("too_many_attempts", &state.relay.stats.refused_attempts),
+        ("dead_path", &state.relay.stats.dead_paths),
+    ] {
+        let _ = writeln!(
+            out,
+            "boothcast_refused_connections_total{{reason=\"{reason}\"}} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP boothcast_accept_errors_total Failed accept() calls (out of file descriptors).\n# TYPE boothcast_accept_errors_total counter\nboothcast_accept_errors_total {}",
+        a.accept_errors.load(Ordering::Relaxed)
+    );
+    ([("content-type", "text/plain; version=0.0.4")], out)
 }
 
 async fn ws_handler(
     ws: WebSocketUpgrade,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ticket: Option<axum::Extension<Ticket>>,
+    headers: axum::http::HeaderMap,
     State(state): State<AppState>,
-) -> impl IntoResponse {
+) -> axum::response::Response {
+    let ticket = match ticket {
+        Some(axum::Extension(t)) => t,
+        // Only a router served without the accept loop has none: admit here.
+        None => match state.gate.admit(peer.ip()) {
+            Ok(t) => t,
+            Err(r) => {
+                return (axum::http::StatusCode::SERVICE_UNAVAILABLE, r.reason()).into_response()
+            }
+        },
+    };
+    let client = crate::admission::client_addr(peer.ip(), &headers, &state.gate);
+    let peer = SocketAddr::new(client, if client == peer.ip() { peer.port() } else { 0 });
     ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(8 * 1024)
         .max_write_buffer_size(256 * 1024)
         .max_message_size(MAX_CONTROL_LEN.max(MAX_FRAME_LEN))
         .max_frame_size(MAX_CONTROL_LEN.max(MAX_FRAME_LEN))
-        .on_upgrade(move |socket| connection(socket, state, peer))
+        .on_upgrade(move |socket| connection(socket, state, peer, ticket))
+        .into_response()
 }
 
 /// Why a connection ends, with what the client is told.
@@ -323,7 +527,11 @@ fn close_code(code: ErrorCode) -> u16 {
     match code {
         ErrorCode::BadFrame | ErrorCode::BadMessage => 1007,
         ErrorCode::ShuttingDown => 1001,
+        ErrorCode::ServerFull => 1013,
         ErrorCode::Replaced => 4000,
+        ErrorCode::TooManyConnections => 4008,
+        ErrorCode::Timeout => 4010,
+        ErrorCode::TooManyAttempts => 4029,
         _ => 1008,
     }
 }
@@ -348,6 +556,8 @@ struct Connection {
     delivered: u64,
     write_timeout: Duration,
     recorder: Recorder,
+    /// Already left the relay (see [`Connection::release`]).
+    released: bool,
 }
 
 impl Connection {
@@ -397,41 +607,92 @@ impl Connection {
     }
 }
 
-impl Drop for Connection {
-    fn drop(&mut self) {
+impl Connection {
+    /// Leaves the channel heard and the relay, saying why in the engineer's log when the
+    /// connection was a sender's. Done before the close handshake, so that a dead path's
+    /// channel goes to its hold at once rather than after the close times out.
+    fn release(&mut self, reason: Option<&str>) {
+        if std::mem::replace(&mut self.released, true) {
+            return;
+        }
         self.hear(None);
-        self.relay.unregister(self.session);
+        self.relay.unregister_because(self.session, reason);
     }
 }
 
-async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr) {
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.release(None);
+    }
+}
+
+async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr, ticket: Ticket) {
     let relay = state.relay.clone();
     let (session, ctl) = relay.register();
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, first_message(&mut ws)).await {
-        Ok(Some(Ok(text))) => ClientMessage::parse(&text)
-            .map_err(|e| Ending::new(ErrorCode::BadMessage, e.to_string())),
-        Ok(Some(Err(ending))) => Err(ending),
-        Ok(None) => {
+    let first = async {
+        tokio::select! {
+            m = tokio::time::timeout(HELLO_TIMEOUT, first_message(&mut ws)) => Some(m),
+            // The gate needs this place for a newer connection.
+            _ = ticket.evicted() => None,
+        }
+    };
+    let hello = match first.await {
+        None => {
             relay.unregister(session);
             return;
         }
-        Err(_) => Err(Ending::new(
-            ErrorCode::NotHello,
-            format!("no hello within {} s", HELLO_TIMEOUT.as_secs()),
-        )),
+        Some(Ok(Some(Ok(text)))) => ClientMessage::parse(&text)
+            .map_err(|e| Ending::new(ErrorCode::BadMessage, e.to_string())),
+        Some(Ok(Some(Err(ending)))) => Err(ending),
+        Some(Ok(None)) => {
+            relay.unregister(session);
+            return;
+        }
+        Some(Err(_)) => {
+            state
+                .relay
+                .stats
+                .hello_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+            Err(Ending::new(
+                ErrorCode::NotHello,
+                format!("no hello within {} s", HELLO_TIMEOUT.as_secs()),
+            ))
+        }
     };
-    let accepted = hello.and_then(|h| accept(&relay, session, h));
+    let accepted = hello.and_then(|h| admit(&state, &ticket, addr, session, h));
     let (peer, first_channel) = match accepted {
         Ok(p) => p,
         Err(ending) => {
-            if ending.code == ErrorCode::Unauthorized {
-                relay.stats.refused_auth.fetch_add(1, Ordering::Relaxed);
+            match ending.code {
+                ErrorCode::Unauthorized => {
+                    relay.stats.refused_auth.fetch_add(1, Ordering::Relaxed);
+                }
+                ErrorCode::TooManyAttempts => {
+                    relay.stats.refused_attempts.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
             }
-            tracing::warn!(peer = %addr, code = ?ending.code, reason = %ending.message, "refused");
-            relay.log(
-                LogKind::Refused,
-                format!("{}: {}", addr.ip(), ending.message),
-            );
+            let label = match ending.code {
+                ErrorCode::Unauthorized => "unauthorized",
+                ErrorCode::TooManyAttempts => "too_many_attempts",
+                ErrorCode::ServerFull => "server_full",
+                ErrorCode::TooManyConnections => "too_many_connections",
+                _ => "other",
+            };
+            // A script refused a thousand times is one line per address per interval.
+            if state
+                .quiet
+                .allow(addr.ip(), label, std::time::Instant::now())
+            {
+                tracing::warn!(peer = %addr.ip(), code = ?ending.code, reason = %ending.message, "refused");
+                if label != "other" {
+                    relay.log(
+                        LogKind::Refused,
+                        format!("{}: {}", addr.ip(), ending.message),
+                    );
+                }
+            }
             relay.unregister(session);
             close(&mut ws, ending).await;
             return;
@@ -448,6 +709,7 @@ async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr) {
         delivered: 0,
         write_timeout: state.write_timeout,
         recorder: state.recorder.clone(),
+        released: false,
     };
     let (mut sink, stream) = ws.split();
     // Reading has its own task: a console's microphone frames go on to the relay even while a
@@ -471,26 +733,42 @@ async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr) {
         incoming,
         first_channel,
         state.shutdown,
+        state.ping,
     )
     .await;
     let _ = stop_reading.send(true);
+    let reason = ending
+        .as_ref()
+        .map(|e| e.message.as_str())
+        .unwrap_or("closed by the client");
     tracing::info!(
         peer = %conn.addr,
         session,
         delivered = conn.delivered,
         skipped = conn.skipped,
-        reason = ending.as_ref().map(|e| e.message.as_str()).unwrap_or("closed by the client"),
+        reason,
         "disconnected"
     );
+    let dead = ending
+        .as_ref()
+        .is_some_and(|e| e.code == ErrorCode::Timeout);
+    conn.release(ending.as_ref().map(|e| e.message.as_str()));
     if let Some(ending) = ending {
-        close(&mut sink, ending).await;
+        // On a dead path nothing would arrive: close without waiting on it.
+        if dead {
+            let _ =
+                tokio::time::timeout(Duration::from_millis(100), close(&mut sink, ending)).await;
+        } else {
+            close(&mut sink, ending).await;
+        }
     }
     // The reader takes what the client still sends until it closes (briefly), so the socket is
     // not closed with unread data: that would reset the connection, and the reset can destroy
     // the error message before the client has read it.
-    if tokio::time::timeout(DRAIN, &mut reader).await.is_err() {
+    if dead || tokio::time::timeout(DRAIN, &mut reader).await.is_err() {
         reader.abort();
     }
+    drop(ticket);
 }
 
 /// How often booth consoles and floor feeds are pinged to measure their round-trip time.
@@ -556,12 +834,52 @@ where
     let _ = tokio::time::timeout(Duration::from_secs(2), send).await;
 }
 
-/// Checks a hello; registers the console or floor with the rules.
-fn accept(
-    relay: &Relay,
+/// Checks a secret given by `addr` for `target`, slowing down guessing (see `attempts.rs`):
+/// an address that must wait is refused without the secret being compared.
+fn check_secret(
+    state: &AppState,
+    addr: SocketAddr,
+    target: &str,
+    expected: &str,
+    given: &str,
+    wrong: &str,
+) -> Result<(), Ending> {
+    let now = std::time::Instant::now();
+    if let Err(wait) = state.attempts.check(addr.ip(), now) {
+        return Err(too_many_attempts(wait));
+    }
+    if secret_matches(expected, given) {
+        state.attempts.succeeded(addr.ip());
+        return Ok(());
+    }
+    let wait = state.attempts.failed(addr.ip(), target, now);
+    if !wait.is_zero() {
+        // Counted once per address and interval in the engineer's log by the caller.
+        tracing::debug!(peer = %addr.ip(), target, wait_s = wait.as_secs(), "wrong secret; the address waits");
+    }
+    Err(Ending::new(ErrorCode::Unauthorized, wrong))
+}
+
+fn too_many_attempts(wait: Duration) -> Ending {
+    Ending::new(
+        ErrorCode::TooManyAttempts,
+        format!(
+            "too many wrong secrets from this address: try again in {} s",
+            wait.as_secs_f64().ceil() as u64
+        ),
+    )
+}
+
+/// Checks a hello; takes the connection's place in the gate by its role; registers the
+/// console or floor with the rules.
+fn admit(
+    state: &AppState,
+    ticket: &Ticket,
+    addr: SocketAddr,
     session: Session,
     hello: ClientMessage,
 ) -> Result<(Peer, Option<u16>), Ending> {
+    let relay = &state.relay;
     let ClientMessage::Hello {
         role,
         booth,
@@ -597,19 +915,33 @@ fn accept(
                         "this event needs an access code",
                     ));
                 }
-                if !secret_matches(code, &secret) {
-                    return Err(Ending::new(ErrorCode::Unauthorized, "wrong access code"));
-                }
+                check_secret(
+                    state,
+                    addr,
+                    "access code",
+                    code,
+                    &secret,
+                    "wrong access code",
+                )?;
             }
+            ticket.listener(addr.ip()).map_err(|d| match d {
+                crate::admission::Denied::Full => Ending::new(ErrorCode::ServerFull, d.to_string()),
+                crate::admission::Denied::PerAddress(_) => {
+                    Ending::new(ErrorCode::TooManyConnections, d.to_string())
+                }
+            })?;
             Ok((Peer::Listener, channel))
         }
         Role::Engineer => {
-            if !secret_matches(&event.engineer_secret, &secret) {
-                return Err(Ending::new(
-                    ErrorCode::Unauthorized,
-                    "wrong or missing engineer secret",
-                ));
-            }
+            check_secret(
+                state,
+                addr,
+                "engineer",
+                &event.engineer_secret,
+                &secret,
+                "wrong or missing engineer secret",
+            )?;
+            ticket.sender();
             Ok((Peer::Engineer, channel))
         }
         Role::Floor => {
@@ -619,12 +951,15 @@ fn accept(
                 })?,
                 None => 0,
             };
-            if !secret_matches(&event.floor_secret, &secret) {
-                return Err(Ending::new(
-                    ErrorCode::Unauthorized,
-                    "wrong or missing floor secret",
-                ));
-            }
+            check_secret(
+                state,
+                addr,
+                "floor",
+                &event.floor_secret,
+                &secret,
+                "wrong or missing floor secret",
+            )?;
+            ticket.sender();
             relay.floor_connect(session, room);
             Ok((Peer::Floor, None))
         }
@@ -641,12 +976,14 @@ fn accept(
                     format!("there is no booth {booth}"),
                 ));
             };
-            if !secret_matches(&event.booths[index].secret, &secret) {
-                return Err(Ending::new(
-                    ErrorCode::Unauthorized,
-                    format!("wrong or missing secret for booth {booth}"),
-                ));
-            }
+            check_secret(
+                state,
+                addr,
+                &format!("booth {booth}"),
+                &event.booths[index].secret,
+                &secret,
+                &format!("wrong or missing secret for booth {booth}"),
+            )?;
             let console = console.unwrap_or_else(|| "1".to_string());
             let valid = !console.is_empty()
                 && console.len() <= 16
@@ -659,6 +996,7 @@ fn accept(
                     "a console name is 1 to 16 letters, digits, `-` or `_`",
                 ));
             }
+            ticket.sender();
             relay.console_connect(session, index, &console)?;
             Ok((Peer::Console { booth, console }, None))
         }
@@ -685,6 +1023,7 @@ async fn serve(
     mut incoming: mpsc::Receiver<Incoming>,
     first_channel: Option<u16>,
     mut shutdown: watch::Receiver<bool>,
+    mut slow_ping: watch::Receiver<()>,
 ) -> Option<Ending> {
     let relay = conn.relay.clone();
     let mut channels = relay.channels_watch();
@@ -845,6 +1184,11 @@ async fn serve(
                 let stamp = crate::relay::unix_micros().to_be_bytes();
                 if ws.send(Message::Ping(Bytes::copy_from_slice(&stamp))).await.is_err() { return None; }
             }
+            r = slow_ping.changed(), if !is_sender => {
+                if r.is_err() { return None; }
+                // Not timed: a listener's reader notices a missing pong by its deadline.
+                if send_within(ws, Message::Ping(Bytes::new())).await.is_err() { return None; }
+            }
             r = health.changed(), if is_engineer => {
                 if r.is_err() { return None; }
                 let json = health.borrow_and_update().clone();
@@ -953,7 +1297,11 @@ async fn write_within<F: Future>(
 }
 
 async fn send_text(ws: &mut Sink, text: Utf8Bytes) -> Result<(), axum::Error> {
-    tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Text(text)))
+    send_within(ws, Message::Text(text)).await
+}
+
+async fn send_within(ws: &mut Sink, msg: Message) -> Result<(), axum::Error> {
+    tokio::time::timeout(WRITE_TIMEOUT, ws.send(msg))
         .await
         .unwrap_or_else(|_| Err(axum::Error::new("write timed out")))
 }
@@ -1011,6 +1359,13 @@ async fn read_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut budget = FrameBudget::new();
+    let deadline = match peer {
+        Peer::Console { .. } | Peer::Floor => SENDER_DEADLINE,
+        Peer::Listener | Peer::Engineer => LISTENER_DEADLINE,
+    };
+    // Reset by every message: one timer per connection, moved rather than made anew.
+    let silence = tokio::time::sleep(deadline);
+    let mut silence = std::pin::pin!(silence);
     match &peer {
         Peer::Console { booth, console } => {
             relay.sender_connected(session, &format!("{booth}/{console}"))
@@ -1026,7 +1381,19 @@ async fn read_loop(
                 drain(&mut stream).await;
                 return;
             }
+            _ = silence.as_mut() => {
+                relay.stats.dead_paths.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(peer = %addr, session, deadline_s = deadline.as_secs(), "no answer: path taken to be dead");
+                let _ = tx.send(Incoming::Ended(Some(Ending::new(
+                    ErrorCode::Timeout,
+                    format!("no answer for {} s (path dead)", deadline.as_secs()),
+                )))).await;
+                return;
+            }
         };
+        silence
+            .as_mut()
+            .reset(tokio::time::Instant::now() + deadline);
         let msg = match next {
             Some(Ok(m)) => m,
             Some(Err(e)) => break input_error(e),

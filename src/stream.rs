@@ -13,14 +13,18 @@
 //! - **Live.** A listener starts at the next frame (no backlog); one that falls behind skips to
 //!   live, like a WebSocket listener, and one that takes nothing for [`WRITE_TIMEOUT`] is
 //!   dropped.
-//! - **Counted.** A stream listener is in the channel's audience and its metrics like a
-//!   delegate on the page.
+//! - **Counted and bounded.** A stream listener is in the channel's audience and its metrics
+//!   like a delegate on the page, and takes a listener's place in the gate (`admission`): the
+//!   same per-address bound, the same reserve kept for senders, the same slowing of wrong
+//!   access codes (`attempts`).
 //! - **The page's access code.** When the event has an access code, the stream asks for it with
 //!   HTTP Basic authentication (any user name, the code as the password): players take it in
 //!   the address (`http://listener:CODE@relay:8080/listen/plenary/en.opus`) and send it as a
 //!   header, a browser asks for it in its own dialog. A query parameter was not chosen: proxies
 //!   and access logs keep addresses, not `Authorization` headers.
 
+use crate::admission::{Denied, Gate, Ticket};
+use crate::attempts::Attempts;
 use crate::config::secret_matches;
 use crate::ogg;
 use crate::protocol::{FrameHeader, HEADER_LEN};
@@ -29,6 +33,7 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,16 +55,43 @@ const SILENCE_TICK: Duration = Duration::from_millis(20);
 /// The pre-skip announced: libopus's encoder look-ahead at 48 kHz, as the booths encode.
 const PRE_SKIP: u16 = 312;
 
-/// Answers `GET /listen/{room}/{file}` with the channel's stream, or a refusal in words:
-/// 404 for a channel that does not exist (or a name not ending in `.opus`), 401 with a Basic
-/// challenge when the event's access code is missing or wrong.
+/// What a stream needs of the server: the relay, its shutdown, and the bounds every listener
+/// is under.
+pub struct Context {
+    pub relay: Arc<Relay>,
+    pub shutdown: watch::Receiver<bool>,
+    pub gate: Arc<Gate>,
+    pub attempts: Arc<Attempts>,
+}
+
+/// Answers `GET /listen/{room}/{file}` from `peer` (whose connection holds `ticket` in the
+/// gate) with the channel's stream, or a refusal in words: 404 for a channel that does not
+/// exist (or a name not ending in `.opus`); 401 with a Basic challenge when the event's access
+/// code is missing or wrong; 429 after too many wrong codes from the address or when it has
+/// as many listeners as it may; 503 when the relay keeps its last places for senders.
 pub async fn listen(
-    relay: Arc<Relay>,
-    shutdown: watch::Receiver<bool>,
+    cx: Context,
+    peer: SocketAddr,
+    ticket: Option<Ticket>,
     room: String,
     file: String,
     headers: HeaderMap,
 ) -> Response {
+    let Context {
+        relay,
+        shutdown,
+        gate,
+        attempts,
+    } = cx;
+    let ticket = match ticket {
+        Some(t) => t,
+        // Only a router served without the accept loop has none: admit here.
+        None => match gate.admit(peer.ip()) {
+            Ok(t) => t,
+            Err(r) => return busy(StatusCode::SERVICE_UNAVAILABLE, r.reason().to_string()),
+        },
+    };
+    let client = crate::admission::client_addr(peer.ip(), &headers, &gate);
     let event = relay.event().clone();
     let Some(lang) = file.strip_suffix(".opus") else {
         return refuse(
@@ -72,9 +104,22 @@ pub async fn listen(
         return refuse(StatusCode::NOT_FOUND, format!("there is no channel {id}\n"));
     };
     if let Some(code) = &event.access_code {
+        let now = Instant::now();
+        if let Err(wait) = attempts.check(client, now) {
+            return busy(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "too many wrong access codes from this address: try again in {} s\n",
+                    wait.as_secs_f64().ceil() as u64
+                ),
+            );
+        }
         match basic_password(&headers) {
-            Some(given) if secret_matches(code, &given) => {}
+            Some(given) if secret_matches(code, &given) => attempts.succeeded(client),
             given => {
+                if given.is_some() {
+                    attempts.failed(client, "access code", now);
+                }
                 relay.stats.refused_auth.fetch_add(1, Ordering::Relaxed);
                 let why = if given.is_some() {
                     "wrong access code"
@@ -93,6 +138,13 @@ pub async fn listen(
             }
         }
     }
+    if let Err(denied) = ticket.listener(client) {
+        let status = match denied {
+            Denied::Full => StatusCode::SERVICE_UNAVAILABLE,
+            Denied::PerAddress(_) => StatusCode::TOO_MANY_REQUESTS,
+        };
+        return busy(status, format!("{denied}\n"));
+    }
     let ch = &event.channels[channel as usize];
     let comments = vec![
         format!("TITLE={} ({})", ch.native, ch.id),
@@ -106,7 +158,11 @@ pub async fn listen(
     let (tx, rx) = mpsc::channel::<Bytes>(BODY_QUEUE);
     let subscription = Subscription::new(relay.clone(), channel);
     tracing::info!(channel = %ch.id, "stream listener");
-    tokio::spawn(run(subscription, writer, tx, shutdown));
+    tokio::spawn(async move {
+        run(subscription, writer, tx, shutdown).await;
+        // The listener's place in the gate is given back with its stream.
+        drop(ticket);
+    });
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv()
             .await
@@ -130,6 +186,14 @@ pub async fn listen(
         Body::from_stream(body),
     )
         .into_response()
+}
+
+/// A refusal that a later try may not meet: with `Retry-After`.
+fn busy(status: StatusCode, text: String) -> Response {
+    let mut r = refuse(status, text);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+    r
 }
 
 fn refuse(status: StatusCode, text: String) -> Response {

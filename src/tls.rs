@@ -1,23 +1,13 @@
 //! HTTPS and WSS for `serve --tls-cert --tls-key` (rustls).
 //!
 //! Phones give a page its best audio path (AudioWorklet, WebCodecs) only in a secure context,
-//! so the relay can serve TLS itself. Handshakes run in their own tasks: a client that opens a
-//! connection and says nothing holds up no one else.
+//! so the relay can serve TLS itself. Handshakes run in each connection's own task
+//! (`accept.rs`), with a deadline: a client that opens a connection and says nothing holds up
+//! no one else.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio_rustls::rustls;
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
-
-/// Time a client has to complete its TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections through their handshake and not yet taken by the HTTP server.
-const READY_QUEUE: usize = 128;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -107,79 +97,4 @@ pub fn client_config(extra: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, 
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
-}
-
-/// A listener whose connections come out of their TLS handshake, for `axum::serve`.
-pub struct Listener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-    acceptor: tokio::task::JoinHandle<()>,
-}
-
-impl Listener {
-    /// Accepts on `tcp`; `configure` sets socket options on each connection before its handshake.
-    pub fn new(
-        tcp: TcpListener,
-        config: Arc<rustls::ServerConfig>,
-        configure: fn(&TcpStream),
-    ) -> std::io::Result<Listener> {
-        let local = tcp.local_addr()?;
-        let (tx, ready) = mpsc::channel(READY_QUEUE);
-        let tls = TlsAcceptor::from(config);
-        let acceptor = tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match tcp.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait for some to be freed.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                configure(&stream);
-                let tls = tls.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = tx.send((stream, peer)).await;
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
-                        }
-                        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(Listener {
-            ready,
-            local,
-            acceptor,
-        })
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        self.acceptor.abort();
-    }
-}
-
-impl axum::serve::Listener for Listener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(c) => c,
-            // The acceptor task only ends with the listener.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local)
-    }
 }

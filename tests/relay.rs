@@ -336,8 +336,11 @@ async fn wrong_or_missing_secrets_are_refused_and_nobody_else_notices() {
             "wrong or missing engineer secret",
         ),
     ];
-    for (hello, expected) in cases {
-        let mut c = Client::connect(&relay.url, hello.clone()).await;
+    // Each from an address of its own: an address that keeps failing must wait (tested in
+    // tests/hardening.rs).
+    for (i, (hello, expected)) in cases.into_iter().enumerate() {
+        let from = std::net::IpAddr::from([127, 0, 3, i as u8 + 1]);
+        let mut c = Client::connect_from(Some(from), &relay.url, hello.clone()).await;
         let (code, message, fatal) = c.error().await;
         assert_eq!(
             (code.as_str(), message.as_str(), fatal),

@@ -139,6 +139,10 @@ function renderChannels() {
       input.name = 'channel';
       input.value = c.id;
       input.addEventListener('change', () => select(c.id));
+      // The remembered channel is already checked: touching it again starts the sound.
+      input.addEventListener('click', () => {
+        if (!state.playing && state.wanted === c.id) select(c.id);
+      });
       const text = document.createElement('span');
       text.className = 'text';
       const name = document.createElement('span');

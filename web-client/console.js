@@ -375,6 +375,9 @@ function fixed(v, digits) {
   return v === null || v === undefined ? '—' : Number(v).toFixed(digits);
 }
 
+// A sender sends a frame every 2.5 to 60 ms: half a second without one is a stall.
+const STALL_MS = 500;
+
 function renderHealth(senders) {
   const liveOn = new Map(state.channels.filter((c) => c.live)
     .map((c) => [`${c.live.booth}/${c.live.console}`, c.lang]));
@@ -382,8 +385,12 @@ function renderHealth(senders) {
     const tr = document.createElement('tr');
     tr.dataset.who = s.who;
     const live = liveOn.get(s.who);
+    // A live console (or the floor) whose frames stopped: the channel carries nothing until
+    // the relay gives up on the connection (3 s) and the floor comes back after the hold.
+    const stalled = (live || s.who.startsWith('floor')) && s.silent_ms > STALL_MS;
+    const name = live ? `${s.who} · live ${live}` : s.who;
     const cells = [
-      live ? `${s.who} · live ${live}` : s.who, fixed(s.rtt_ms, 1), fixed(s.jitter_ms, 1), String(s.frames), String(s.lost),
+      stalled ? `${name} · NO FRAMES ${(s.silent_ms / 1000).toFixed(1)} s` : name, fixed(s.rtt_ms, 1), fixed(s.jitter_ms, 1), String(s.frames), String(s.lost),
       String(s.reconnects), s.overruns === undefined ? '—' : String(s.overruns),
     ];
     cells.forEach((text, i) => {
@@ -391,7 +398,12 @@ function renderHealth(senders) {
       td.textContent = text;
       if (i > 0) td.className = 'num';
     });
-    // Draw the eye to what needs attention: a slow link, losses, a flapping connection.
+    // Draw the eye to what needs attention: frames stopped, a slow link, losses, a flapping
+    // connection.
+    if (stalled) {
+      tr.cells[0].classList.add('warn');
+      tr.dataset.stalled = 'true';
+    }
     if (s.rtt_ms > 100 || s.jitter_ms > 20) tr.cells[1].classList.add('warn');
     if (s.lost > 0) tr.cells[4].classList.add('warn');
     if (s.reconnects > 0) tr.cells[5].classList.add('warn');

@@ -12,7 +12,22 @@ const WASM_DECODER = new URL('./node_modules/opus-decoder/dist/opus-decoder.min.
 const WEBCODECS_CONFIG = { codec: 'opus', sampleRate: SAMPLE_RATE, numberOfChannels: 1 };
 // 512 samples (10.7 ms) per ScriptProcessor callback: smaller ones miss their turn whenever the
 // page's thread is busy; larger ones add their length to the delay.
-const SCRIPT_BUFFER = 512;
+const SCRIPT_BUFFER = 1024;
+// The ScriptProcessor's count of samples written follows the context's clock when the two are
+// further apart than this (two buffers): more than any wobble of playbackTime seen, less than
+// what a dropped callback or two makes.
+const RESYNC = 2 * SCRIPT_BUFFER;
+// The mapping from the count to the context's time follows playbackTime's wobble this slowly
+// (about 64 callbacks, 0.7 s).
+const SMOOTH = 1 / 64;
+// getOutputTimestamp() is believed when the latency it implies (rendering to hearing) is at
+// least the context's own baseLatency + outputLatency less this, and at most the second limit.
+const LATENCY_SLACK_MS = 5;
+const MAX_OUTPUT_LATENCY_MS = 1000;
+// The output stage's latency where the browser does not report it (WebKit: outputLatency 0):
+// WebKitGTK through PulseAudio measured 50-60 ms beyond its baseLatency, an iPhone's speaker
+// 10-30 ms; 40 ms is within 30 ms of both.
+const ASSUMED_OUTPUT_MS = 40;
 // Delay figures kept for stats() and the benchmarks: the last 10 s of 20 ms frames.
 const KEEP_DELAYS = 500;
 
@@ -67,6 +82,9 @@ class Player {
     this.decoder = decoder;
     this.local = []; // ms from a frame's arrival at the page to its sound at the output
     this.relay = []; // ms from the relay's stamp to the sound (meaningful with synced clocks)
+    this.latencies = []; // ms from rendering a sample to hearing it, last estimates
+    this.latencyMs = null;
+    this.clockSource = null; // 'timestamp' (getOutputTimestamp) or 'context' (its latency figures)
     this.last = { underruns: 0, concealed: 0, lost: 0, skipped: 0, late: 0, marginMs: 0, bufferedMs: 0 };
     sink.onReport = (r) => this.onReport(r);
   }
@@ -101,7 +119,7 @@ class Player {
     if (!played.length) return;
     const toPerf = this.outputClock();
     for (const [relayUs, arrivalMs, frame] of played) {
-      const audible = toPerf(frame / SAMPLE_RATE);
+      const audible = toPerf(this.sink.contextTime(frame));
       this.local.push(audible - arrivalMs);
       this.relay.push(performance.timeOrigin + audible - relayUs / 1000);
     }
@@ -109,16 +127,38 @@ class Player {
     if (this.relay.length > KEEP_DELAYS) this.relay.splice(0, this.relay.length - KEEP_DELAYS);
   }
 
-  // Maps a time on the audio context's clock to when it is heard, on the performance.now() clock.
+  // Maps a time on the audio context's clock to when it is heard, on the performance.now() clock:
+  // the sample rendered now (currentTime) is heard `latency` ms later. The browser's own
+  // getOutputTimestamp() says so directly, but it is trusted only when it is plausible:
+  // WebKit's performanceTime is performance.now() plus the context's time (the latency it
+  // implies grows without end) and its outputLatency is 0; Firefox's timestamp leaves out the
+  // output stage (it implies 0 ms, less than its own outputLatency). Otherwise the context's
+  // baseLatency + outputLatency stand in, or, where the output stage is not reported,
+  // baseLatency + ASSUMED_OUTPUT_MS. The median of the last estimates is used: currentTime
+  // moves in steps of the render quantum.
   outputClock() {
-    const ts = this.context.getOutputTimestamp ? this.context.getOutputTimestamp() : null;
-    if (ts && ts.performanceTime > 0) {
-      return (t) => ts.performanceTime + (t - ts.contextTime) * 1000;
-    }
     const now = performance.now();
-    const ctx = this.context.currentTime;
-    const out = (this.context.outputLatency || 0) + (this.context.baseLatency || 0);
-    return (t) => now + (t - ctx + out) * 1000;
+    const ct = this.context.currentTime;
+    const output = 1000 * (this.context.outputLatency || 0);
+    const reported = output + 1000 * (this.context.baseLatency || 0);
+    // No browser's output stage takes no time: an outputLatency of 0 (WebKit) or none at all
+    // means "unknown", and a typical figure stands in.
+    let latency = output > 0 ? reported : reported + ASSUMED_OUTPUT_MS;
+    let source = output > 0 ? 'context' : 'assumed';
+    const ts = this.context.getOutputTimestamp ? this.context.getOutputTimestamp() : null;
+    if (ts && Number.isFinite(ts.performanceTime) && ts.performanceTime > 0 && Number.isFinite(ts.contextTime)) {
+      const implied = ts.performanceTime - now + (ct - ts.contextTime) * 1000;
+      if (implied >= reported - LATENCY_SLACK_MS && implied <= MAX_OUTPUT_LATENCY_MS) {
+        latency = implied;
+        source = 'timestamp';
+      }
+    }
+    this.latencies.push(latency);
+    if (this.latencies.length > 21) this.latencies.shift();
+    this.clockSource = source;
+    const l = median(this.latencies);
+    this.latencyMs = l;
+    return (t) => now + (t - ct) * 1000 + l;
   }
 
   // The figures of the last second (50 frames of 20 ms) and the counters since the start.
@@ -134,6 +174,8 @@ class Player {
       marginMs: this.last.marginMs,
       bufferedMs: this.last.bufferedMs,
       outputLatencyMs: 1000 * ((this.context.outputLatency || 0) + (this.context.baseLatency || 0)),
+      renderToEarMs: this.latencyMs,
+      clock: { source: this.clockSource, ...this.sink.clock() },
       decodeErrors: this.decoder.errors,
       path: this.path,
       decoder: this.decoderKind,
@@ -283,17 +325,51 @@ async function workletSink(context, delayMs) {
     frame: (f) => node.port.postMessage({ type: 'frame', ...f }, [f.samples.buffer]),
     reset: () => node.port.postMessage({ type: 'reset' }),
     setDelay: (ms) => node.port.postMessage({ type: 'delay', ms }),
+    // The worklet's output frames are the context's own (currentFrame).
+    contextTime: (frame) => frame / SAMPLE_RATE,
+    clock: () => null,
     close: () => node.disconnect(),
   };
   node.port.onmessage = (e) => sink.onReport(e.data);
   return sink;
 }
 
+// The ScriptProcessor's output is placed by counting the samples written, not at
+// round(playbackTime × 48000): Chromium and WebKit do not advance playbackTime by exactly one
+// buffer per callback (it wobbles by a few to a few dozen samples around the true position),
+// and following it skipped or repeated samples at buffer boundaries, a crackle at every
+// callback. The context's clock is followed only when it really moves away from the count
+// (callbacks were dropped while the page's thread was busy): then the count jumps forward to
+// it, one discontinuity where the output had a gap anyway. The average difference between the
+// two maps what was written to the context's time, for the delay figure.
 function scriptSink(context, delayMs) {
   const playout = new Playout({ delayMs });
   const node = context.createScriptProcessor(SCRIPT_BUFFER, 0, 1);
+  const clock = { pos: null, offset: 0, resyncs: 0, wobble: 0 };
   node.onaudioprocess = (e) => {
-    playout.pull(e.outputBuffer.getChannelData(0), Math.round(e.playbackTime * SAMPLE_RATE));
+    const out = e.outputBuffer.getChannelData(0);
+    const at = e.playbackTime * SAMPLE_RATE;
+    if (clock.pos === null) {
+      clock.pos = Math.round(at);
+      clock.offset = 0;
+    } else {
+      const err = at - (clock.pos + clock.offset);
+      clock.wobble = Math.max(Math.abs(err), clock.wobble * 0.999);
+      if (err > RESYNC) {
+        // Callbacks were dropped: the output moved on without us. Catch up with it.
+        clock.pos += Math.round(err);
+        clock.resyncs++;
+      } else if (err < -RESYNC) {
+        // The context's clock is behind the count (it was suspended, or restarted): the
+        // mapping follows it; the sound stays continuous.
+        clock.offset += err;
+        clock.resyncs++;
+      } else {
+        clock.offset += err * SMOOTH;
+      }
+    }
+    playout.pull(out, clock.pos);
+    clock.pos += out.length;
   };
   const sink = {
     kind: 'scriptprocessor',
@@ -302,6 +378,9 @@ function scriptSink(context, delayMs) {
     frame: (f) => playout.push(f),
     reset: () => playout.reset(),
     setDelay: (ms) => playout.setDelay(ms),
+    // Context time in seconds of the playout's output frame `frame`.
+    contextTime: (frame) => (frame + clock.offset) / SAMPLE_RATE,
+    clock: () => ({ resyncs: clock.resyncs, wobbleSamples: Math.round(clock.wobble) }),
     close: () => {
       clearInterval(timer);
       node.disconnect();

@@ -2,6 +2,8 @@
 //! Every wait has a timeout; tests wait for events, never for a fixed time.
 #![allow(dead_code)]
 
+pub mod shaper;
+
 use boothcast::config::Event;
 use boothcast::protocol::{FrameHeader, ServerMessage, Source, CHANNEL_UNSET, HEADER_LEN};
 use boothcast::relay::{unix_micros, Relay};
@@ -218,12 +220,55 @@ pub fn marker(payload: &Bytes) -> u8 {
     payload[HEADER_LEN + 1]
 }
 
+/// A TCP connection to the `host:port` of `url` (`ws://host:port/path`) from the loopback
+/// address `source` (any of 127.0.0.0/8: the relay sees a client of its own per address).
+pub async fn tcp_from(source: std::net::IpAddr, url: &str) -> tokio::net::TcpStream {
+    let authority = url
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .expect("a ws:// address");
+    let addr: SocketAddr = authority.parse().expect("host:port");
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    tokio::time::timeout(WAIT, socket.connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect")
+}
+
 impl Client {
     pub async fn connect(url: &str, hello: Value) -> Client {
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
-            .await
-            .expect("connect in time")
-            .expect("connect");
+        Client::connect_from(None, url, hello).await
+    }
+
+    /// As [`Client::connect`], from the loopback address `source` when given.
+    pub async fn connect_from(source: Option<std::net::IpAddr>, url: &str, hello: Value) -> Client {
+        let ws = match source {
+            None => tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url)).await,
+            Some(ip) => {
+                let tcp = tcp_from(ip, url).await;
+                tokio::time::timeout(
+                    WAIT,
+                    tokio_tungstenite::client_async(
+                        url,
+                        tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+                    ),
+                )
+                .await
+            }
+        };
+        let (ws, _) = ws.expect("connect in time").expect("connect");
+        Client::from_ws(ws, hello)
+    }
+
+    /// A client on an open WebSocket, which sends `hello` first.
+    pub fn from_ws(
+        ws: tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        hello: Value,
+    ) -> Client {
         let (tx, mut out_rx) = mpsc::unbounded_channel::<Out>();
         let (in_tx, rx) = mpsc::unbounded_channel::<In>();
         let source = match hello["role"].as_str() {

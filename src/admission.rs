@@ -1,0 +1,749 @@
+//! Admission: which connections the relay takes, how many, and from whom.
+//!
+//! Every accepted TCP connection holds a [`Ticket`] from the [`Gate`] for as long as its socket
+//! is open. The gate bounds:
+//! - all open connections, at `max_open` (from the process's open-file limit, see
+//!   [`raise_open_file_limit`]);
+//! - connections that have not said who they are (*pending*: page loads, WebSocket handshakes
+//!   before `hello`) and delegates, together, at `max_open - reserve`. The `reserve` is kept
+//!   back for booth consoles, floor feeds and engineers: however many listeners come, a sender
+//!   can connect;
+//! - pending connections per address (`pending_per_address`) and listeners per address
+//!   (`listeners_per_address`), so one guest on the venue Wi-Fi cannot take the room of many.
+//!
+//! When the shared room is full, the oldest pending connection is closed to make room for the
+//! new one (it had its chance to say who it is); only when no connection is pending does a new
+//! one go to the reserve, where it must be a sender or an engineer. The deadlines that make
+//! pending connections short-lived are in `server.rs` and `accept.rs`.
+//!
+//! Behind a reverse proxy, [`client_addr`] takes the client's address from `Forwarded`
+//! (RFC 7239) or `X-Forwarded-For`, only when the connection comes from a trusted proxy.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// File descriptors kept back from the open-file limit for everything that is not a
+/// connection: recordings (one file per channel), the event file, the page's files being
+/// served, the runtime's own (epoll, eventfd, timers).
+pub const FILE_HEADROOM: usize = 256;
+/// Default bound on delegates per client address. A phone or laptop has its own address on
+/// a venue LAN and needs one connection (a few while a page reloads); behind a NAT, raise it
+/// (`serve --listeners-per-address`).
+pub const LISTENERS_PER_ADDRESS: usize = 16;
+/// Default bound on connections per address that have not said who they are: a browser
+/// loading the page opens up to six; a few phones behind one NAT reloading at once fit.
+pub const PENDING_PER_ADDRESS: usize = 64;
+/// Reserve connections one address may hold before saying who it is: a booth laptop needs a
+/// console and perhaps a monitor; more than this from one address is not a booth.
+pub const RESERVE_PER_ADDRESS: usize = 4;
+/// Engineers' connections counted into the reserve on top of the event's senders.
+pub const RESERVE_ENGINEERS: usize = 16;
+
+/// The bounds of a [`Gate`].
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// All open connections.
+    pub max_open: usize,
+    /// Kept back, out of `max_open`, for booth consoles, floor feeds and engineers.
+    pub reserve: usize,
+    pub listeners_per_address: usize,
+    pub pending_per_address: usize,
+    /// Reverse proxies whose `Forwarded`/`X-Forwarded-For` headers are believed.
+    pub trusted_proxies: Vec<Network>,
+}
+
+impl Limits {
+    /// Bounds for an event with `senders` possible booth consoles and floor feeds, under an
+    /// open-file limit of `nofile`. The reserve is twice the senders and engineers (a console
+    /// reconnecting holds its old and new connection for a moment), at least 64, and never more
+    /// than a quarter of the connections.
+    pub fn for_event(nofile: u64, senders: usize) -> Limits {
+        let max_open = (nofile as usize).saturating_sub(FILE_HEADROOM).max(16);
+        let reserve = (2 * (senders + RESERVE_ENGINEERS))
+            .max(64)
+            .min(max_open / 4);
+        Limits {
+            max_open,
+            reserve,
+            listeners_per_address: LISTENERS_PER_ADDRESS,
+            pending_per_address: PENDING_PER_ADDRESS,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// An address or a network in CIDR notation (`10.0.0.0/24`, `fd00::/8`, `127.0.0.1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl std::str::FromStr for Network {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Network, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.trim().parse().map_err(|_| {
+            format!("`{s}` is not an IP address or network (e.g. 10.0.0.1, 10.0.0.0/24)")
+        })?;
+        let bits = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= bits)
+                .ok_or_else(|| format!("`{s}`: the prefix length must be 0 to {bits}"))?,
+            None => bits,
+        };
+        Ok(Network { addr, prefix })
+    }
+}
+
+impl Network {
+    /// Whether `ip` is in this network (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, canonical(ip)) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `::ffff:a.b.c.d` as `a.b.c.d`, so that one client has one address whatever the socket.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+/// Why the gate refused a connection. The name is what `/metrics` and the log say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Every connection the relay can hold is taken.
+    Full,
+    /// This address has as many connections waiting to say who they are as it may.
+    PerAddress,
+}
+
+impl Refused {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refused::Full => "the relay is full: try again in a moment",
+            Refused::PerAddress => "too many connections from this address",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Refused::Full => "full",
+            Refused::PerAddress => "per_address",
+        }
+    }
+}
+
+/// Why a connection that said who it is cannot stay.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    #[error("the relay is full: its last places are kept for booths, the floor and engineers")]
+    Full,
+    #[error("too many listeners from this address (at most {0}); close another first")]
+    PerAddress(usize),
+}
+
+/// What a connection is, as far as the gate counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Has not said who it is (HTTP, or WebSocket before `hello`). Closed first under pressure.
+    Pending,
+    /// A delegate (or a player of the HTTP stream).
+    Listener,
+    /// A booth console, floor feed or engineer.
+    Sender,
+}
+
+#[derive(Debug, Default)]
+struct PerAddress {
+    pending: usize,
+    listeners: usize,
+    reserve: usize,
+}
+
+#[derive(Default)]
+struct State {
+    open: usize,
+    /// Pending and listener connections outside the reserve.
+    shared: usize,
+    /// Connections in the reserve, of any class.
+    reserved: usize,
+    by_addr: HashMap<IpAddr, PerAddress>,
+    /// Pending connections outside the reserve, oldest first (entries of connections that are
+    /// no longer pending are skipped when met, and swept when the queue outgrows the open ones).
+    pending: VecDeque<Weak<Slot>>,
+}
+
+/// Counters of the gate, for `/metrics`.
+#[derive(Default)]
+pub struct Counters {
+    pub refused_full: AtomicU64,
+    pub refused_per_address: AtomicU64,
+    pub denied_full: AtomicU64,
+    pub denied_per_address: AtomicU64,
+    /// Pending connections closed to make room for new ones.
+    pub evicted: AtomicU64,
+}
+
+/// The connection bounds of one relay.
+pub struct Gate {
+    limits: Limits,
+    state: Mutex<State>,
+    pub counters: Counters,
+}
+
+struct SlotState {
+    class: Class,
+    /// Counted in the reserve rather than the shared room.
+    reserved: bool,
+    /// Released by eviction: its counts are already given back.
+    released: bool,
+    /// The address a listener is counted under (the client's, which behind a trusted proxy is
+    /// not the socket's).
+    listener_addr: Option<IpAddr>,
+}
+
+struct Slot {
+    gate: Arc<Gate>,
+    peer: IpAddr,
+    since: Instant,
+    state: Mutex<SlotState>,
+    evict: Notify,
+}
+
+/// A connection's place in the gate, shared by the tasks that serve it; the place is given
+/// back when the last clone is dropped.
+#[derive(Clone)]
+pub struct Ticket(Arc<Slot>);
+
+impl Gate {
+    pub fn new(limits: Limits) -> Arc<Gate> {
+        Arc::new(Gate {
+            limits,
+            state: Mutex::new(State::default()),
+            counters: Counters::default(),
+        })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.lock().open
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("gate lock poisoned")
+    }
+
+    /// Whether `peer` is a trusted reverse proxy.
+    pub fn is_trusted_proxy(&self, peer: IpAddr) -> bool {
+        self.limits.trusted_proxies.iter().any(|n| n.contains(peer))
+    }
+
+    /// Takes a new connection from `peer`, or says why not.
+    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Ticket, Refused> {
+        let peer = canonical(peer);
+        let trusted = self.is_trusted_proxy(peer);
+        let refused = |r: Refused| {
+            match r {
+                Refused::Full => &self.counters.refused_full,
+                Refused::PerAddress => &self.counters.refused_per_address,
+            }
+            .fetch_add(1, Ordering::Relaxed);
+            Err(r)
+        };
+        let mut victim = None;
+        let mut state = self.lock();
+        if state.open >= self.limits.max_open {
+            return refused(Refused::Full);
+        }
+        let (pending_here, reserve_here) = state
+            .by_addr
+            .get(&peer)
+            .map(|a| (a.pending, a.reserve))
+            .unwrap_or((0, 0));
+        if !trusted && pending_here >= self.limits.pending_per_address {
+            return refused(Refused::PerAddress);
+        }
+        let shared_room = self.limits.max_open - self.limits.reserve;
+        let reserved = if state.shared < shared_room {
+            false
+        } else if let Some(v) = oldest_pending(&mut state) {
+            release(
+                &mut state,
+                &v,
+                &mut v.state.lock().expect("slot lock poisoned"),
+            );
+            victim = Some(v);
+            false
+        } else if state.reserved < self.limits.reserve
+            && (trusted || reserve_here < RESERVE_PER_ADDRESS)
+        {
+            true
+        } else {
+            return refused(Refused::Full);
+        };
+        let slot = Arc::new(Slot {
+            gate: self.clone(),
+            peer,
+            since: Instant::now(),
+            state: Mutex::new(SlotState {
+                class: Class::Pending,
+                reserved,
+                released: false,
+                listener_addr: None,
+            }),
+            evict: Notify::new(),
+        });
+        state.open += 1;
+        let a = state.by_addr.entry(peer).or_default();
+        a.pending += 1;
+        if reserved {
+            a.reserve += 1;
+            state.reserved += 1;
+        } else {
+            state.shared += 1;
+            if state.pending.len() > 2 * state.open + 64 {
+                state.pending.retain(|w| w.strong_count() > 0);
+            }
+            state.pending.push_back(Arc::downgrade(&slot));
+        }
+        drop(state);
+        if let Some(v) = victim {
+            self.counters.evicted.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(peer = %v.peer, waited_ms = v.since.elapsed().as_millis() as u64, "pending connection closed to make room");
+            v.evict.notify_waiters();
+        }
+        Ok(Ticket(slot))
+    }
+}
+
+/// The oldest connection still pending outside the reserve.
+fn oldest_pending(state: &mut State) -> Option<Arc<Slot>> {
+    while let Some(w) = state.pending.pop_front() {
+        if let Some(slot) = w.upgrade() {
+            let s = slot.state.lock().expect("slot lock poisoned");
+            if s.class == Class::Pending && !s.released {
+                drop(s);
+                return Some(slot);
+            }
+        }
+    }
+    None
+}
+
+/// Gives back a connection's counts (once: on eviction or when it closes).
+fn release(state: &mut State, slot: &Slot, s: &mut SlotState) {
+    if s.released {
+        return;
+    }
+    s.released = true;
+    state.open -= 1;
+    if s.reserved {
+        state.reserved -= 1;
+    } else if s.class != Class::Sender {
+        state.shared -= 1;
+    }
+    let mut forget = |addr: IpAddr, f: &dyn Fn(&mut PerAddress)| {
+        if let Some(a) = state.by_addr.get_mut(&addr) {
+            f(a);
+            if a.pending == 0 && a.listeners == 0 && a.reserve == 0 {
+                state.by_addr.remove(&addr);
+            }
+        }
+    };
+    let reserved = s.reserved;
+    match s.class {
+        Class::Pending => forget(slot.peer, &|a| a.pending -= 1),
+        Class::Listener => {
+            let addr = s.listener_addr.unwrap_or(slot.peer);
+            forget(addr, &|a| a.listeners -= 1)
+        }
+        Class::Sender => {}
+    }
+    if reserved {
+        forget(slot.peer, &|a| a.reserve -= 1);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut state = self.gate.lock();
+        let mut s = self.state.lock().expect("slot lock poisoned");
+        release(&mut state, self, &mut s);
+    }
+}
+
+impl Ticket {
+    /// The socket's peer address.
+    pub fn peer(&self) -> IpAddr {
+        self.0.peer
+    }
+
+    /// Whether this connection was taken into the reserve (it must be a sender or engineer).
+    pub fn is_reserved(&self) -> bool {
+        self.0.state.lock().expect("slot lock poisoned").reserved
+    }
+
+    /// Completes when the gate closes this connection to make room for a newer one.
+    pub async fn evicted(&self) {
+        loop {
+            let notified = self.0.evict.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.0.state.lock().expect("slot lock poisoned").released {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The connection is a delegate whose address is `client` (the socket's, or the one a
+    /// trusted proxy gave). Refused when the relay keeps its last places for senders or the
+    /// address has as many listeners as it may.
+    pub fn listener(&self, client: IpAddr) -> Result<(), Denied> {
+        let client = canonical(client);
+        let gate = &self.0.gate;
+        let mut state = gate.lock();
+        let mut s = self.0.state.lock().expect("slot lock poisoned");
+        if s.released || s.class != Class::Pending {
+            return Ok(());
+        }
+        if s.reserved {
+            gate.counters.denied_full.fetch_add(1, Ordering::Relaxed);
+            return Err(Denied::Full);
+        }
+        let limit = gate.limits.listeners_per_address;
+        if state
+            .by_addr
+            .get(&client)
+            .is_some_and(|a| a.listeners >= limit)
+        {
+            gate.counters
+                .denied_per_address
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(Denied::PerAddress(limit));
+        }
+        if let Some(a) = state.by_addr.get_mut(&self.0.peer) {
+            a.pending -= 1;
+        }
+        state.by_addr.entry(client).or_default().listeners += 1;
+        s.class = Class::Listener;
+        s.listener_addr = Some(client);
+        Ok(())
+    }
+
+    /// The connection is a booth console, floor feed or engineer, whose secret was right: it
+    /// is no longer counted against the listeners' room and is never closed to make room.
+    pub fn sender(&self) {
+        let mut state = self.0.gate.lock();
+        let mut s = self.0.state.lock().expect("slot lock poisoned");
+        if s.released || s.class != Class::Pending {
+            return;
+        }
+        if let Some(a) = state.by_addr.get_mut(&self.0.peer) {
+            a.pending -= 1;
+        }
+        if !s.reserved {
+            state.shared -= 1;
+        }
+        s.class = Class::Sender;
+    }
+}
+
+/// The client's address for a request that came over a socket from `peer`: the address a
+/// trusted proxy names in `Forwarded` (RFC 7239 section 5.2, `for=`) or, without it,
+/// `X-Forwarded-For`, taking the last hop that is not itself a trusted proxy; `peer` when
+/// the socket is not from a trusted proxy or the headers name no usable address.
+pub fn client_addr(peer: IpAddr, headers: &axum::http::HeaderMap, gate: &Gate) -> IpAddr {
+    let peer = canonical(peer);
+    if !gate.is_trusted_proxy(peer) {
+        return peer;
+    }
+    let mut hops: Vec<IpAddr> = Vec::new();
+    let forwarded = headers.get_all("forwarded");
+    if forwarded.iter().next().is_some() {
+        for value in forwarded.iter().filter_map(|v| v.to_str().ok()) {
+            for element in value.split(',') {
+                let ip = element.split(';').find_map(|pair| {
+                    let (k, v) = pair.split_once('=')?;
+                    k.trim()
+                        .eq_ignore_ascii_case("for")
+                        .then(|| parse_node(v))?
+                });
+                // An element without a usable `for` (`unknown`, an obfuscated name) breaks the
+                // chain: nothing before it can be trusted to be the client.
+                match ip {
+                    Some(ip) => hops.push(ip),
+                    None => hops.clear(),
+                }
+            }
+        }
+    } else {
+        for value in headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+        {
+            for hop in value.split(',') {
+                match parse_node(hop) {
+                    Some(ip) => hops.push(ip),
+                    None => hops.clear(),
+                }
+            }
+        }
+    }
+    hops.into_iter()
+        .rev()
+        .find(|ip| !gate.is_trusted_proxy(*ip))
+        .unwrap_or(peer)
+}
+
+/// A node of `Forwarded`/`X-Forwarded-For`: `192.0.2.1`, `192.0.2.1:80`, `"[2001:db8::1]:80"`,
+/// `2001:db8::1`.
+fn parse_node(s: &str) -> Option<IpAddr> {
+    let s = s.trim().trim_matches('"');
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok().map(canonical);
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    host.parse().ok().map(canonical)
+}
+
+/// Raises the soft limit on open files to the hard limit. Returns (soft before, soft now,
+/// hard). Errors come from `getrlimit`/`setrlimit` (POSIX).
+pub fn raise_open_file_limit() -> std::io::Result<(u64, u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid resource and a pointer to an rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok((before, lim.rlim_cur, lim.rlim_max))
+}
+
+/// The soft limit on open files now.
+pub fn open_file_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: as above.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    lim.rlim_cur
+}
+
+/// Says something about an address at most once per interval (refusals come by the thousand
+/// from one script; the log should hold one line per address and interval, not one per try).
+/// Bounded: past `MAX_QUIET` addresses, the oldest are forgotten.
+pub struct Quiet {
+    interval: Duration,
+    seen: Mutex<HashMap<(IpAddr, &'static str), Instant>>,
+}
+
+/// Addresses a [`Quiet`] remembers.
+pub const MAX_QUIET: usize = 4096;
+
+impl Quiet {
+    pub fn new(interval: Duration) -> Quiet {
+        Quiet {
+            interval,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether to say `what` about `addr` now.
+    pub fn allow(&self, addr: IpAddr, what: &'static str, now: Instant) -> bool {
+        let mut seen = self.seen.lock().expect("quiet lock poisoned");
+        if let Some(last) = seen.get(&(addr, what)) {
+            if now.saturating_duration_since(*last) < self.interval {
+                return false;
+            }
+        }
+        if seen.len() >= MAX_QUIET {
+            let interval = self.interval;
+            seen.retain(|_, t| now.saturating_duration_since(*t) < interval);
+            if seen.len() >= MAX_QUIET {
+                seen.clear();
+            }
+        }
+        seen.insert((addr, what), now);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn gate(max_open: usize, reserve: usize) -> Arc<Gate> {
+        Gate::new(Limits {
+            max_open,
+            reserve,
+            listeners_per_address: 2,
+            pending_per_address: 3,
+            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
+        })
+    }
+
+    #[test]
+    fn a_full_shared_room_closes_the_oldest_pending_connection() {
+        let g = gate(6, 2);
+        let a: Vec<_> = (1..=4)
+            .map(|i| g.admit(ip(&format!("192.0.2.{i}"))).unwrap())
+            .collect();
+        assert_eq!(g.open(), 4);
+        // The shared room (4) is full: the oldest pending one goes.
+        let newer = g.admit(ip("192.0.2.9")).unwrap();
+        assert!(!newer.is_reserved());
+        assert!(a[0].0.state.lock().unwrap().released);
+        assert_eq!(g.open(), 4);
+        assert_eq!(g.counters.evicted.load(Ordering::Relaxed), 1);
+        drop(a);
+        assert_eq!(g.open(), 1);
+        assert!(g.lock().by_addr.len() == 1);
+    }
+
+    #[test]
+    fn listeners_fill_the_shared_room_and_senders_still_get_the_reserve() {
+        let g = gate(6, 2);
+        let listeners: Vec<_> = (1..=4)
+            .map(|i| {
+                let t = g.admit(ip(&format!("192.0.2.{i}"))).unwrap();
+                t.listener(t.peer()).unwrap();
+                t
+            })
+            .collect();
+        // No pending connection to close: the next goes to the reserve.
+        let booth = g.admit(ip("198.51.100.1")).unwrap();
+        assert!(booth.is_reserved());
+        // A listener in the reserve is refused; a sender stays.
+        let late = g.admit(ip("198.51.100.2")).unwrap();
+        assert_eq!(late.listener(late.peer()), Err(Denied::Full));
+        booth.sender();
+        // Both places of the reserve are taken now.
+        assert_eq!(g.admit(ip("198.51.100.3")).err(), Some(Refused::Full));
+        drop(late);
+        drop(listeners);
+        assert_eq!(g.open(), 1);
+    }
+
+    #[test]
+    fn per_address_bounds_hold_for_pending_and_listeners() {
+        let g = gate(100, 10);
+        let p = ip("192.0.2.1");
+        let t: Vec<_> = (0..3).map(|_| g.admit(p).unwrap()).collect();
+        assert_eq!(g.admit(p).err(), Some(Refused::PerAddress));
+        t[0].listener(p).unwrap();
+        t[1].listener(p).unwrap();
+        assert_eq!(t[2].listener(p), Err(Denied::PerAddress(2)));
+        // A trusted proxy is not bound per socket address; its clients are, by their own.
+        let proxy = ip("10.1.2.3");
+        let via: Vec<_> = (0..5).map(|_| g.admit(proxy).unwrap()).collect();
+        via[0].listener(ip("203.0.113.5")).unwrap();
+        via[1].listener(ip("203.0.113.5")).unwrap();
+        assert!(via[2].listener(ip("203.0.113.5")).is_err());
+        via[3].listener(ip("203.0.113.6")).unwrap();
+        drop(via);
+        drop(t);
+        assert_eq!(g.open(), 0);
+        assert!(g.lock().by_addr.is_empty());
+    }
+
+    #[test]
+    fn forwarded_addresses_count_only_from_trusted_proxies() {
+        let g = gate(10, 2);
+        let mut h = axum::http::HeaderMap::new();
+        h.insert("x-forwarded-for", "203.0.113.7, 10.0.0.5".parse().unwrap());
+        assert_eq!(client_addr(ip("192.0.2.1"), &h, &g), ip("192.0.2.1"));
+        assert_eq!(client_addr(ip("10.0.0.1"), &h, &g), ip("203.0.113.7"));
+        let mut f = axum::http::HeaderMap::new();
+        f.insert(
+            "forwarded",
+            r#"for=198.51.100.1;proto=https, for="[2001:db8::1]:4711""#
+                .parse()
+                .unwrap(),
+        );
+        f.insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
+        assert_eq!(client_addr(ip("10.0.0.1"), &f, &g), ip("2001:db8::1"));
+        let mut u = axum::http::HeaderMap::new();
+        u.insert("forwarded", "for=unknown".parse().unwrap());
+        assert_eq!(client_addr(ip("10.0.0.1"), &u, &g), ip("10.0.0.1"));
+        assert_eq!(client_addr(ip("::ffff:192.0.2.3"), &u, &g), ip("192.0.2.3"));
+    }
+
+    #[test]
+    fn networks_parse_and_match() {
+        let n: Network = "192.168.0.0/16".parse().unwrap();
+        assert!(n.contains(ip("192.168.4.1")));
+        assert!(n.contains(ip("::ffff:192.168.4.1")));
+        assert!(!n.contains(ip("192.169.0.1")));
+        assert!("10.0.0.0/33".parse::<Network>().is_err());
+        assert!("example.org".parse::<Network>().is_err());
+        let all: Network = "::/0".parse().unwrap();
+        assert!(all.contains(ip("2001:db8::5")));
+    }
+
+    #[test]
+    fn quiet_says_once_per_interval_and_stays_bounded() {
+        let q = Quiet::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert!(q.allow(ip("192.0.2.1"), "full", t0));
+        assert!(!q.allow(ip("192.0.2.1"), "full", t0 + Duration::from_secs(5)));
+        assert!(q.allow(ip("192.0.2.1"), "per_address", t0));
+        assert!(q.allow(ip("192.0.2.1"), "full", t0 + Duration::from_secs(11)));
+        for i in 0..(MAX_QUIET as u32 + 10) {
+            q.allow(IpAddr::V4(i.into()), "full", t0);
+        }
+        assert!(q.seen.lock().unwrap().len() <= MAX_QUIET);
+    }
+}
