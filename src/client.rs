@@ -329,8 +329,21 @@ impl Link {
     }
 }
 
+/// The client's JSON lines go to standard error instead of standard output when standard
+/// output carries sound (`listen --output-file -`).
+static LINES_TO_STDERR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn emit(value: serde_json::Value) {
-    println!("{value}");
+    line(&value.to_string());
+}
+
+/// A JSON line of the client: standard output, or standard error when that carries sound.
+fn line(text: &str) {
+    if LINES_TO_STDERR.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("{text}");
+    } else {
+        println!("{text}");
+    }
 }
 
 /// Where a sender's sound comes from.
@@ -840,7 +853,9 @@ pub struct ListenOptions {
 
 /// Where a listener's sound goes.
 pub enum Output {
-    /// A WAV file: what a delegate would hear, placed in time behind a fixed margin.
+    /// A WAV file: what a delegate would hear, placed in time behind a fixed margin; `-` is
+    /// standard output, a WAV stream (sizes `0xFFFFFFFF`) for other tools, the JSON lines then
+    /// going to standard error.
     File(PathBuf),
     /// An audio output device (`boothcast devices`; the default one when `None`), through the
     /// adaptive jitter buffer.
@@ -1154,7 +1169,12 @@ pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
     };
     let mut playout = match &opts.output {
         Output::File(path) => Ear::File(Playout {
-            writer: WavWriter::create(path)?,
+            writer: if crate::input::is_stdin(path) {
+                LINES_TO_STDERR.store(true, std::sync::atomic::Ordering::Relaxed);
+                WavWriter::stdout()?
+            } else {
+                WavWriter::create(path)?
+            },
             decoder: Decoder::new()?,
             start,
             margin: (opts.buffer.unwrap_or(FILE_MARGIN).as_secs_f64() * audio::SAMPLE_RATE as f64)
@@ -1214,7 +1234,7 @@ pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
                 match msg {
                     Message::Binary(frame) => playout.frame(&frame, Instant::now())?,
                     Message::Text(text) => {
-                        println!("{text}");
+                        line(&text);
                         if let Ok(ServerMessage::Error {
                             code,
                             message,

@@ -106,6 +106,8 @@ enum Cmd {
         /// Channel: a language code (en) or a full id (plenary/en).
         #[arg(long)]
         lang: String,
+        /// WAV file to write what is heard to; `-` writes a WAV stream to standard output (the
+        /// JSON lines then go to standard error).
         #[arg(long, required_unless_present_any = ["output_device", "default_output"])]
         output_file: Option<PathBuf>,
         #[command(flatten)]

@@ -680,3 +680,46 @@ fn an_http_stream_asks_for_the_access_code() {
         "ffmpeg: {errors}"
     );
 }
+
+#[test]
+fn listen_writes_a_wav_stream_to_standard_output_for_other_tools() {
+    let dir = tmpdir("stdout");
+    let said = dir.join("said.wav");
+    speak("The session is suspended for ten minutes.", &said);
+    let (_relay, url) = serve(&dir, proc::EVENT);
+    // listen | ffmpeg: the stream's sizes say "until the end", and ffmpeg reads it as it comes.
+    let converted = dir.join("converted.wav");
+    let json = dir.join("lines.txt");
+    let mut pipeline = Proc::spawn(Command::new("sh").arg("-c").arg(format!(
+        "'{BIN}' listen --server {url} --lang plenary/floor --seconds 6 --output-file - 2>'{}' \
+         | ffmpeg -v error -y -f wav -i - '{}' && echo converted",
+        json.display(),
+        converted.display()
+    )));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&json).is_ok_and(|t| t.contains("\"type\":\"subscribed\"")) {
+        assert!(Instant::now() < deadline, "the listener did not subscribe");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let floor = Command::new(BIN)
+        .args([
+            "floor",
+            "--server",
+            &url,
+            "--secret",
+            "floor-secret",
+            "--input-file",
+        ])
+        .arg(&said)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(floor.success());
+    pipeline.wait_for("converted", Duration::from_secs(15));
+    let lines = std::fs::read_to_string(&json).unwrap();
+    assert!(lines.contains("\"type\":\"summary\""), "{lines}");
+    let c = correlation(&said, 1.0, &converted);
+    println!("listen --output-file - | ffmpeg: correlation {c:.3}");
+    assert!(c >= 0.9, "{c:.3}");
+}
