@@ -129,6 +129,15 @@ pub fn is_stdin(path: &Path) -> bool {
     path.as_os_str() == "-"
 }
 
+/// How an input is named in messages: its path, or "standard input".
+fn shown(path: &Path) -> PathBuf {
+    if is_stdin(path) {
+        PathBuf::from("standard input")
+    } else {
+        path.to_owned()
+    }
+}
+
 /// Opens `path` (a file, a FIFO, or `-` for standard input), checks that it decodes, and
 /// starts reading it on its own thread. `frame` is the samples per frame (at 48 kHz).
 ///
@@ -193,8 +202,10 @@ struct Decoding {
 
 impl Decoding {
     fn open(path: &Path, kind: Kind) -> Result<Decoding, Error> {
+        // The first bytes of a stream are kept, to say what it is if it does not decode.
+        let head = Arc::new(std::sync::Mutex::new(Vec::new()));
         let source: Box<dyn MediaSource> = if is_stdin(path) {
-            Box::new(ReadOnlySource::new(std::io::stdin()))
+            Box::new(ReadOnlySource::new(Head::new(std::io::stdin(), &head)))
         } else {
             let file = std::fs::File::open(path).map_err(|source| Error::Open {
                 path: path.to_owned(),
@@ -203,7 +214,7 @@ impl Decoding {
             match kind {
                 Kind::File => Box::new(file),
                 // A FIFO must not be taken for seekable.
-                Kind::Live => Box::new(ReadOnlySource::new(file)),
+                Kind::Live => Box::new(ReadOnlySource::new(Head::new(file, &head))),
             }
         };
         let mss = MediaSourceStream::new(source, Default::default());
@@ -212,7 +223,7 @@ impl Decoding {
             hint.with_extension(ext);
         }
         let unsupported = |what: String| Error::Unsupported {
-            path: path.to_owned(),
+            path: shown(path),
             what,
         };
         let format = symphonia::default::get_probe()
@@ -222,7 +233,10 @@ impl Decoding {
                 FormatOptions::default(),
                 MetadataOptions::default(),
             )
-            .map_err(|e| unsupported(describe(path, kind, &e)))?;
+            .map_err(|e| {
+                let head = head.lock().map(|h| h.clone()).unwrap_or_default();
+                unsupported(describe(path, kind, head, &e))
+            })?;
         let track = format
             .default_track(TrackType::Audio)
             .ok_or_else(|| unsupported("a media file without an audio track".into()))?;
@@ -530,33 +544,66 @@ fn read(
 // ---------------------------------------------------------------------------
 // What an input is, for refusals
 
-/// Says what an input that does not decode is, from its first bytes and symphonia's error.
-fn describe(path: &Path, kind: Kind, error: &SymError) -> String {
-    let head = match kind {
+/// Says what an input that does not decode is, from its first bytes (`head`, for a stream)
+/// and symphonia's error.
+fn describe(path: &Path, kind: Kind, head: Vec<u8>, error: &SymError) -> String {
+    match kind {
         Kind::File => {
-            let mut head = vec![0u8; 64];
+            let mut head = vec![0u8; HEAD];
             match std::fs::File::open(path).and_then(|mut f| {
                 use std::io::Read;
-                let n = f.read(&mut head)?;
-                Ok(n)
+                f.read(&mut head)
             }) {
                 Ok(n) => {
                     head.truncate(n);
-                    Some(head)
+                    sniff(&head)
                 }
-                Err(_) => None,
+                Err(_) => format!("not a file that can be decoded ({error})"),
             }
         }
-        // What a stream held is gone: symphonia's words only.
-        Kind::Live => None,
-    };
-    match head {
-        Some(head) => sniff(&head),
-        None => format!("not a stream that can be decoded ({error})"),
+        Kind::Live if head.is_empty() => {
+            "an empty stream: it ended before anything came (did the program writing it fail?)"
+                .into()
+        }
+        Kind::Live => format!("a stream whose first bytes look like {}", sniff(&head)),
     }
 }
 
-/// A few words on what a file whose first bytes are `head` is.
+/// Bytes of an input's beginning kept to say what it is.
+const HEAD: usize = 64;
+
+/// A reader that keeps the first [`HEAD`] bytes read through it.
+struct Head<R> {
+    inner: R,
+    head: Arc<std::sync::Mutex<Vec<u8>>>,
+    kept: usize,
+}
+
+impl<R> Head<R> {
+    fn new(inner: R, head: &Arc<std::sync::Mutex<Vec<u8>>>) -> Head<R> {
+        Head {
+            inner,
+            head: head.clone(),
+            kept: 0,
+        }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for Head<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if self.kept < HEAD {
+            let take = n.min(HEAD - self.kept);
+            if let Ok(mut h) = self.head.lock() {
+                h.extend_from_slice(&buf[..take]);
+            }
+            self.kept += take;
+        }
+        Ok(n)
+    }
+}
+
+/// A few words on what a file whose first bytes are `head` is ("a text file").
 fn sniff(head: &[u8]) -> String {
     let starts = |magic: &[u8]| head.starts_with(magic);
     if head.is_empty() {

@@ -271,8 +271,9 @@ impl SenderArgs {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // symphonia says at `info` what it skips in a file (a `bext` chunk, a Xing header).
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,symphonia=warn"));
+        // symphonia says at `info` what it skips in a file (a `bext` chunk, a Xing header), and
+        // at `error` why a file did not decode, which the refusal already says in words.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,symphonia=off"));
     // Logs written to the terminal would tear the console's screen: while it is drawn they
     // go only where standard error is redirected.
     let quiet = console_on_terminal(&cli.command) && std::io::stderr().is_terminal();

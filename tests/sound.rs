@@ -376,6 +376,35 @@ fn what_cannot_be_decoded_is_refused_with_what_it_is() {
         assert!(err.contains(what), "{err}");
         assert!(err.contains("accepted: WAV"), "{err}");
     }
+    // Standard input: nothing at all (the program writing it failed), then text.
+    for (input, what) in [
+        ("", "it is an empty stream"),
+        (
+            "agenda: opening remarks\n",
+            "a stream whose first bytes look like a text file",
+        ),
+    ] {
+        let mut floor = Command::new(BIN)
+            .args(["floor", "--server", "ws://127.0.0.1:9", "--secret", "x"])
+            .args(["--input-file", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        floor
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = floor.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.contains("cannot decode standard input"), "{err}");
+        assert!(err.contains(what), "{err}");
+    }
 }
 
 /// The first audio frame on `channel`, by a WebSocket listener of our own: when it came.
