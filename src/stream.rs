@@ -157,7 +157,7 @@ pub async fn listen(
     };
     let (tx, rx) = mpsc::channel::<Bytes>(BODY_QUEUE);
     let subscription = Subscription::new(relay.clone(), channel);
-    tracing::info!(channel = %ch.id, "stream listener");
+    tracing::info!(peer = %client, channel = %ch.id, "stream listener");
     tokio::spawn(async move {
         run(subscription, writer, tx, shutdown).await;
         // The listener's place in the gate is given back with its stream.

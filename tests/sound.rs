@@ -262,8 +262,8 @@ fn every_input_through_the_relay(name: &str, as_floor: bool) {
     let inputs = inputs(&dir);
     let (_relay, url) = serve(&dir, &event(inputs.len()));
     let mut warnings = Vec::new();
-    // Six at a time: the senders and listeners all run in real time on a small machine.
-    for batch in (0..inputs.len()).collect::<Vec<_>>().chunks(6) {
+    // Four at a time: the senders and listeners all run in real time on a small machine.
+    for batch in (0..inputs.len()).collect::<Vec<_>>().chunks(4) {
         let mut listeners = Vec::new();
         for &i in batch {
             let channel = if as_floor {

@@ -197,8 +197,7 @@ impl Decoding {
             // Streams written to a pipe say nothing of their length; a file that does and
             // holds less than it says was cut short.
             if let Some(expected) = self.expected {
-                // A packet's worth of slack: containers count in packets, decoders trim.
-                if self.decoded + 5_760 < expected {
+                if self.decoded + CUT_SLACK < expected {
                     tracing::warn!(
                         file = %self.path.display(),
                         "the file ends early (cut short?): played the {:.2} s that are there of {:.2} s",
@@ -217,6 +216,10 @@ impl Decoding {
         (!tail.is_empty()).then_some(tail)
     }
 }
+
+/// Frames (at the input's rate) a complete file may decode short of what its container says:
+/// two MP3 packets, as containers count whole packets and decoders trim the codec's delay.
+const CUT_SLACK: u64 = 2 * 1152;
 
 /// Averages interleaved channels into mono; non-finite samples become silence.
 fn downmix(interleaved: &[f32], channels: usize) -> Vec<f32> {
