@@ -2,6 +2,7 @@
 # Fan-out benchmark on loopback: the relay pinned to one core with one worker thread, the load
 # generator pinned to the other.
 #   scripts/bench.sh load LISTENERS SECONDS [CHANNELS]   listeners receiving 20 ms frames
+#   scripts/bench.sh relaxed LISTENERS SECONDS [CHANNELS] the same, listeners of the relaxed class
 #   scripts/bench.sh idle 2000,18000                      relay memory per idle listener
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,12 +25,16 @@ case "$mode" in
         taskset -c "${LOAD_CPU:-1}" "$bin" bench --addr "127.0.0.1:$port" --relay-pid "$relay" \
             --listeners "${2:-1000}" --seconds "${3:-30}" --channels "${4:-10}" --probe-every "${PROBE_EVERY:-50}"
         ;;
+    relaxed)
+        taskset -c "${LOAD_CPU:-1}" "$bin" bench --addr "127.0.0.1:$port" --relay-pid "$relay" --relaxed \
+            --listeners "${2:-10000}" --seconds "${3:-30}" --channels "${4:-10}" --probe-every "${PROBE_EVERY:-50}"
+        ;;
     idle)
         taskset -c "${LOAD_CPU:-1}" "$bin" bench --addr "127.0.0.1:$port" --relay-pid "$relay" \
             --idle-steps "${2:-2000,18000}"
         ;;
     *)
-        echo "usage: $0 load LISTENERS SECONDS [CHANNELS] | idle STEPS" >&2
+        echo "usage: $0 load|relaxed LISTENERS SECONDS [CHANNELS] | idle STEPS" >&2
         exit 2
         ;;
 esac

@@ -777,6 +777,7 @@ pub async fn floor(opts: FloorOptions) -> Result<(), Error> {
         channel: None,
         room: opts.room,
         client: Some("boothcast floor".into()),
+        delivery: None,
     };
     run_sender(
         url,
@@ -820,6 +821,7 @@ pub async fn booth(opts: BoothOptions) -> Result<(), Error> {
         channel: None,
         room: None,
         client: Some("boothcast booth".into()),
+        delivery: None,
     };
     let live = opts.live.then(|| ClientMessage::Live {
         channel: opts.lang.clone(),
@@ -1215,6 +1217,7 @@ pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
         channel: Some(opts.channel.clone()),
         room: None,
         client: Some("boothcast listen".into()),
+        delivery: None,
     };
     let mut backoff = BACKOFF_FIRST;
     let mut first = true;

@@ -59,6 +59,9 @@ struct RawEvent {
     /// Extra delay suggested to listeners, to line up with a delayed video.
     #[serde(default)]
     listener_delay_ms: Option<Spanned<u32>>,
+    /// The delegate page's language when the browser's languages have none of the page's.
+    #[serde(default)]
+    page_language: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,6 +121,9 @@ pub struct Event {
     pub access_code: Option<String>,
     /// Extra delay suggested to listeners (milliseconds), to line up with a delayed video.
     pub listener_delay_ms: u32,
+    /// The delegate page's default language (a language tag such as `az`, `fr` or `pt-br`),
+    /// used when none of the browser's languages is one of the page's; `None`: English.
+    pub page_language: Option<String>,
     pub floor_secret: String,
     pub engineer_secret: String,
     pub rooms: Vec<Room>,
@@ -237,6 +243,17 @@ impl Event {
     }
 }
 
+/// A language tag as the page takes it: `az`, `fr`, `pt-BR`, `zh-Hant` (letters first, then
+/// parts of 1 to 8 letters or digits), at most 35 characters.
+fn is_language_tag(tag: &str) -> bool {
+    let mut parts = tag.split('-');
+    let first = parts.next().unwrap_or("");
+    tag.len() <= 35
+        && (2..=8).contains(&first.len())
+        && first.bytes().all(|b| b.is_ascii_alphabetic())
+        && parts.all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
@@ -352,6 +369,19 @@ impl Validator<'_> {
             }
             Some(d) => d.into_inner(),
             None => 0,
+        };
+        let page_language = match raw.event.page_language {
+            Some(l) if !is_language_tag(l.get_ref()) => {
+                return Err(self.err(
+                    l.span(),
+                    "event.page_language".into(),
+                    "a language tag such as \"az\" or \"pt-br\": 2 to 8 letters, then \
+                     optional parts of letters and digits after a -"
+                        .into(),
+                ))
+            }
+            Some(l) => Some(l.into_inner().to_ascii_lowercase()),
+            None => None,
         };
 
         let mut rooms = Vec::new();
@@ -520,6 +550,7 @@ impl Validator<'_> {
             name: raw.event.name,
             access_code,
             listener_delay_ms,
+            page_language,
             floor_secret,
             engineer_secret,
             rooms,
@@ -672,6 +703,26 @@ mod tests {
 
         let err = parse("[event\n").unwrap_err().to_string();
         assert!(err.starts_with("event.toml:1:"), "{err}");
+    }
+
+    #[test]
+    fn page_language_is_a_language_tag() {
+        let rooms = "[[rooms]]\nid = \"m\"\n[[rooms.channels]]\nlang = \"en\"\nname = \"E\"\nnative = \"E\"\n";
+        let parse = |head: &str| parse(&format!("{head}{rooms}"));
+        let text = "[event]\nname = \"x\"\npage_language = \"AZ\"\n";
+        assert_eq!(parse(text).unwrap().page_language.as_deref(), Some("az"));
+        let text = "[event]\nname = \"x\"\npage_language = \"pt-BR\"\n";
+        assert_eq!(parse(text).unwrap().page_language.as_deref(), Some("pt-br"));
+        assert_eq!(
+            parse("[event]\nname = \"x\"\n").unwrap().page_language,
+            None
+        );
+        let text = "[event]\nname = \"x\"\npage_language = \"Azerbaijani!\"\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("event.toml:3: event.page_language: a language tag"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -142,6 +142,67 @@ enum Cmd {
         #[arg(long)]
         server_pid: Option<u32>,
     },
+    /// Soak load against a relay serving config/bench.toml (scripts/soak.sh runs both parts):
+    /// `--part healthy` (the floor, booths handing over, listeners that stay and listeners that
+    /// come and go, measured) or `--part hostile` (idle and slow connections, a ping flood,
+    /// refused messages, guessed booth secrets), from many loopback addresses.
+    BenchSoak {
+        /// Relay address, IP:port.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: std::net::SocketAddr,
+        /// healthy or hostile.
+        #[arg(long)]
+        part: boothcast::bench::soak::Part,
+        /// healthy: seconds measured, after connecting and a warm-up; hostile: seconds until it
+        /// stops by itself (SIGTERM stops it sooner and prints its report).
+        #[arg(long, default_value_t = 600.0)]
+        seconds: f64,
+        /// healthy: listeners that keep a channel.
+        #[arg(long, default_value_t = 1000)]
+        listeners: usize,
+        /// healthy: listeners that come and go.
+        #[arg(long, default_value_t = 200)]
+        churn: usize,
+        /// Booths b0.. (two consoles each, handing over every --handover-s).
+        #[arg(long, default_value_t = 10)]
+        booths: usize,
+        #[arg(long, default_value_t = 10.0)]
+        handover_s: f64,
+        /// hostile: connections that never send a byte, kept up.
+        #[arg(long, default_value_t = 5000)]
+        idle: usize,
+        /// hostile: connections sending their request a byte every 2 s.
+        #[arg(long, default_value_t = 200)]
+        slow: usize,
+        /// hostile: clients sending `ping` as fast as the relay takes them.
+        #[arg(long, default_value_t = 1)]
+        ping_floods: usize,
+        /// hostile: clients sending messages the relay refuses, one after another.
+        #[arg(long, default_value_t = 1)]
+        garbage: usize,
+        /// hostile: addresses guessing booth secrets, and connections guessing from each.
+        #[arg(long, default_value_t = 4)]
+        guess_addresses: usize,
+        #[arg(long, default_value_t = 4)]
+        guess_loops: usize,
+        /// Secret of the bench booths.
+        #[arg(
+            long,
+            env = "BOOTHCAST_SECRET",
+            hide_env_values = true,
+            default_value = "bench-secret"
+        )]
+        secret: String,
+        /// The floor's secret (healthy), as the relay was given it.
+        #[arg(long, env = "BOOTHCAST_FLOOR_SECRET", hide_env_values = true)]
+        floor_secret: Option<String>,
+        /// The relay's process id, for its CPU time and memory (healthy).
+        #[arg(long)]
+        relay_pid: Option<u32>,
+        /// Also write the report as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
     /// Load generator: booths and many listeners against a relay serving config/bench.toml.
     Bench {
         /// Relay address, host:port.
@@ -177,6 +238,9 @@ enum Cmd {
         /// One listener in this many measures every frame's delay; the rest read every 100 ms.
         #[arg(long, default_value_t = 50)]
         probe_every: usize,
+        /// Listeners ask for the relaxed delivery class (frames written every 100 ms).
+        #[arg(long)]
+        relaxed: bool,
     },
 }
 
@@ -293,7 +357,10 @@ fn main() -> std::process::ExitCode {
     }
     // The load generators run on one thread, as one process pinned to one core; everything
     // else on a worker per core (or `serve --threads`).
-    let single = matches!(cli.command, Cmd::Bench { .. } | Cmd::BenchIcecast { .. });
+    let single = matches!(
+        cli.command,
+        Cmd::Bench { .. } | Cmd::BenchIcecast { .. } | Cmd::BenchSoak { .. }
+    );
     let mut builder = if single {
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -360,15 +427,21 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 event.name,
                 event.channels.len()
             );
-            let mut join_url =
-                public_url.unwrap_or_else(|| boothcast::join::url(addr, tls.is_some()));
+            // The addresses a phone might reach, from the machine's interfaces; all are shown
+            // when there are several, unless --public-url chose one.
+            let candidates = match public_url {
+                Some(_) => Vec::new(),
+                None => boothcast::join::urls(addr, tls.is_some()),
+            };
+            let mut join_url = public_url.unwrap_or_else(|| candidates[0].clone());
             if !join_url.ends_with('/') {
                 join_url.push('/');
             }
-            println!("delegates join at {join_url} (QR code: {join_url}qr.svg)");
-            if let Ok(qr) = boothcast::join::text(&join_url) {
-                println!("{qr}");
-            }
+            let colors = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            print!(
+                "{}",
+                boothcast::join::announce(&event, &join_url, &candidates, colors)
+            );
             println!("sound engineer's console: {join_url}console");
             // Connections are bounded by the open-file limit: take all the system allows.
             let nofile = match boothcast::admission::raise_open_file_limit() {
@@ -497,9 +570,11 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             relay_pid,
             idle_steps,
             probe_every,
+            relaxed,
         } => {
             let report = boothcast::bench::run(boothcast::bench::Options {
                 probe_every,
+                relaxed,
                 addr,
                 channels,
                 listeners,
@@ -512,6 +587,68 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             })
             .await?;
             print!("{report}");
+            Ok(())
+        }
+        Cmd::BenchSoak {
+            addr,
+            part,
+            seconds,
+            listeners,
+            churn,
+            booths,
+            handover_s,
+            idle,
+            slow,
+            ping_floods,
+            garbage,
+            guess_addresses,
+            guess_loops,
+            secret,
+            floor_secret,
+            relay_pid,
+            json,
+        } => {
+            use boothcast::bench::soak::{healthy, hostile, Part};
+            let (text, value) = match part {
+                Part::Healthy => {
+                    let floor_secret = floor_secret
+                        .context("the healthy part needs the floor's secret (--floor-secret or BOOTHCAST_FLOOR_SECRET)")?;
+                    let mut opts = healthy::Options::new(addr, seconds, floor_secret);
+                    opts.listeners = listeners;
+                    opts.churn = churn;
+                    opts.booths = booths;
+                    opts.handover_every = Duration::from_secs_f64(handover_s);
+                    opts.secret = secret;
+                    opts.relay_pid = relay_pid;
+                    let report = healthy::run(opts).await?;
+                    (report.to_string(), report.to_json())
+                }
+                Part::Hostile => {
+                    let mut opts = hostile::Options::new(addr, seconds);
+                    opts.idle = idle;
+                    opts.slow = slow;
+                    opts.ping_floods = ping_floods;
+                    opts.garbage = garbage;
+                    opts.guess_addresses = guess_addresses;
+                    opts.guess_loops = guess_loops;
+                    opts.booths = booths;
+                    let mut term =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                    let stop = async move {
+                        tokio::select! {
+                            _ = term.recv() => {}
+                            _ = tokio::signal::ctrl_c() => {}
+                        }
+                    };
+                    let report = hostile::run(opts, stop).await;
+                    (report.to_string(), report.to_json())
+                }
+            };
+            print!("{text}");
+            if let Some(path) = json {
+                std::fs::write(&path, format!("{value}\n"))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
             Ok(())
         }
         Cmd::BenchIcecast {

@@ -173,6 +173,19 @@ pub enum Role {
     Engineer,
 }
 
+/// How a listener's frames are written to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Each frame as it comes: the least delay, for delegates in the hall (lip-sync).
+    #[default]
+    Live,
+    /// Frames gathered and written together every 100 ms (`server::RELAXED_EVERY`): up to
+    /// 100 ms more delay for a tenth of the relay's work per listener, for audiences that do
+    /// not watch the speaker (a remote audience, an overflow room, an HTTP stream).
+    Relaxed,
+}
+
 /// Messages a client sends, as JSON text frames tagged by `type`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -198,6 +211,9 @@ pub enum ClientMessage {
         /// Free-form client name, for the engineer's view.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         client: Option<String>,
+        /// For listeners: how frames are written (default `live`: each as it comes).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delivery: Option<Delivery>,
     },
     /// Listen to a channel (listeners and engineers); switches if already listening.
     Subscribe { channel: String },

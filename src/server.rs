@@ -16,7 +16,8 @@ use crate::admission::{Gate, Limits, Ticket};
 use crate::attempts::Attempts;
 use crate::config::secret_matches;
 use crate::protocol::{
-    ClientMessage, ErrorCode, LogKind, Role, ServerMessage, MAX_CONTROL_LEN, MAX_FRAME_LEN,
+    ClientMessage, Delivery, ErrorCode, LogKind, Role, ServerMessage, MAX_CONTROL_LEN,
+    MAX_FRAME_LEN,
 };
 use crate::relay::{Outbound, Relay};
 use crate::rules::{Command, Refusal, Session};
@@ -175,7 +176,26 @@ struct AppState {
     /// Ticks every [`LISTENER_PING`]: listeners and engineers are pinged on it (one timer for
     /// all of them, not one each).
     ping: watch::Receiver<()>,
+    /// Ticks every [`RELAXED_EVERY`]: listeners of the relaxed class are written to on it.
+    relaxed: watch::Receiver<()>,
     web_dir: Arc<PathBuf>,
+}
+
+/// A watch that ticks every `period` while anyone holds a receiver: one timer for many tasks.
+fn ticker(period: Duration) -> watch::Receiver<()> {
+    let (tx, rx) = watch::channel(());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if tx.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// Serves the relay on an already-bound listener until `shutdown` completes.
@@ -213,17 +233,8 @@ pub async fn run(
     );
     let gate = Gate::new(limits);
     let accept_counters = Arc::new(crate::accept::Counters::default());
-    let (ping_tx, ping_rx) = watch::channel(());
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(LISTENER_PING);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            if ping_tx.send(()).is_err() {
-                return;
-            }
-        }
-    });
+    let ping_rx = ticker(LISTENER_PING);
+    let relaxed_rx = ticker(RELAXED_EVERY);
     let state = AppState {
         relay: relay.clone(),
         shutdown: stop_rx.clone(),
@@ -235,6 +246,7 @@ pub async fn run(
         quiet: Arc::new(crate::admission::Quiet::new(AUTH_LOG_INTERVAL)),
         accept: accept_counters.clone(),
         ping: ping_rx,
+        relaxed: relaxed_rx,
         web_dir: Arc::new(options.web_dir.clone()),
     };
     let app = Router::new()
@@ -375,16 +387,34 @@ fn configure_socket(tcp: &tokio::net::TcpStream) {
     set_notsent_lowat(tcp, NOTSENT_LOWAT);
 }
 
-async fn join(State(state): State<AppState>) -> impl IntoResponse {
-    axum::Json(serde_json::json!({ "url": &*state.join_url }))
+/// `/join[?room=ID]`: the address to join at, every hall's own address and the page's default
+/// language (`join::page_info`); an unknown room is a 404 saying so.
+async fn join(
+    State(state): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<crate::join::Query>,
+) -> axum::response::Response {
+    let event = state.relay.event();
+    match crate::join::page_info(event, &state.join_url, q.room.as_deref()) {
+        Ok(info) => axum::Json(info).into_response(),
+        Err(e) => (axum::http::StatusCode::NOT_FOUND, format!("{e}\n")).into_response(),
+    }
 }
 
-async fn qr_svg(State(state): State<AppState>) -> axum::response::Response {
-    match crate::join::svg(&state.join_url) {
+/// `/qr.svg[?room=ID]`: the QR code of the join address, or of a hall's own address.
+async fn qr_svg(
+    State(state): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<crate::join::Query>,
+) -> axum::response::Response {
+    let event = state.relay.event();
+    let url = match crate::join::join_url(event, &state.join_url, q.room.as_deref()) {
+        Ok(url) => url,
+        Err(e) => return (axum::http::StatusCode::NOT_FOUND, format!("{e}\n")).into_response(),
+    };
+    match crate::join::svg(&url) {
         Ok(svg) => ([("content-type", "image/svg+xml")], svg).into_response(),
         Err(e) => (
             axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            format!("no QR code for {}: {e}\n", state.join_url),
+            format!("no QR code for {url}: {e}\n"),
         )
             .into_response(),
     }
@@ -661,7 +691,7 @@ async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr, ticket
         }
     };
     let accepted = hello.and_then(|h| admit(&state, &ticket, addr, session, h));
-    let (peer, first_channel) = match accepted {
+    let ((peer, first_channel), delivery) = match accepted {
         Ok(p) => p,
         Err(ending) => {
             match ending.code {
@@ -732,8 +762,11 @@ async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr, ticket
         ctl,
         incoming,
         first_channel,
-        state.shutdown,
-        state.ping,
+        Ticks {
+            shutdown: state.shutdown,
+            ping: state.ping,
+            relaxed: (delivery == Delivery::Relaxed).then(|| state.relaxed.clone()),
+        },
     )
     .await;
     let _ = stop_reading.send(true);
@@ -878,7 +911,7 @@ fn admit(
     addr: SocketAddr,
     session: Session,
     hello: ClientMessage,
-) -> Result<(Peer, Option<u16>), Ending> {
+) -> Result<((Peer, Option<u16>), Delivery), Ending> {
     let relay = &state.relay;
     let ClientMessage::Hello {
         role,
@@ -887,6 +920,7 @@ fn admit(
         secret,
         channel,
         room,
+        delivery,
         ..
     } = hello
     else {
@@ -894,6 +928,12 @@ fn admit(
             ErrorCode::NotHello,
             "the first message must be hello",
         ));
+    };
+    // Only delegates may take the relaxed class: a console hearing a relay and an engineer
+    // monitoring hear live.
+    let delivery = match role {
+        Role::Listener => delivery.unwrap_or_default(),
+        _ => Delivery::Live,
     };
     let event = relay.event().clone();
     let secret = secret.unwrap_or_default();
@@ -930,7 +970,7 @@ fn admit(
                     Ending::new(ErrorCode::TooManyConnections, d.to_string())
                 }
             })?;
-            Ok((Peer::Listener, channel))
+            Ok(((Peer::Listener, channel), delivery))
         }
         Role::Engineer => {
             check_secret(
@@ -942,7 +982,7 @@ fn admit(
                 "wrong or missing engineer secret",
             )?;
             ticket.sender();
-            Ok((Peer::Engineer, channel))
+            Ok(((Peer::Engineer, channel), delivery))
         }
         Role::Floor => {
             let room = match room {
@@ -961,7 +1001,7 @@ fn admit(
             )?;
             ticket.sender();
             relay.floor_connect(session, room);
-            Ok((Peer::Floor, None))
+            Ok(((Peer::Floor, None), delivery))
         }
         Role::Interpreter => {
             let Some(booth) = booth else {
@@ -998,12 +1038,21 @@ fn admit(
             }
             ticket.sender();
             relay.console_connect(session, index, &console)?;
-            Ok((Peer::Console { booth, console }, None))
+            Ok(((Peer::Console { booth, console }, None), delivery))
         }
     }
 }
 
 type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
+
+/// What a connection's writer wakes up for besides its own queues: shared, one timer each.
+struct Ticks {
+    shutdown: watch::Receiver<bool>,
+    /// Every [`LISTENER_PING`]: listeners and engineers are pinged.
+    ping: watch::Receiver<()>,
+    /// Every [`RELAXED_EVERY`], for a listener of the relaxed class.
+    relaxed: Option<watch::Receiver<()>>,
+}
 
 /// What the reader task passes to the connection's task.
 enum Incoming {
@@ -1022,9 +1071,13 @@ async fn serve(
     mut ctl: mpsc::Receiver<Outbound>,
     mut incoming: mpsc::Receiver<Incoming>,
     first_channel: Option<u16>,
-    mut shutdown: watch::Receiver<bool>,
-    mut slow_ping: watch::Receiver<()>,
+    ticks: Ticks,
 ) -> Option<Ending> {
+    let Ticks {
+        mut shutdown,
+        ping: mut slow_ping,
+        mut relaxed,
+    } = ticks;
     let relay = conn.relay.clone();
     let mut channels = relay.channels_watch();
     let mut audience = relay.audience_watch();
@@ -1095,12 +1148,12 @@ async fn serve(
             return None;
         }
     }
-    let mut batch: Vec<Bytes> = Vec::with_capacity(MAX_BACKLOG);
+    let mut batch: Vec<Bytes> = Vec::new();
     loop {
         tokio::select! {
             // Audio first: it is what every wake-up is for, nearly always.
             biased;
-            n = next_frames(&mut conn.audio, &mut batch) => {
+            n = next_frames(&mut conn.audio, &mut batch, &mut relaxed) => {
                 let (delivered, skipped) = n;
                 if skipped > 0 {
                     conn.skipped += skipped;
@@ -1235,40 +1288,61 @@ async fn next_log(log: &mut Option<broadcast::Receiver<Bytes>>) -> Option<Bytes>
 }
 
 /// Waits for the next frame of the channel heard, then takes what else is queued (up to
-/// `MAX_BACKLOG`), skipping to live if the listener is further behind than that. Returns
+/// `MAX_BACKLOG`), skipping to live if the listener is further behind than that. A listener of
+/// the relaxed class waits instead for the next tick of `relaxed` (every [`RELAXED_EVERY`],
+/// one timer for all of them) and takes what came meanwhile (up to `RELAXED_BACKLOG`). Returns
 /// (frames in `batch`, frames skipped). Pending forever when no channel is heard.
 async fn next_frames(
     audio: &mut Option<(u16, broadcast::Receiver<Bytes>)>,
     batch: &mut Vec<Bytes>,
+    relaxed: &mut Option<watch::Receiver<()>>,
 ) -> (u64, u64) {
     let Some((_, rx)) = audio else {
         return std::future::pending().await;
     };
     let mut skipped = 0u64;
-    let first = loop {
-        match rx.recv().await {
-            Ok(f) => break f,
-            // Lagging is never fatal: the queue moved on without us; count and go on.
-            Err(broadcast::error::RecvError::Lagged(n)) => skipped += n,
-            Err(broadcast::error::RecvError::Closed) => return std::future::pending().await,
+    batch.clear();
+    let backlog = match relaxed {
+        Some(tick) => {
+            if tick.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            RELAXED_BACKLOG
+        }
+        None => {
+            let first = loop {
+                match rx.recv().await {
+                    Ok(f) => break f,
+                    // Lagging is never fatal: the queue moved on without us; count and go on.
+                    Err(broadcast::error::RecvError::Lagged(n)) => skipped += n,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return std::future::pending().await
+                    }
+                }
+            };
+            batch.push(first);
+            MAX_BACKLOG
         }
     };
-    batch.clear();
-    if rx.len() + 1 > MAX_BACKLOG {
+    if rx.len() + batch.len() > backlog {
         // Too far behind to be live: keep the newest frames only.
-        let drop = rx.len() + 1 - LIVE_KEEP;
-        skipped += 1;
-        for _ in 1..drop {
+        let keep = if relaxed.is_some() {
+            RELAXED_KEEP
+        } else {
+            LIVE_KEEP
+        };
+        skipped += batch.len() as u64;
+        batch.clear();
+        let drop = rx.len().saturating_sub(keep);
+        for _ in 0..drop {
             match rx.try_recv() {
                 Ok(_) => skipped += 1,
                 Err(broadcast::error::TryRecvError::Lagged(n)) => skipped += n,
                 Err(_) => break,
             }
         }
-    } else {
-        batch.push(first);
     }
-    while batch.len() < MAX_BACKLOG {
+    while batch.len() < backlog {
         match rx.try_recv() {
             Ok(f) => batch.push(f),
             Err(broadcast::error::TryRecvError::Lagged(n)) => skipped += n,
@@ -1277,6 +1351,13 @@ async fn next_frames(
     }
     (batch.len() as u64, skipped)
 }
+
+/// How often frames are written to listeners of the relaxed class.
+pub const RELAXED_EVERY: Duration = Duration::from_millis(100);
+/// Frames a relaxed listener may have waiting before it is moved on to live: 480 ms at 20 ms
+/// frames, room for a tick that comes late; past it the newest `RELAXED_KEEP` are kept.
+pub const RELAXED_BACKLOG: usize = 24;
+pub const RELAXED_KEEP: usize = 5;
 
 /// Runs a write, arming the timeout only if the write does not complete at once: nearly every
 /// write does, and a timer per frame per listener is a cost paid thousands of times a frame.

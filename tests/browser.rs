@@ -1,15 +1,23 @@
-//! The web pages in headless Chromium: each test runs one Node script of `tests/browser/`
-//! against this build of `boothcast`. The scripts start the relay, the floor and booth clients
-//! and the browser themselves, print their measured figures as JSON lines, and exit 0 on
-//! success. They need `/usr/bin/chromium` and `npm ci --prefix web-client` (scripts/test.sh).
+//! The web pages in the browsers: each test runs one Node script of `tests/browser/` against
+//! this build of `boothcast`. The scripts start the relay, the floor and booth clients and the
+//! browser themselves, print their measured figures as JSON lines, and exit 0 on success. They
+//! need `/usr/bin/chromium`, `npm ci --prefix web-client` and, for the other engines and the
+//! tests at the sound server, Firefox ESR, WebKitWebDriver under xvfb-run, zbarimg and a
+//! PulseAudio daemon (all installed and started by scripts/test.sh).
 
 use std::process::Command;
 
 /// Runs `node tests/browser/<name>.mjs`, failing with everything it printed if it fails.
 fn run_script(name: &str) {
+    run_script_with(name, &[]);
+}
+
+/// Runs `node tests/browser/<name>.mjs ARGS…`.
+fn run_script_with(name: &str, args: &[&str]) {
     let script = format!("tests/browser/{name}.mjs");
     let out = Command::new("node")
         .arg(&script)
+        .args(args)
         .env("BOOTHCAST_BIN", env!("CARGO_BIN_EXE_boothcast"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
@@ -45,6 +53,40 @@ fn delegate_page_access_code() {
 }
 
 #[test]
+fn delegate_page_on_a_phone() {
+    run_script("phone");
+}
+
+#[test]
+fn delegate_page_halls() {
+    run_script("halls");
+}
+
+#[test]
+fn delegate_page_languages() {
+    run_script("languages");
+}
+
+#[test]
 fn delegate_page_playout_rules() {
     run_script("playout");
+}
+
+/// What Chromium plays, recorded at a PulseAudio sink: main path and fallback, discontinuities
+/// of the sine and the delay shown against the delay measured at the sink.
+#[test]
+fn sound_at_the_sink_chromium() {
+    run_script_with("sound", &["chromium"]);
+}
+
+/// The same in Firefox ESR (WebDriver BiDi).
+#[test]
+fn sound_at_the_sink_firefox() {
+    run_script_with("sound", &["firefox"]);
+}
+
+/// The same in WebKitGTK (WebKitWebDriver, MiniBrowser under xvfb-run).
+#[test]
+fn sound_at_the_sink_webkit() {
+    run_script_with("sound", &["webkit"]);
 }

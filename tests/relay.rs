@@ -725,3 +725,71 @@ async fn stopping_the_relay_tells_every_connection_why() {
         assert_eq!(c.closed().await.map(|c| c.0), Some(1001));
     }
 }
+
+/// Frames (sequence numbers) and their arrival times on a raw WebSocket, after `hello`.
+async fn arrivals(url: &str, hello: serde_json::Value, n: usize) -> Vec<(u32, std::time::Instant)> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.send(Message::Text(hello.to_string().into()))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while out.len() < n {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time")
+        {
+            Some(Ok(Message::Binary(b))) => {
+                let h = boothcast::protocol::FrameHeader::parse(&b).unwrap();
+                out.push((h.sequence, std::time::Instant::now()));
+            }
+            Some(Ok(_)) => {}
+            other => panic!("closed: {other:?}"),
+        }
+    }
+    out
+}
+
+/// Arrivals more than 8 ms after the one before: the writes a listener saw.
+fn bursts(a: &[(u32, std::time::Instant)]) -> usize {
+    1 + a
+        .windows(2)
+        .filter(|w| w[1].1.duration_since(w[0].1) > std::time::Duration::from_millis(8))
+        .count()
+}
+
+#[tokio::test]
+async fn a_relaxed_listener_gets_every_frame_a_tenth_of_a_second_at_a_time() {
+    let relay = TestRelay::start().await;
+    let floor = Client::floor(&relay.url).await;
+    floor.pump(FLOOR, 80);
+    let hello = |delivery: &str| json!({"type": "hello", "role": "listener", "channel": "floor", "delivery": delivery});
+    let (live, relaxed) = tokio::join!(
+        arrivals(&relay.url, hello("live"), 60),
+        arrivals(&relay.url, hello("relaxed"), 60)
+    );
+    for a in [&live, &relaxed] {
+        for w in a.windows(2) {
+            assert_eq!(w[1].0, w[0].0.wrapping_add(1), "a frame lost or repeated");
+        }
+    }
+    // 60 frames of 20 ms: sixty writes live, about twelve (one every 100 ms) relaxed.
+    let (l, r) = (bursts(&live), bursts(&relaxed));
+    println!("writes for 60 frames: live {l}, relaxed {r}");
+    assert!(l >= 45, "live listener got its frames in {l} writes");
+    assert!(
+        (8..=18).contains(&r),
+        "relaxed listener got its frames in {r} writes"
+    );
+    // A relaxed console is not a thing: consoles and engineers hear live.
+    let m = relay.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "boothcast_frames_skipped_total{channel=\"plenary/floor\"}"
+        ),
+        0
+    );
+    relay.stop().await;
+}

@@ -3,10 +3,14 @@
 // relay wants one. The protocol is docs/PROTOCOL.md; the audio is player.js.
 
 import { createPlayer, parseHeader } from './player.js';
-import { pickLanguage, translator } from './i18n.js';
+import { loadStrings } from './i18n.js';
 
-const lang = pickLanguage();
-const t = translator(lang);
+// The event's halls by name and the page's default language (`page_language` in the event
+// file), from /join; the page works without them.
+const pageInfo = await fetch('join')
+  .then((r) => (r.ok ? r.json() : null))
+  .catch(() => null);
+const { lang, dir, t } = await loadStrings({ fallback: pageInfo && pageInfo.language });
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 // AudioWorklet and WebCodecs need a secure context; `?fallback=1` forces the other path.
@@ -39,11 +43,19 @@ const stored = {
   },
 };
 
+// A hall's own address shows that hall: a channel remembered from another hall is not chosen.
+const askedRoom = params.get('room');
+const remembered = stored.get('channel');
+
 const state = {
   ws: null,
   welcomed: false,
   channels: [],
-  wanted: stored.get('channel'), // channel id the delegate chose
+  wanted: askedRoom && remembered && !remembered.startsWith(askedRoom + '/') ? null : remembered, // channel id chosen
+  // The hall whose languages are shown, with several halls: `?room=ID` (a hall's own address
+  // and QR code), else the one chosen last time.
+  room: askedRoom || stored.get('room'),
+  roomNames: new Map(), // room id → the hall's name (from /join)
   playing: false,
   player: null,
   starting: null,
@@ -59,6 +71,10 @@ const state = {
   carrying: new Map(), // channel id → state text last shown, to announce changes
   switchedAt: null,
   lostConnection: false,
+  // The system stopped the sound (the phone locked, a call, another app): the audio context
+  // went to `suspended` or `interrupted` while the delegate was listening.
+  pausedBySystem: false,
+  eventName: '',
 };
 
 // Test hooks for the browser tests, and handy in a console.
@@ -93,6 +109,7 @@ function clearError() {
 
 function translate() {
   document.documentElement.lang = lang;
+  document.documentElement.dir = dir;
   for (const el of document.querySelectorAll('[data-i18n]')) el.textContent = t(el.dataset.i18n);
   document.title = t('title');
   updateExtraHint();
@@ -119,16 +136,94 @@ function channelName(c) {
   return c.lang === 'floor' ? t('floorName') : c.native;
 }
 
-function channelLabel(c) {
-  const rooms = new Set(state.channels.map((x) => x.room));
-  return rooms.size > 1 ? `${channelName(c)} · ${c.room}` : channelName(c);
+// A room's name for people (the event file's), else its id.
+function roomName(id) {
+  return state.roomNames.get(id) || id;
 }
 
+// The event's halls in order, from the channel list.
+function rooms() {
+  return [...new Set(state.channels.map((c) => c.room))];
+}
+
+// --- halls ----------------------------------------------------------------------------------
+
+// An event with one hall looks as if there were no halls. With several, the page shows the
+// halls by name, then the chosen hall's languages.
+function renderHalls() {
+  const all = rooms();
+  const several = all.length > 1;
+  const chosen = several && all.includes(state.room) ? state.room : null;
+  $('halls').hidden = !several || chosen !== null;
+  $('channels').hidden = several && chosen === null;
+  $('other-halls').hidden = !several || chosen === null;
+  $('hall-name').textContent = chosen ? roomName(chosen) : '';
+  if (!several) return;
+  const list = $('hall-list');
+  const items = all.map((room) => {
+    let el = list.querySelector(`[data-room="${CSS.escape(room)}"]`);
+    if (!el) {
+      el = document.createElement('button');
+      el.type = 'button';
+      el.className = 'hall';
+      el.dataset.room = room;
+      const name = document.createElement('span');
+      name.className = 'name';
+      const langs = document.createElement('span');
+      langs.className = 'state';
+      el.append(name, langs);
+      el.addEventListener('click', () => chooseHall(room));
+    }
+    el.querySelector('.name').textContent = roomName(room);
+    el.querySelector('.state').textContent = state.channels
+      .filter((c) => c.room === room && c.lang !== 'floor')
+      .map((c) => c.native)
+      .join(' · ');
+    return el;
+  });
+  const same = items.length === list.children.length && items.every((el, i) => list.children[i] === el);
+  if (!same) list.replaceChildren(...items);
+}
+
+function chooseHall(room) {
+  state.room = room;
+  stored.set('room', room);
+  showRoomInAddress(room);
+  renderChannels();
+  const first = document.querySelector('#channel-list input:checked') || document.querySelector('#channel-list input');
+  if (first) first.focus();
+}
+
+// The hall's own address in the address bar, as its QR code has it: a bookmark or a shared
+// link opens the same hall.
+function showRoomInAddress(room) {
+  const q = new URLSearchParams(location.search);
+  if (room) q.set('room', room);
+  else q.delete('room');
+  const search = q.toString();
+  history.replaceState(null, '', location.pathname + (search ? '?' + search : ''));
+}
+
+$('other-halls').addEventListener('click', () => {
+  state.room = null;
+  showRoomInAddress(null);
+  renderChannels();
+  const first = document.querySelector('#hall-list button');
+  if (first) first.focus();
+});
+
 function renderChannels() {
+  renderHalls();
   const list = $('channel-list');
   const existing = new Map([...list.children].map((el) => [el.dataset.id, el]));
   const order = [];
+  const several = rooms().length > 1;
   for (const c of state.channels) {
+    if (several && c.room !== state.room) {
+      // Another hall's channel: not listed, but its change of state is still tracked.
+      state.carrying.set(c.id, describe(c));
+      continue;
+    }
     let el = existing.get(c.id);
     if (!el) {
       el = document.createElement('label');
@@ -153,7 +248,7 @@ function renderChannels() {
       el.append(input, text);
     }
     const name = el.querySelector('.name');
-    name.textContent = channelLabel(c);
+    name.textContent = channelName(c);
     // The native name in its own language, so a screen reader pronounces it right.
     if (c.lang !== 'floor') name.lang = c.lang;
     else name.removeAttribute('lang');
@@ -256,6 +351,7 @@ function onMessage(m) {
       state.welcomed = true;
       state.backoff = BACKOFF_FIRST;
       $('event').textContent = m.event;
+      state.eventName = m.event;
       state.eventDelayMs = m.listener_delay_ms || 0;
       applyDelay();
       updateExtraHint();
@@ -289,7 +385,7 @@ function onMessage(m) {
 }
 
 function onFrame(data) {
-  if (!state.playing || !state.player) return;
+  if (!state.playing || !state.player || state.pausedBySystem) return;
   const h = parseHeader(data);
   const c = channelById(state.wanted);
   // Frames of the previous channel may still arrive right after a switch: never play them.
@@ -349,6 +445,7 @@ $('code-form').addEventListener('submit', (e) => {
 
 async function ensurePlayer() {
   if (state.player) return state.player;
+  askPlaybackSession();
   state.starting ??= (async () => {
     const delayMs = effectiveDelay();
     let player;
@@ -360,6 +457,7 @@ async function ensurePlayer() {
     }
     player.setVolume(Number($('volume').value));
     $('path').textContent = player.path === 'fallback' ? `(${t('compat')})` : '';
+    player.context.addEventListener('statechange', onAudioState);
     state.player = player;
     return player;
   })();
@@ -373,7 +471,8 @@ async function ensurePlayer() {
 async function startPlaying() {
   if (!state.wanted) {
     say(t('chooseLanguage'));
-    const first = document.querySelector('#channel-list input');
+    // The halls first where no hall is chosen yet.
+    const first = $('channels').hidden ? document.querySelector('#hall-list button') : document.querySelector('#channel-list input');
     if (first) first.focus();
     return;
   }
@@ -395,8 +494,15 @@ function subscribe() {
   const c = channelById(state.wanted);
   if (state.player) state.player.reset();
   state.switchedAt = performance.now();
-  if (c) say(t('listening', { name: channelName(c) }));
-  setPageState('playing');
+  // Choosing a channel is a tap: it also brings back sound the system had stopped.
+  if (state.pausedBySystem) {
+    resumeAudio();
+    say(t('pausedByPhone'));
+  } else {
+    if (c) say(t('listening', { name: channelName(c) }));
+    setPageState('playing');
+  }
+  updateMediaSession();
   if (state.welcomed) send({ type: 'subscribe', channel: state.wanted });
   else if (!state.ws) connect();
 }
@@ -407,6 +513,8 @@ function stopPlaying() {
   $('play').dataset.playing = 'false';
   $('play').textContent = t('listen');
   if (state.player) state.player.reset();
+  showPaused(false);
+  updateMediaSession();
   if (was) {
     send({ type: 'unsubscribe' });
     say(t('stopped'));
@@ -415,9 +523,14 @@ function stopPlaying() {
 }
 
 function select(id) {
-  if (!channelById(id)) return;
+  const c = channelById(id);
+  if (!c) return;
   state.wanted = id;
   stored.set('channel', id);
+  if (state.room !== c.room) {
+    state.room = c.room;
+    stored.set('room', c.room);
+  }
   if (document.body.dataset.state === 'error') clearError();
   renderChannels();
   // Choosing a language is the gesture that starts the sound.
@@ -429,6 +542,96 @@ $('play').addEventListener('click', () => {
   if (state.playing) stopPlaying();
   else startPlaying();
 });
+
+// --- the phone: audio session, interruptions, lock screen ------------------------------------
+
+// On an iPhone, Web Audio follows the ring/silent switch unless the page asks for a playback
+// session (Safari 16.4 and later); most delegates keep their phone on silent.
+function askPlaybackSession() {
+  try {
+    if (navigator.audioSession && navigator.audioSession.type !== 'playback') navigator.audioSession.type = 'playback';
+  } catch {}
+}
+
+// The audio context's state changed. The page itself never suspends it, so `suspended` or
+// `interrupted` while listening means the system stopped the sound.
+function onAudioState() {
+  const p = state.player;
+  if (!p || !state.playing) return;
+  const st = p.context.state;
+  if (st === 'running') {
+    if (state.pausedBySystem) {
+      // Back at live: whatever was queued before the pause is stale.
+      showPaused(false);
+      p.reset();
+      const c = channelById(state.wanted);
+      if (c) say(t('listening', { name: channelName(c) }));
+      setPageState('playing');
+    }
+  } else if (st === 'suspended' || st === 'interrupted') {
+    showPaused(true);
+    say(t('pausedByPhone'));
+    setPageState('paused');
+  }
+  updateMediaSession();
+}
+
+function showPaused(on) {
+  state.pausedBySystem = on;
+  $('paused').hidden = !on;
+}
+
+// Resumes the audio context; only works from a user's gesture on most phones.
+function resumeAudio() {
+  const p = state.player;
+  if (!p || p.context.state === 'running' || p.context.state === 'closed') return;
+  p.resume().catch(() => {});
+}
+
+// Any tap or key brings the sound back.
+for (const type of ['click', 'touchend', 'keydown']) {
+  document.addEventListener(
+    type,
+    () => {
+      if (state.playing && state.pausedBySystem) resumeAudio();
+    },
+    { capture: true },
+  );
+}
+
+// Back in front: a context the system suspended meanwhile may come back by itself; if it does
+// not, the page says so and waits for a tap.
+document.addEventListener('visibilitychange', () => {
+  if (document.visibilityState !== 'visible' || !state.playing || !state.player) return;
+  resumeAudio();
+  onAudioState();
+});
+
+// The lock screen and the system's media controls: the channel and the event, play and stop.
+function updateMediaSession() {
+  const ms = navigator.mediaSession;
+  if (!ms) return;
+  try {
+    const c = channelById(state.wanted);
+    if (state.playing && c && typeof MediaMetadata === 'function') {
+      ms.metadata = new MediaMetadata({ title: channelName(c), artist: state.eventName, album: roomName(c.room) });
+    }
+    ms.playbackState = !state.playing ? 'none' : state.pausedBySystem ? 'paused' : 'playing';
+  } catch {}
+}
+
+if (navigator.mediaSession) {
+  const handlers = {
+    play: () => (state.playing ? resumeAudio() : startPlaying()),
+    pause: () => stopPlaying(),
+    stop: () => stopPlaying(),
+  };
+  for (const [action, fn] of Object.entries(handlers)) {
+    try {
+      navigator.mediaSession.setActionHandler(action, fn);
+    } catch {}
+  }
+}
 
 // --- volume and delay -----------------------------------------------------------------------
 
@@ -478,6 +681,9 @@ setInterval(() => {
 
 // --- start ----------------------------------------------------------------------------------
 
+if (pageInfo && Array.isArray(pageInfo.rooms)) {
+  for (const r of pageInfo.rooms) state.roomNames.set(r.id, r.name);
+}
 translate();
 if (typeof AudioContext !== 'function') showError(t('noAudio'));
 say(t('connecting'));

@@ -33,7 +33,21 @@ const state = {
   holds: new Map(),      // channel id -> { db, until } peak hold
   monitored: null,       // channel id being monitored, or null
   recording: { active: false },
+  roomNames: new Map(),  // room id -> the hall's name (from /join)
 };
+
+// The halls' names, for grouping the channels by hall; the ids stand in until they come.
+fetch('join')
+  .then((r) => (r.ok ? r.json() : null))
+  .then((info) => {
+    if (!info || !Array.isArray(info.rooms)) return;
+    for (const r of info.rooms) state.roomNames.set(r.id, r.name);
+    if (state.channels.length) {
+      buildRows(state.channels);
+      renderChannels(state.channels);
+    }
+  })
+  .catch(() => {});
 
 // Counters the browser tests read; also handy in the devtools console on show day.
 const stats = {
@@ -262,7 +276,21 @@ function renderChannels(channels) {
 function buildRows(channels) {
   state.rows.clear();
   el.channels.replaceChildren();
+  // With several halls, each hall's channels under a heading row of its name.
+  const halls = new Set(channels.map((c) => c.room)).size > 1;
+  let room = null;
   channels.forEach((c, i) => {
+    if (halls && c.room !== room) {
+      room = c.room;
+      const head = el.channels.insertRow();
+      head.className = 'hall';
+      head.dataset.room = room;
+      const th = document.createElement('th');
+      th.colSpan = 8;
+      th.scope = 'colgroup';
+      th.textContent = state.roomNames.get(room) || room;
+      head.append(th);
+    }
     const row = el.channels.insertRow();
     row.dataset.channel = c.id;
     const cell = (cls) => { const td = row.insertCell(); if (cls) td.className = cls; return td; };

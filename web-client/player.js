@@ -1,6 +1,7 @@
 // Plays boothcast audio frames (docs/PROTOCOL.md section 6) in the browser.
 //
-// Main path: WebCodecs AudioDecoder → AudioWorklet (playout.js in worklet.js) → volume → out.
+// Main path: WebCodecs AudioDecoder → AudioWorklet (playout.js in worklet.js) → volume → out;
+// a WebCodecs decoder that keeps failing is replaced by the WASM one.
 // Fallback path (no secure context, or `fallback: true`): opus-decoder (WASM) → the same playout
 // on the page's thread behind a ScriptProcessorNode → volume → out.
 // The player knows nothing of WebSockets: the page hands it each binary message as received.
@@ -10,8 +11,10 @@ import { Playout, SAMPLE_RATE } from './playout.js';
 export const HEADER_LEN = 28;
 const WASM_DECODER = new URL('./node_modules/opus-decoder/dist/opus-decoder.min.js', import.meta.url);
 const WEBCODECS_CONFIG = { codec: 'opus', sampleRate: SAMPLE_RATE, numberOfChannels: 1 };
-// 512 samples (10.7 ms) per ScriptProcessor callback: smaller ones miss their turn whenever the
-// page's thread is busy; larger ones add their length to the delay.
+// 1024 samples (21 ms) per ScriptProcessor callback. The browser double-buffers them: a
+// callback the page's thread runs more than one buffer late is a gap or a repeated buffer at
+// the output. At 512 a busy machine's page missed its turn a few times a second (Chromium);
+// longer buffers add their length to the delay.
 const SCRIPT_BUFFER = 1024;
 // The ScriptProcessor's count of samples written follows the context's clock when the two are
 // further apart than this (two buffers): more than any wobble of playbackTime seen, less than
@@ -57,14 +60,19 @@ export async function createPlayer({ fallback = false, delayMs = 0 } = {}) {
     const useWebCodecs = !fallback && (await webCodecsOpus());
     const sink = useWorklet ? await workletSink(context, delayMs) : scriptSink(context, delayMs);
     sink.node.connect(volume);
-    const decoder = useWebCodecs ? webCodecsDecoder(sink.frame) : await wasmDecoder(sink.frame);
-    return new Player({
+    let player = null;
+    // A WebCodecs decoder that says yes and then fails every decode (some Safari versions) is
+    // replaced by the WASM one.
+    const onFailing = () => player && player.useWasm();
+    const decoder = useWebCodecs ? webCodecsDecoder(sink.frame, onFailing) : await wasmDecoder(sink.frame);
+    player = new Player({
       context,
       volume,
       sink,
       decoder,
       path: useWorklet && useWebCodecs ? 'webcodecs' : 'fallback',
     });
+    return player;
   } catch (e) {
     context.close();
     throw e;
@@ -80,6 +88,9 @@ class Player {
     this.outputKind = sink.kind;
     this.sink = sink;
     this.decoder = decoder;
+    this.switching = null; // the WASM decoder being loaded to replace a failing one
+    this.failovers = 0;
+    this.errorsBefore = 0; // decode errors of the decoder replaced
     this.local = []; // ms from a frame's arrival at the page to its sound at the output
     this.relay = []; // ms from the relay's stamp to the sound (meaningful with synced clocks)
     this.latencies = []; // ms from rendering a sample to hearing it, last estimates
@@ -91,7 +102,7 @@ class Player {
 
   push(buffer) {
     const h = parseHeader(buffer);
-    if (!h) return;
+    if (!h || this.switching) return;
     this.decoder.decode(
       { seq: h.seq, channel: h.channel, relayUs: h.relayUs, arrivalMs: performance.now() },
       new Uint8Array(buffer, HEADER_LEN),
@@ -101,6 +112,26 @@ class Player {
   reset() {
     this.decoder.reset();
     this.sink.reset();
+  }
+
+  // Moves from the WebCodecs decoder to the WASM one (once); frames that come meanwhile are
+  // dropped, and the playout starts again at live with the first frame decoded.
+  useWasm() {
+    if (this.switching || this.decoderKind === 'wasm') return;
+    this.switching = wasmDecoder(this.sink.frame)
+      .then((d) => {
+        this.errorsBefore += this.decoder.errors;
+        this.decoder.close();
+        this.decoder = d;
+        this.decoderKind = 'wasm';
+        this.path = 'worklet-wasm';
+        this.failovers++;
+        this.sink.reset();
+      })
+      .catch(() => {})
+      .finally(() => {
+        this.switching = null;
+      });
   }
 
   setVolume(v) {
@@ -176,7 +207,8 @@ class Player {
       outputLatencyMs: 1000 * ((this.context.outputLatency || 0) + (this.context.baseLatency || 0)),
       renderToEarMs: this.latencyMs,
       clock: { source: this.clockSource, ...this.sink.clock() },
-      decodeErrors: this.decoder.errors,
+      decodeErrors: this.errorsBefore + this.decoder.errors,
+      failovers: this.failovers,
       path: this.path,
       decoder: this.decoderKind,
       output: this.outputKind,
@@ -221,19 +253,26 @@ async function webCodecsOpus() {
 }
 
 // WebCodecs decodes asynchronously; outputs come back in order, each matched to its frame's
-// details by the timestamp given to the chunk.
-function webCodecsDecoder(onFrame) {
+// details by the timestamp given to the chunk. `onFailing` is called when FAILS_BEFORE_WASM
+// decoders in a row failed (an error, or stuck) before giving any sound.
+function webCodecsDecoder(onFrame, onFailing = () => {}) {
   const pending = [];
   let stamp = 0;
   let decoder = null;
   const self = { kind: 'webcodecs', errors: 0 };
+  let failures = 0; // since the last output
+  const failed = () => {
+    failures++;
+    if (failures >= FAILS_BEFORE_WASM) onFailing();
+  };
   const open = () => {
-    decoder = new AudioDecoder({
+    const d = new AudioDecoder({
       output: (data) => {
         // Output timestamps may be rounded by a microsecond: match the nearest stamp.
         while (pending.length && pending[0].stamp < data.timestamp - STAMP_STEP / 2) pending.shift();
         const near = pending.length && Math.abs(pending[0].stamp - data.timestamp) < STAMP_STEP / 2;
         const meta = near ? pending.shift() : null;
+        failures = 0;
         const samples = new Float32Array(data.numberOfFrames);
         data.copyTo(samples, { planeIndex: 0, format: 'f32-planar' });
         data.close();
@@ -242,22 +281,34 @@ function webCodecsDecoder(onFrame) {
       error: () => {
         // The decoder is closed after an error; the next frame opens a new one.
         self.errors++;
-        decoder = null;
+        if (decoder === d) decoder = null;
         pending.length = 0;
+        failed();
       },
     });
-    decoder.configure(WEBCODECS_CONFIG);
+    decoder = d;
+    d.configure(WEBCODECS_CONFIG);
   };
   self.decode = (frame, opus) => {
-    if (!decoder || decoder.state === 'closed') open();
     stamp += STAMP_STEP;
     pending.push({ stamp, frame });
     // More than a second waiting means the decoder is stuck; start it again rather than queue.
     if (pending.length > 50) {
       self.reset();
+      failed();
       return;
     }
-    decoder.decode(new EncodedAudioChunk({ type: 'key', timestamp: stamp, data: opus }));
+    try {
+      if (!decoder || decoder.state === 'closed') open();
+      decoder.decode(new EncodedAudioChunk({ type: 'key', timestamp: stamp, data: opus }));
+    } catch {
+      // A decoder that throws instead of calling back: the same as an error.
+      self.errors++;
+      pending.length = 0;
+      if (decoder && decoder.state !== 'closed') decoder.close();
+      decoder = null;
+      failed();
+    }
   };
   self.reset = () => {
     pending.length = 0;
@@ -274,6 +325,9 @@ function webCodecsDecoder(onFrame) {
 
 // Chunk timestamps only pair outputs with their frames; a 20 ms step keeps them plausible.
 const STAMP_STEP = 20000;
+// Decoders in a row that fail before any output before the WASM decoder takes over: one
+// failure may be a bad packet; three at 20 ms frames are 60 ms of nothing but errors.
+const FAILS_BEFORE_WASM = 3;
 
 let wasmLoading = null;
 function loadWasmDecoder() {

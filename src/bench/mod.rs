@@ -10,6 +10,7 @@
 //! Figures about the relay process (CPU time, resident memory) are read from `/proc`.
 
 pub mod icecast;
+pub mod soak;
 
 use crate::protocol::{FrameHeader, Source, CHANNEL_UNSET};
 use crate::relay::unix_micros;
@@ -54,6 +55,8 @@ pub struct Options {
     /// its delay. The others read every `BULK_READ` and only check that no frame is missing,
     /// so that the load generator spends one read per several frames, not one per frame.
     pub probe_every: usize,
+    /// Listeners ask for the relaxed delivery class (frames written every 100 ms).
+    pub relaxed: bool,
 }
 
 /// How often a bulk (non-probe) listener reads what has arrived.
@@ -415,10 +418,11 @@ async fn connect_listeners(
         let done = done_tx.clone();
         let bulk = bulk.clone();
         let opts_probe_every = opts.probe_every;
+        let relaxed = opts.relaxed;
         tokio::task::spawn_local(async move {
             let permit = permits.acquire().await.expect("never closed");
             let t0 = Instant::now();
-            match handshake(&addr, &channel).await {
+            match handshake(&addr, &channel, relaxed, base + i).await {
                 Ok((stream, buf)) => {
                     times.borrow_mut().record(t0.elapsed().as_micros() as u64);
                     drop(permit);
@@ -470,10 +474,51 @@ async fn connect_listeners(
     Ok(h)
 }
 
+/// Connects to `addr`; to a relay on loopback, from a loopback address of the listener's
+/// own (127.2.0.1 onwards, one per listener), as phones on a venue LAN each have theirs, so
+/// that the relay's per-address bounds see what they would see in a hall.
+async fn connect_from_own_address(addr: &str, index: usize) -> std::io::Result<TcpStream> {
+    let target: std::net::SocketAddr = match tokio::net::lookup_host(addr).await?.next() {
+        Some(a) => a,
+        None => return Err(std::io::Error::other(format!("{addr} names no address"))),
+    };
+    if !target.ip().is_loopback() || !target.is_ipv4() {
+        return TcpStream::connect(target).await;
+    }
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    // Linux: choose the port at connect time instead of by a scan at bind time (thousands of
+    // bound sockets make that scan slow). Harmless where unsupported.
+    {
+        use std::os::fd::AsRawFd;
+        let one: libc::c_int = 1;
+        // SAFETY: a valid socket and a pointer to a c_int of the given size.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                &one as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    let n = index as u32 + 1;
+    let source = std::net::Ipv4Addr::new(127, 2, (n >> 8) as u8, (n & 0xff) as u8);
+    socket.bind(std::net::SocketAddr::new(source.into(), 0))?;
+    socket.connect(target).await
+}
+
 /// The WebSocket handshake and hello by hand; returns the stream and any bytes read past the
 /// response head.
-async fn handshake(addr: &str, channel: &str) -> Result<(TcpStream, Vec<u8>), String> {
-    let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+async fn handshake(
+    addr: &str,
+    channel: &str,
+    relaxed: bool,
+    index: usize,
+) -> Result<(TcpStream, Vec<u8>), String> {
+    let mut s = connect_from_own_address(addr, index)
+        .await
+        .map_err(|e| e.to_string())?;
     s.set_nodelay(true).map_err(|e| e.to_string())?;
     let req = format!(
         "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -504,8 +549,9 @@ async fn handshake(addr: &str, channel: &str) -> Result<(TcpStream, Vec<u8>), St
         ));
     }
     let rest = buf[end..].to_vec();
-    let hello =
-        serde_json::json!({"type": "hello", "role": "listener", "channel": channel}).to_string();
+    let delivery = if relaxed { "relaxed" } else { "live" };
+    let hello = serde_json::json!({"type": "hello", "role": "listener", "channel": channel, "delivery": delivery})
+        .to_string();
     s.write_all(&masked_text(hello.as_bytes()))
         .await
         .map_err(|e| e.to_string())?;

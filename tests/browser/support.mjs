@@ -93,6 +93,11 @@ export function tmp() {
 
 const unloads = [];
 
+// Runs `fn` when the script ends, also on failure (a browser's process group, a sink).
+export function atExit(fn) {
+  unloads.push(fn);
+}
+
 function cleanup() {
   for (const u of unloads.splice(0)) {
     try {
@@ -175,10 +180,11 @@ function track(proc, label) {
 
 // `boothcast serve` on loopback; resolves once it says where it listens.
 // `realtime`: under SCHED_FIFO, as startFloor. `flags`: more options of `serve` (`--record DIR`).
-export async function startRelay({ env = {}, port = 0, event = EVENT, realtime = false, flags = [] } = {}) {
+// `webDir`: another page directory.
+export async function startRelay({ env = {}, port = 0, event = EVENT, realtime = false, flags = [], webDir = join(ROOT, 'web-client') } = {}) {
   const config = join(tmp(), 'event.toml');
   writeFileSync(config, event);
-  const args = ['serve', '--config', config, '--listen', `127.0.0.1:${port}`, '--web-dir', join(ROOT, 'web-client'), ...flags];
+  const args = ['serve', '--config', config, '--listen', `127.0.0.1:${port}`, '--web-dir', webDir, ...flags];
   const [cmd, argv] = realtime ? ['chrt', ['-f', '10', BIN, ...args]] : [BIN, args];
   const proc = track(spawn(cmd, argv, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] }), 'relay');
   const addr = await new Promise((resolve, reject) => {
@@ -186,6 +192,7 @@ export async function startRelay({ env = {}, port = 0, event = EVENT, realtime =
     let buf = '';
     proc.stdout.on('data', (chunk) => {
       buf += chunk.toString();
+      proc.printed = buf;
       const m = buf.match(/listening on http:\/\/(\S+)/);
       if (m) {
         clearTimeout(timer);
@@ -221,8 +228,10 @@ export function sine(freq, seconds = 10, { tremolo = false } = {}) {
 // The floor feed, looping its sine. `realtime` runs it under SCHED_FIFO (chrt), as on a
 // dedicated machine at the mixing desk, so that a busy test machine does not make its frames
 // late: for measuring the page, not the sender.
-export function startFloor(relay, freq = TONES['plenary/floor'], { realtime = false, tremolo = false } = {}) {
-  const args = ['floor', '--server', relay.ws, '--input-file', sine(freq, 10, { tremolo }), '--loop'];
+// `wav`: another file to loop instead of the sine.
+export function startFloor(relay, freq = TONES['plenary/floor'], { realtime = false, tremolo = false, wav = null, room = null } = {}) {
+  const args = ['floor', '--server', relay.ws, '--input-file', wav || sine(freq, 10, { tremolo }), '--loop',
+    ...(room ? ['--room', room] : [])];
   const [cmd, argv] = realtime ? ['chrt', ['-f', '10', BIN, ...args]] : [BIN, args];
   const proc = spawn(cmd, argv, {
     env: { ...process.env, BOOTHCAST_SECRET: SECRETS.floor },
@@ -235,12 +244,12 @@ export function startFloor(relay, freq = TONES['plenary/floor'], { realtime = fa
 
 // A booth console looping its sine, live at once unless `live: false`; commands go to its
 // standard input, its JSON lines collect in `lines`.
-export function startBooth(relay, booth, freq = TONES[`plenary/${booth}`], { live = true, tremolo = false } = {}) {
+export function startBooth(relay, booth, freq = TONES[`plenary/${booth}`], { live = true, tremolo = false, secret = SECRETS[booth] } = {}) {
   const proc = spawn(
     BIN,
     ['booth', '--server', relay.ws, '--booth', booth, '--input-file', sine(freq, 10, { tremolo }), '--loop',
       ...(live ? ['--live'] : [])],
-    { env: { ...process.env, BOOTHCAST_SECRET: SECRETS[booth] }, stdio: ['pipe', 'pipe', 'pipe'] },
+    { env: { ...process.env, BOOTHCAST_SECRET: secret }, stdio: ['pipe', 'pipe', 'pipe'] },
   );
   track(proc, `booth ${booth}`);
   proc.lines = [];
@@ -253,7 +262,7 @@ export function startBooth(relay, booth, freq = TONES[`plenary/${booth}`], { liv
 export async function boothLive(booth, timeoutMs = 15000) {
   await waitFor(
     `booth ${booth.label} to go live`,
-    () => booth.lines.some((l) => l.includes('"type":"console"') && /"live":"plenary\//.test(l)),
+    () => booth.lines.some((l) => l.includes('"type":"console"') && /"live":"[a-z0-9_-]+\//.test(l)),
     timeoutMs,
   );
 }

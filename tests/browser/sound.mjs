@@ -1,0 +1,182 @@
+// What reaches the sound server, in one browser engine (argument: chromium, firefox or webkit):
+// the delegate page plays the floor's marked tone on the main path (AudioWorklet, WebCodecs
+// where the engine has it; 127.0.0.1 is a secure origin) and on the fallback path (`?fallback=1`:
+// ScriptProcessor and the WASM decoder, as a page over plain HTTP from a LAN address gets). For
+// each, 10 s are recorded from the browser's own PulseAudio null sink: at most 1 discontinuity
+// of the sine a second, and the delay the page shows within 50 ms of the delay from the relay
+// to the sink measured on the tone's markers. Before that, the page lists the channels and
+// switches to English and back (its tone heard at the sink). Then the relay restarts and the
+// page comes back by itself, and an event with an access code asks for it and plays.
+//
+//   node tests/browser/sound.mjs firefox
+
+import * as s from './support.mjs';
+import * as engines from './engines.mjs';
+import * as sink from './sink.mjs';
+
+const engine = process.argv[2] || 'chromium';
+if (!engines.ENGINES.includes(engine)) throw new Error(`engine: one of ${engines.ENGINES.join(', ')}`);
+const SECONDS = 10;
+const VOLUME = 0.8; // the page's default volume
+const EN_FREQ = 600; // English: 80 samples a period
+const CODE = '2468';
+
+// The delay the page shows, in ms, or null.
+const shownDelay = (page) =>
+  page.evaluate(() => {
+    const m = /(\d+)/.exec(document.getElementById('delay').textContent);
+    return m ? Number(m[1]) : null;
+  });
+
+async function listen(page, url, id) {
+  await page.goto(url);
+  await s.waitFor('the channel list', () => page.evaluate((id) => !!document.querySelector(`.channel[data-id="${id}"]`), id), 10000);
+  await page.click(`.channel[data-id="${id}"]`);
+  await s.waitFor('the page to play', () => page.evaluate(() => window.boothcast.state.playing && !!window.boothcast.player), 10000);
+}
+
+// Records the sink while the page plays; returns the figures.
+async function measure(page, out, listener, path) {
+  // Let the jitter margin settle before measuring.
+  await new Promise((r) => setTimeout(r, 1500));
+  const rec = sink.record(out);
+  const shown = [];
+  const end = Date.now() + (SECONDS + 1) * 1000;
+  while (Date.now() < end) {
+    await new Promise((r) => setTimeout(r, 500));
+    const d = await shownDelay(page);
+    if (d !== null) shown.push(d);
+  }
+  const got = await rec.stop();
+  const stats = await page.evaluate(() => window.boothcast.player.stats());
+  const disc = sink.discontinuities(got.samples, { seconds: SECONDS, skip: 0.2 });
+  const delays = sink.sinkDelays(got, listener.marks, { scale: VOLUME });
+  const r = (x) => (x === null ? null : Math.round(x * 10) / 10);
+  const fig = {
+    figure: 'sink',
+    engine,
+    path,
+    page_path: stats.path,
+    decoder: stats.decoder,
+    output: stats.output,
+    recorded_s: r(got.samples.length / sink.RATE),
+    discontinuities: disc.count,
+    per_second: disc.perSecond,
+    drift_hz: disc.driftHz,
+    first_discontinuities: disc.at.slice(0, 5),
+    delay_at_sink_ms: r(sink.median(delays)),
+    delay_at_sink_n: delays.length,
+    delay_shown_ms: sink.median(shown),
+    page_output_latency_ms: r(stats.outputLatencyMs),
+    page_clock: stats.clock,
+    underruns: stats.underruns,
+    late: stats.late,
+  };
+  s.figure(fig);
+  return fig;
+}
+
+async function hears(freq, out, what) {
+  await s.waitFor(
+    `${what} (${freq} Hz) at the sink`,
+    async () => {
+      const rec = sink.record(out);
+      await new Promise((r) => setTimeout(r, 400));
+      const got = await rec.stop();
+      const tail = got.samples.subarray(Math.max(0, got.samples.length - 9600));
+      return dominant(tail) === freq;
+    },
+    8000,
+    50,
+  );
+}
+
+// Which of the test's tones is strongest in a stretch of samples.
+function dominant(x) {
+  let best = null;
+  let bestPower = 1e-4;
+  for (const f of [sink.MARK_FREQ, EN_FREQ]) {
+    const w = (2 * Math.PI * f) / sink.RATE;
+    let i = 0;
+    let q = 0;
+    for (let k = 0; k < x.length; k++) {
+      i += x[k] * Math.cos(w * k);
+      q += x[k] * Math.sin(w * k);
+    }
+    const p = (i * i + q * q) / (x.length * x.length);
+    if (p > bestPower) {
+      bestPower = p;
+      best = f;
+    }
+  }
+  return best;
+}
+
+await s.run(
+  `sound-${engine}`,
+  async () => {
+    // The relay and the floor at real-time priority: a frame the busy test machine sent late
+    // would be a gap at the sink that says nothing about the page.
+    const relay = await s.startRelay({ realtime: true });
+    s.startFloor(relay, undefined, { wav: sink.markedTone(), realtime: true });
+    const en = s.startBooth(relay, 'en', EN_FREQ);
+    await s.boothLive(en);
+    const listener = await sink.relayListener(relay);
+    s.atExit(() => listener.close());
+
+    const out = sink.nullSink(engine);
+    s.atExit(() => out.close());
+    const browser = await engines.launch(engine, { env: out.env });
+    s.atExit(() => browser.close().catch(() => {}));
+    const failures = [];
+    for (const [path, query] of [
+      ['main', '/'],
+      ['fallback', '/?fallback=1'],
+    ]) {
+      const page = await browser.newPage();
+      await listen(page, relay.http + query, 'plenary/floor');
+      await hears(sink.MARK_FREQ, out, 'the floor');
+      // The list and a switch there and back, heard at the sink.
+      await page.click('.channel[data-id="plenary/en"]');
+      await hears(EN_FREQ, out, 'English');
+      await page.click('.channel[data-id="plenary/floor"]');
+      await hears(sink.MARK_FREQ, out, 'the floor again');
+      const fig = await measure(page, out, listener, path);
+      const expect = path === 'fallback' ? 'fallback' : null;
+      if (expect && fig.page_path !== expect) failures.push(`${path}: the page took the ${fig.page_path} path`);
+      if (fig.per_second === null || fig.per_second > 1)
+        failures.push(`${path}: ${fig.per_second} discontinuities a second at the sink (at most 1)`);
+      if (fig.delay_at_sink_ms === null || fig.delay_shown_ms === null)
+        failures.push(`${path}: no delay (${fig.delay_at_sink_ms} ms at the sink, ${fig.delay_shown_ms} ms shown)`);
+      else if (Math.abs(fig.delay_at_sink_ms - fig.delay_shown_ms) > 50)
+        failures.push(`${path}: the page shows ${fig.delay_shown_ms} ms, the sink says ${fig.delay_at_sink_ms} ms`);
+      if (path === 'fallback') {
+        // The relay restarts on the same port: the page comes back by itself.
+        const port = relay.addr.split(':').pop();
+        listener.close();
+        await relay.kill();
+        await s.waitFor('the page to notice the relay is gone', () => page.evaluate(() => document.body.dataset.state === 'reconnecting'), 5000);
+        await s.startRelay({ port, realtime: true });
+        await hears(sink.MARK_FREQ, out, 'the floor after the relay restarted');
+      }
+      await page.close();
+    }
+    s.assert(failures.length === 0, failures.join('\n'));
+
+    // An event with an access code: the page asks for it, then plays.
+    const coded = await s.startRelay({ env: { BOOTHCAST_ACCESS_CODE: CODE } });
+    s.startFloor(coded, undefined, { wav: sink.markedTone() });
+    const page = await browser.newPage();
+    await page.goto(coded.http + '/');
+    await s.waitFor('the access code form', () => page.evaluate(() => !document.getElementById('code-form').hidden), 10000);
+    await page.evaluate((code) => {
+      document.getElementById('code').value = code;
+    }, CODE);
+    await page.click('#code-form button[type="submit"]');
+    await s.waitFor('the channel list after the code', () => page.evaluate(() => !!document.querySelector('.channel[data-id="plenary/floor"]')), 10000);
+    await page.click('.channel[data-id="plenary/floor"]');
+    await hears(sink.MARK_FREQ, out, 'the floor after the access code');
+    await page.close();
+  },
+  { timeoutMs: 100000 },
+);
