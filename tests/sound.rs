@@ -236,6 +236,9 @@ fn listen(url: &str, channel: &str, seconds: &str, out: &Path) -> Proc {
                 "--seconds",
                 seconds,
             ])
+            // Real-time processes share two cores here with whatever else runs: a margin for
+            // frames that come late (the delay is not what these tests measure).
+            .args(["--buffer-ms", "1000"])
             .arg("--output-file")
             .arg(out)
             .stderr(Stdio::null()),
@@ -720,7 +723,8 @@ fn listen_writes_a_wav_stream_to_standard_output_for_other_tools() {
     let converted = dir.join("converted.wav");
     let json = dir.join("lines.txt");
     let mut pipeline = Proc::spawn(Command::new("sh").arg("-c").arg(format!(
-        "'{BIN}' listen --server {url} --lang plenary/floor --seconds 6 --output-file - 2>'{}' \
+        "'{BIN}' listen --server {url} --lang plenary/floor --seconds 6 --buffer-ms 1000 \
+         --output-file - 2>'{}' \
          | ffmpeg -v error -y -f wav -i - '{}' && echo converted",
         json.display(),
         converted.display()
