@@ -602,8 +602,34 @@ fn an_http_stream_follows_its_channel_from_the_floor_to_the_interpreter_and_back
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // And a raw reader of the same stream, to look at its pages.
+    let raw = {
+        use std::io::{Read, Write};
+        let addr = url.trim_start_matches("ws://").to_string();
+        std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            write!(
+                s,
+                "GET /listen/plenary/en.opus HTTP/1.0\r\nHost: {addr}\r\n\r\n"
+            )
+            .unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let until = Instant::now() + Duration::from_secs(10);
+            let mut out = Vec::new();
+            let mut buf = [0u8; 4096];
+            while Instant::now() < until {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => out.extend_from_slice(&buf[..n]),
+                    Err(_) => {}
+                }
+            }
+            out
+        })
+    };
     let started = Instant::now();
-    while listeners(&url, "plenary/en") != 1 {
+    while listeners(&url, "plenary/en") != 2 {
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "the player is not counted"
@@ -623,11 +649,17 @@ fn an_http_stream_follows_its_channel_from_the_floor_to_the_interpreter_and_back
         out.status.success() && errors.trim().is_empty(),
         "ffmpeg: {errors}"
     );
-    assert_eq!(
-        listeners(&url, "plenary/en"),
-        0,
-        "the player left the audience"
-    );
+    let raw = raw.join().unwrap();
+    ogg_is_one_continuous_stream(&raw);
+    // Both gone: the relay notices at its next write (within a frame or a silence tick).
+    let left = Instant::now();
+    while listeners(&url, "plenary/en") != 0 {
+        assert!(
+            left.elapsed() < Duration::from_secs(2),
+            "the players did not leave the audience"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     let pcm = audio::read_wav(&recorded).unwrap();
     let seconds = pcm.len() as f64 / f64::from(SAMPLE_RATE);
@@ -669,6 +701,60 @@ fn an_http_stream_follows_its_channel_from_the_floor_to_the_interpreter_and_back
         (12..=18).contains(&interpreter),
         "the interpreter for {interpreter} × 200 ms, not about 3 s: {timeline}"
     );
+}
+
+/// The body of an HTTP/1.0 answer (no chunking) is one logical Ogg stream: one serial, page
+/// numbers without a gap, and granule positions that grow by exactly the packets' durations,
+/// across every switch of the channel.
+fn ogg_is_one_continuous_stream(http: &[u8]) {
+    let start = http.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let mut data = &http[start..];
+    let (mut serial, mut sequence, mut granule, mut pages) = (None, 0u32, 0u64, 0);
+    while data.len() >= 27 {
+        assert_eq!(&data[..4], b"OggS");
+        let segments = usize::from(data[26]);
+        if data.len() < 27 + segments {
+            break;
+        }
+        let lacing = &data[27..27 + segments];
+        let len = 27 + segments + lacing.iter().map(|&l| usize::from(l)).sum::<usize>();
+        if data.len() < len {
+            break;
+        }
+        let page_granule = u64::from_le_bytes(data[6..14].try_into().unwrap());
+        let page_serial = u32::from_le_bytes(data[14..18].try_into().unwrap());
+        let page_sequence = u32::from_le_bytes(data[18..22].try_into().unwrap());
+        assert_eq!(
+            *serial.get_or_insert(page_serial),
+            page_serial,
+            "one logical stream"
+        );
+        assert_eq!(page_sequence, sequence, "page {sequence}: no gap");
+        // The packets of the page (none spans pages here), and what they last.
+        let mut body = &data[27 + segments..len];
+        let mut packet = Vec::new();
+        for &l in lacing {
+            packet.extend_from_slice(&body[..usize::from(l)]);
+            body = &body[usize::from(l)..];
+            if l < 255 {
+                if sequence >= 2 {
+                    granule += opus::packet::get_nb_samples(&packet, 48_000).unwrap() as u64;
+                }
+                packet.clear();
+            }
+        }
+        if sequence >= 2 {
+            assert_eq!(page_granule, granule, "page {sequence}: granule");
+        }
+        sequence += 1;
+        pages += 1;
+        data = &data[len..];
+    }
+    println!(
+        "HTTP stream: {pages} pages, one serial, granules continuous to {:.2} s",
+        granule as f64 / 48_000.0
+    );
+    assert!(granule > 9 * 48_000, "{granule} samples in 10 s");
 }
 
 #[test]
