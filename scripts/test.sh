@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 packages=(cmake pkg-config libasound2-dev openssl espeak-ng sox ffmpeg opus-tools chromium tmux
           pulseaudio pulseaudio-utils libasound2-plugins firefox-esr webkit2gtk-driver xvfb xauth
-          zbar-tools)
+          zbar-tools iproute2 nats-server)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -32,3 +32,4 @@ bash scripts/pulse.sh
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo nextest run --locked --no-fail-fast "$@"
+bash scripts/fuzz.sh 20

@@ -32,6 +32,7 @@ pub mod attempts;
 pub mod audio;
 pub mod bench;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod device;
 pub mod input;

@@ -65,6 +65,13 @@ enum Cmd {
         /// Without it those headers are ignored.
         #[arg(long, value_name = "ADDR")]
         trusted_proxy: Vec<boothcast::admission::Network>,
+        /// Join a cluster of relays through these NATS servers (nats://HOST:PORT, comma
+        /// separated; nats-server with JetStream, -js). Every node serves the same event.
+        #[arg(long, value_name = "URLS", value_delimiter = ',', requires = "node")]
+        cluster: Vec<String>,
+        /// This node's name in the cluster (1 to 32 of a-z, A-Z, 0-9, - and _).
+        #[arg(long, value_name = "NAME", requires = "cluster")]
+        node: Option<String>,
     },
     /// Send a sound file or a live stream as the floor (the hall's original sound).
     Floor {
@@ -399,6 +406,8 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             public_url,
             listeners_per_address,
             trusted_proxy,
+            cluster,
+            node,
             ..
         } => {
             let event = match &config {
@@ -463,6 +472,22 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             limits.listeners_per_address = listeners_per_address.max(1);
             limits.trusted_proxies = trusted_proxy;
             let relay = Relay::new(Arc::new(event));
+            if let (false, Some(node)) = (cluster.is_empty(), node) {
+                let public_url = join_url
+                    .replacen("https://", "wss://", 1)
+                    .replacen("http://", "ws://", 1);
+                boothcast::cluster::join(
+                    relay.clone(),
+                    boothcast::cluster::Options {
+                        servers: cluster,
+                        node: node.clone(),
+                        public_url,
+                    },
+                )
+                .await
+                .context("cannot join the cluster")?;
+                println!("node {node} joined the cluster");
+            }
             let mut options = server::Options {
                 limits: Some(limits),
                 record_at_start: record.is_some(),

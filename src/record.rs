@@ -11,7 +11,9 @@
 //! backlog in a burst, a network hold-up, or a change of the system clock moves nothing: the
 //! files of a session stay aligned within one frame. The anchor follows a sender whose clock
 //! runs slower or faster than the relay's, slowly (from the least delay over
-//! [`DRIFT_WINDOW`]), so hours of recording do not drift apart. A session directory holds one `.opus` file per channel and `index.json` (the start,
+//! [`DRIFT_WINDOW`]), so hours of recording do not drift apart. Frames whose sender the relay
+//! does not know (a node of a cluster recording what the deciding node sends it) are placed by
+//! their arrival. A session directory holds one `.opus` file per channel and `index.json` (the start,
 //! the channels and their files, and a log of what each channel carried when).
 //!
 //! Recording never slows the relay: per channel a task takes frames off the channel's queue

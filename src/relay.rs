@@ -84,6 +84,14 @@ struct Sequence {
 /// than this within that many frames (a handover every frame) is not a real channel.
 pub const SENDER_CHANGES: usize = 16;
 
+impl Fanout {
+    /// Receivers of the channel's queue now: listeners, engineers, consoles hearing it as
+    /// their input, a recording.
+    pub fn receivers(&self) -> usize {
+        self.tx.receiver_count()
+    }
+}
+
 /// Relay-wide counters.
 #[derive(Default)]
 pub struct Stats {
@@ -162,6 +170,8 @@ pub struct Relay {
     /// Each new log entry, as JSON, to the engineers connected.
     log_tx: broadcast::Sender<Bytes>,
     pub stats: Stats,
+    /// The link to the other relays of a cluster (`cluster.rs`); unset on a relay alone.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Link>>,
 }
 
 /// Event-log entries kept for an engineer who connects (a show day's worth of going live and
@@ -213,12 +223,32 @@ impl Relay {
             log: Mutex::new(VecDeque::with_capacity(LOG_KEEP)),
             log_tx: broadcast::channel(LOG_QUEUE).0,
             stats: Stats::default(),
+            cluster: std::sync::OnceLock::new(),
             event,
         })
     }
 
     pub fn event(&self) -> &Arc<Event> {
         &self.event
+    }
+
+    /// Joins this relay to a cluster: sessions are numbered from `session_base` (unique to
+    /// this node), and frames, commands and state go through `link` from now on. Called once,
+    /// before serving.
+    pub fn set_cluster(&self, link: Arc<crate::cluster::Link>, session_base: u64) {
+        self.next_session.store(session_base, Ordering::Relaxed);
+        let _ = self.cluster.set(link);
+    }
+
+    /// The cluster link, if this relay is part of one.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Link>> {
+        self.cluster.get()
+    }
+
+    /// The cluster link while another node decides for the event: senders' frames and
+    /// commands are forwarded there instead of being decided here.
+    fn follower(&self) -> Option<&Arc<crate::cluster::Link>> {
+        self.cluster.get().filter(|c| !c.leading())
     }
 
     pub fn fanout(&self, channel: u16) -> &Fanout {
@@ -342,6 +372,13 @@ impl Relay {
             };
             self.log(LogKind::Disconnect, text);
         }
+        if let Some(c) = self.cluster.get() {
+            c.local_gone(session);
+            if !c.leading() {
+                c.forward_gone(session, reason);
+                return;
+            }
+        }
         let now = Instant::now();
         self.with_rules(|rules| Ok(rules.disconnect(session, now)))
             .expect("disconnect never refuses");
@@ -368,6 +405,8 @@ impl Relay {
     fn plan(&self, rules: &Rules, actions: Vec<Action>, out: &mut Vec<(Session, Outbound)>) {
         for action in actions {
             match action {
+                // While another node decides, the channel list is the one it publishes.
+                Action::ChannelsChanged if self.follower().is_some() => {}
                 Action::ChannelsChanged => {
                     let json = ServerMessage::Channels {
                         channels: rules.channel_infos(),
@@ -405,6 +444,16 @@ impl Relay {
     }
 
     fn send(&self, session: Session, msg: Outbound) {
+        if let Some(c) = self.cluster.get() {
+            if !self.sessions.contains_key(&session) {
+                // A session of another node: its node delivers it.
+                c.deliver(session, msg);
+                return;
+            }
+            if let Outbound::Console(state, input) = &msg {
+                c.observe(session, state, *input);
+            }
+        }
         if let Some(h) = self.sessions.get(&session) {
             // A connection that cannot take a control message within its queue is stuck;
             // its own task notices (the queue closes when it is dropped) and goes.
@@ -422,16 +471,39 @@ impl Relay {
         booth: usize,
         name: &str,
     ) -> Result<(), Refusal> {
+        if let Some(c) = self.cluster.get() {
+            if self.sessions.contains_key(&session) {
+                c.local_console(session, booth, name);
+            }
+            if !c.leading() {
+                c.forward_console(session, booth, name);
+                return Ok(());
+            }
+        }
         let now = Instant::now();
         self.with_rules(|r| r.console_connect(session, booth, name, now))
     }
 
     pub fn floor_connect(&self, session: Session, room: usize) {
+        if let Some(c) = self.cluster.get() {
+            if self.sessions.contains_key(&session) {
+                c.local_floor(session, room);
+            }
+            if !c.leading() {
+                c.forward_floor(session, room);
+                return;
+            }
+        }
         self.with_rules(|r| Ok(r.floor_connect(session, room)))
             .expect("floor connect never refuses");
     }
 
     pub fn command(&self, session: Session, cmd: Command) -> Result<(), Refusal> {
+        if let Some(c) = self.follower() {
+            // The decider answers a refusal as a notice to the console.
+            c.forward_command(session, &cmd);
+            return Ok(());
+        }
         let now = Instant::now();
         let who = self.who(session);
         let mut live = None;
@@ -476,6 +548,10 @@ impl Relay {
     }
 
     pub fn force_mute(&self, booth: &str, console: &str) -> Result<(), Refusal> {
+        if let Some(c) = self.follower() {
+            c.forward_force_mute(booth, console);
+            return Ok(());
+        }
         let now = Instant::now();
         let result = self.with_rules(|r| r.force_mute(booth, console, now));
         match &result {
@@ -491,6 +567,10 @@ impl Relay {
     /// An interpreter frame from a console. Errors say what is wrong with the frame.
     pub fn console_frame(&self, session: Session, frame: &[u8]) -> Result<(), FrameError> {
         let header = self.check_sender_frame(session, frame)?;
+        if let Some(c) = self.follower() {
+            c.forward_frame(crate::cluster::FrameKind::Console, session, frame);
+            return Ok(());
+        }
         let channel = self
             .rules
             .lock()
@@ -525,6 +605,10 @@ impl Relay {
     /// A floor frame from a floor source.
     pub fn floor_frame(&self, session: Session, frame: &[u8]) -> Result<(), FrameError> {
         let header = self.check_sender_frame(session, frame)?;
+        if let Some(c) = self.follower() {
+            c.forward_frame(crate::cluster::FrameKind::Floor, session, frame);
+            return Ok(());
+        }
         let mut actions = Vec::new();
         let mut out = Vec::new();
         let targets = {
@@ -576,6 +660,9 @@ impl Relay {
         }
         .frame(opus);
         seq.next = seq.next.wrapping_add(1);
+        if let Some(c) = self.cluster.get() {
+            c.publish_frame(channel, &frame);
+        }
         // No receiver is not an error: a channel nobody listens to still runs.
         let _ = fan.tx.send(frame);
     }
@@ -596,13 +683,136 @@ impl Relay {
             .map(|(_, s)| *s)
     }
 
+    /// A frame stamped by the node deciding for the event, for this node's receivers of
+    /// `channel`: put on the channel's queue as it is.
+    pub fn inject_frame(&self, channel: u16, frame: Bytes) {
+        let Some(fan) = self.channels.get(channel as usize) else {
+            return;
+        };
+        if let Ok(h) = FrameHeader::parse(&frame) {
+            fan.level
+                .store((h.rms as u32) << 8 | h.peak as u32, Ordering::Relaxed);
+            fan.level_at_us.store(unix_micros(), Ordering::Relaxed);
+        }
+        fan.frames_in.fetch_add(1, Ordering::Relaxed);
+        // Its sender is another node's: what this node knew of the channel's senders no
+        // longer holds (a recording here places these frames by their arrival).
+        fan.seq
+            .lock()
+            .expect("sequence lock poisoned")
+            .senders
+            .clear();
+        let _ = fan.tx.send(frame);
+    }
+
+    /// The sequence number each channel's next frame gets here.
+    pub fn next_sequences(&self) -> Vec<u32> {
+        self.channels
+            .iter()
+            .map(|f| f.seq.lock().expect("sequence lock poisoned").next)
+            .collect()
+    }
+
+    /// Moves channel `channel`'s next sequence number to `next` (wrapping order: only
+    /// forwards), so a node that starts deciding continues every channel's numbering
+    /// without repeating a number listeners already had.
+    pub fn advance_sequence(&self, channel: u16, next: u32) {
+        if let Some(fan) = self.channels.get(channel as usize) {
+            let mut seq = fan.seq.lock().expect("sequence lock poisoned");
+            if (next.wrapping_sub(seq.next) as i32) > 0 {
+                seq.next = next;
+            }
+        }
+    }
+
+    /// Sets the channel list from the node deciding for the event (JSON `channels`).
+    pub fn set_channels_json(&self, json: Bytes) {
+        self.channels_tx.send_if_modified(|v| {
+            let changed = *v != json;
+            if changed {
+                *v = json;
+            }
+            changed
+        });
+    }
+
+    /// Starts deciding for the event afresh (this node took over from another, or lost the
+    /// cluster): the rules are replaced by an empty state into which `consoles` and `floors`
+    /// are put back with [`Rules::restore_console`]. With `reset` false they are added to the
+    /// current state (another node's consoles, reported after a take-over).
+    pub fn restore(
+        &self,
+        reset: bool,
+        consoles: &[crate::cluster::ConsoleSync],
+        floors: &[(Session, usize)],
+    ) {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        {
+            let mut rules = self.rules.lock().expect("rules lock poisoned");
+            if reset {
+                *rules = Rules::new(self.event.clone(), now);
+            }
+            let mut actions = vec![Action::ChannelsChanged];
+            for c in consoles {
+                if rules.console_state(c.session).is_some() || c.booth >= self.event.booths.len() {
+                    continue;
+                }
+                actions.extend(rules.restore_console(
+                    c.session,
+                    c.booth,
+                    &c.name,
+                    (c.live, c.input, c.cough),
+                    now,
+                ));
+            }
+            for (session, room) in floors {
+                if *room < self.event.rooms.len() && rules.floor_session(*room).is_none() {
+                    actions.extend(rules.floor_connect(*session, *room));
+                }
+            }
+            actions.extend(rules.tick(now));
+            self.plan(&rules, actions, &mut out);
+        }
+        for (session, msg) in out {
+            self.send(session, msg);
+        }
+    }
+
+    /// Tells a session a command of its was refused (not fatal).
+    pub fn notify(&self, session: Session, r: Refusal) {
+        self.send(
+            session,
+            Outbound::Message(Box::new(ServerMessage::error(r.code, r.message, false))),
+        );
+    }
+
+    /// Closes a session with this refusal.
+    pub fn close_session(&self, session: Session, r: Refusal) {
+        self.send(
+            session,
+            Outbound::Close(Box::new(ServerMessage::error(r.code, r.message, true))),
+        );
+    }
+
+    /// Delivers a message from the deciding node to one of this node's sessions.
+    pub fn deliver_local(&self, session: Session, msg: Outbound) {
+        if self.sessions.contains_key(&session) {
+            self.send(session, msg);
+        }
+    }
+
     /// Starts receiving `channel`'s frames; `counted` in its audience until `unsubscribe`.
     pub fn subscribe(&self, channel: u16, counted: bool) -> broadcast::Receiver<Bytes> {
         let fan = &self.channels[channel as usize];
         if counted {
             fan.listeners.fetch_add(1, Ordering::Relaxed);
         }
-        fan.tx.subscribe()
+        let rx = fan.tx.subscribe();
+        if let Some(c) = self.cluster.get() {
+            c.interest_changed();
+        }
+        rx
     }
 
     pub fn unsubscribe(&self, channel: u16, counted: bool) {
@@ -671,8 +881,17 @@ impl Relay {
             .collect()
     }
 
-    /// Listener counts by channel id.
+    /// Listener counts by channel id: over the whole cluster when this relay is part of one.
     pub fn audience(&self) -> Vec<(String, u32)> {
+        let local = self.local_audience();
+        match self.cluster.get() {
+            Some(c) => c.audience(local),
+            None => local,
+        }
+    }
+
+    /// Listener counts by channel id on this relay.
+    pub fn local_audience(&self) -> Vec<(String, u32)> {
         self.event
             .channels
             .iter()
@@ -882,6 +1101,9 @@ impl Relay {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
                 v.load(Ordering::Relaxed)
             );
+        }
+        if let Some(c) = self.cluster.get() {
+            c.metrics(&mut out);
         }
         out
     }

@@ -290,6 +290,11 @@ impl Rules {
         self.refresh(now, actions);
     }
 
+    /// The floor source of `room`, if one is connected.
+    pub fn floor_session(&self, room: usize) -> Option<Session> {
+        self.floors.get(room).copied().flatten()
+    }
+
     /// The floor source of `room` connects; an earlier one is closed.
     pub fn floor_connect(&mut self, session: Session, room: usize) -> Vec<Action> {
         let mut actions = Vec::new();
@@ -523,6 +528,62 @@ impl Rules {
         }
         self.refresh(now, &mut actions);
         Ok(actions)
+    }
+
+    /// Puts back a console that was connected before this state was made: another place
+    /// decided for the event until now (a cluster's decider died or stepped down). The console
+    /// hears `input` and is live on `live` with its cough flag as it was, unless that is no
+    /// longer allowed (the channel has a live console already, a partner is live, it would
+    /// make a loop): then it comes back muted and is told why. Never takes a channel over.
+    /// Returns the actions, `ConsoleChanged(session)` among them; a console refused outright
+    /// (its booth is full) gets `Close`.
+    pub fn restore_console(
+        &mut self,
+        session: Session,
+        booth: usize,
+        name: &str,
+        state: (Option<u16>, u16, bool),
+        now: Instant,
+    ) -> Vec<Action> {
+        let (live, input, cough) = state;
+        let mut actions = match self.console_connect(session, booth, name, now) {
+            Ok(a) => a,
+            Err(r) => return vec![Action::Close(session, r)],
+        };
+        let n = self.event.channels.len();
+        let valid = |c: u16| (c as usize) < n;
+        if valid(input) && input != self.consoles[&session].input {
+            if let Ok(a) = self.command(session, Command::Input(input), now) {
+                actions.extend(a);
+            }
+        }
+        if let Some(ch) = live.filter(|c| valid(*c)) {
+            let result = match self.channels[ch as usize].live {
+                Some(holder) => {
+                    let h = &self.consoles[&holder];
+                    refuse(
+                        ErrorCode::ChannelTaken,
+                        format!(
+                            "{} is live from booth {} (console {}); you are muted",
+                            self.event.channels[ch as usize].id,
+                            self.event.booths[h.booth].id,
+                            h.name
+                        ),
+                    )
+                }
+                None => self.command(session, Command::Live(Some(ch)), now),
+            };
+            match result {
+                Ok(a) => actions.extend(a),
+                Err(r) => actions.push(Action::Notify(session, r)),
+            }
+        }
+        if cough {
+            if let Ok(a) = self.command(session, Command::Cough(true), now) {
+                actions.extend(a);
+            }
+        }
+        actions
     }
 
     /// Engineer: takes a console off air.
@@ -1055,5 +1116,60 @@ languages = ["ar"]
         assert_eq!(r.code, ErrorCode::Forbidden);
         // A reconnect of an existing console is still accepted.
         t.rules.console_connect(98, 1, "0", t.t0).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod restore_tests {
+    use super::*;
+    use crate::config::Event;
+
+    const EVENT: &str = r#"
+[event]
+name = "test"
+[[rooms]]
+id = "p"
+[[rooms.channels]]
+lang = "en"
+name = "English"
+native = "English"
+[[rooms.channels]]
+lang = "ru"
+name = "Russian"
+native = "Русский"
+takeover = true
+[[rooms.booths]]
+id = "en"
+languages = ["en"]
+[[rooms.booths]]
+id = "ru"
+languages = ["ru"]
+[[rooms.booths]]
+id = "ru2"
+languages = ["ru"]
+"#;
+    // Channels: 0 floor, 1 en, 2 ru. Booths: 0 en, 1 ru, 2 ru2.
+
+    #[test]
+    fn a_restored_console_is_live_as_it_was_and_a_second_claim_comes_back_muted() {
+        let event = Arc::new(Event::parse(EVENT, "t", &|_| None).unwrap());
+        let now = Instant::now();
+        let mut rules = Rules::new(event, now);
+        let a = rules.restore_console(1, 1, "1", (Some(2), 1, true), now);
+        assert!(a.contains(&Action::ConsoleChanged(1)));
+        let s = rules.console_state(1).unwrap();
+        assert_eq!(s.live.as_deref(), Some("p/ru"));
+        assert_eq!(s.input, "p/en");
+        assert!(s.cough);
+        // A second claim on the channel (even a take-over channel) never takes it.
+        let b = rules.restore_console(2, 2, "1", (Some(2), 0, false), now);
+        assert!(b
+            .iter()
+            .any(|a| matches!(a, Action::Notify(2, r) if r.code == ErrorCode::ChannelTaken)));
+        assert_eq!(rules.console_state(2).unwrap().live, None);
+        assert_eq!(
+            rules.console_state(1).unwrap().live.as_deref(),
+            Some("p/ru")
+        );
     }
 }

@@ -92,6 +92,12 @@ class Player {
     this.failovers = 0;
     this.errorsBefore = 0; // decode errors of the decoder replaced
     this.local = []; // ms from a frame's arrival at the page to its sound at the output
+    // ms from a frame leaving the relay to its sound, less the quickest way from the relay to
+    // the page of the last 10 s (the page's clock need not agree with the relay's): a frame
+    // that waited for a busy page's thread counts its wait.
+    this.sinceRelay = [];
+    this.lags = new Float64Array(KEEP_DELAYS);
+    this.lagAt = 0;
     this.relay = []; // ms from the relay's stamp to the sound (meaningful with synced clocks)
     this.latencies = []; // ms from rendering a sample to hearing it, last estimates
     this.latencyMs = null;
@@ -103,8 +109,12 @@ class Player {
   push(buffer) {
     const h = parseHeader(buffer);
     if (!h || this.switching) return;
+    const arrivalMs = performance.now();
+    // The relay's stamp on the page's clock, plus this frame's way here (network, and the wait
+    // for the page's thread): the least of these is the clocks' offset plus the quickest way.
+    this.lags[this.lagAt++ % this.lags.length] = performance.timeOrigin + arrivalMs - h.relayUs / 1000;
     this.decoder.decode(
-      { seq: h.seq, channel: h.channel, relayUs: h.relayUs, arrivalMs: performance.now() },
+      { seq: h.seq, channel: h.channel, relayUs: h.relayUs, arrivalMs },
       new Uint8Array(buffer, HEADER_LEN),
     );
   }
@@ -149,13 +159,17 @@ class Player {
     this.last = rest;
     if (!played.length) return;
     const toPerf = this.outputClock();
+    let quickest = Infinity;
+    for (let i = 0; i < Math.min(this.lagAt, this.lags.length); i++) quickest = Math.min(quickest, this.lags[i]);
     for (const [relayUs, arrivalMs, frame] of played) {
       const audible = toPerf(this.sink.contextTime(frame));
       this.local.push(audible - arrivalMs);
       this.relay.push(performance.timeOrigin + audible - relayUs / 1000);
+      this.sinceRelay.push(performance.timeOrigin + audible - relayUs / 1000 - quickest);
     }
-    if (this.local.length > KEEP_DELAYS) this.local.splice(0, this.local.length - KEEP_DELAYS);
-    if (this.relay.length > KEEP_DELAYS) this.relay.splice(0, this.relay.length - KEEP_DELAYS);
+    for (const xs of [this.local, this.relay, this.sinceRelay]) {
+      if (xs.length > KEEP_DELAYS) xs.splice(0, xs.length - KEEP_DELAYS);
+    }
   }
 
   // Maps a time on the audio context's clock to when it is heard, on the performance.now() clock:
@@ -195,7 +209,8 @@ class Player {
   // The figures of the last second (50 frames of 20 ms) and the counters since the start.
   stats() {
     return {
-      delayMs: median(this.local.slice(-50)),
+      delayMs: median(this.sinceRelay.slice(-50)),
+      arrivalToOutputMs: median(this.local.slice(-50)),
       relayDelayMs: median(this.relay.slice(-50)),
       underruns: this.last.underruns,
       concealed: this.last.concealed,

@@ -28,6 +28,7 @@ const MAX_AHEAD = ms(200);
 // BACKLOG_HOLD of output: a hiccup of the audio thread catches up by itself within that time,
 // the backlog of a network or sender stall does not.
 const BACKLOG = ms(15);
+const QUANTUM = 128;
 const BACKLOG_HOLD = ms(200);
 // Up to this many frames missing from the sequence are concealed; a longer gap restarts at live.
 const MAX_CONCEAL_FRAMES = 5;
@@ -47,6 +48,7 @@ export class Playout {
     this.delay = ms(clampDelay(delayMs));
     this.margin = START_MARGIN;
     this.head = 0; // output frame of the next sample to be written
+    this.block = 0; // samples of the last output block pulled
     this.running = false; // whether pull() has been called: the output clock runs
     this.queue = []; // { start, samples, relayUs, arrivalMs, reported }, by start
     this.expected = null; // { seq, end, channel }: where the next frame of the sequence goes
@@ -157,8 +159,12 @@ export class Playout {
 
   // Cuts a backlog that lasts: every frame for BACKLOG_HOLD arrived with more than BACKLOG of
   // headroom beyond margin + delay; the timeline moves earlier by the least of those excesses.
+  // `head` moves a whole output block at a time: a frame that comes just before a block is
+  // pulled looks that much further ahead than one that comes just after. BACKLOG allows for the
+  // render quantum of 128 samples (the AudioWorklet's block); what a larger block (1024
+  // samples behind a ScriptProcessor) adds is not counted as backlog either.
   trimBacklog(slot, len) {
-    const excess = slot - this.head - this.margin - this.delay;
+    const excess = slot - this.head - this.margin - this.delay - Math.max(0, this.block - QUANTUM);
     if (excess <= BACKLOG) {
       this.backlogFor = 0;
       return;
@@ -216,6 +222,7 @@ export class Playout {
     if (this.played.length > 500) this.played.splice(0, this.played.length - 500);
     this.limit(out);
     this.head = end;
+    this.block = out.length;
     this.running = true;
   }
 

@@ -15,7 +15,7 @@ import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
-import { ROOT, CHROMIUM, atExit, waitFor } from './support.mjs';
+import { ROOT, CHROMIUM, atExit, tmp, waitFor } from './support.mjs';
 
 const require = createRequire(join(ROOT, 'web-client', 'package.json'));
 
@@ -25,17 +25,28 @@ export const MINIBROWSER = process.env.MINIBROWSER || '/usr/lib/x86_64-linux-gnu
 
 export const ENGINES = ['chromium', 'firefox', 'webkit'];
 
-export async function launch(engine, { env = {} } = {}) {
-  if (engine === 'chromium') return chromium(env);
-  if (engine === 'firefox') return firefox(env);
-  if (engine === 'webkit') return webkit(env);
+// `realtime`: the browser and everything it starts under SCHED_RR (chrt, needs root), as a
+// phone's audio runs with real-time priority: what the test then hears is the page, not a busy
+// test machine's scheduler.
+export async function launch(engine, { env = {}, realtime = false } = {}) {
+  if (engine === 'chromium') return chromium(env, realtime);
+  if (engine === 'firefox') return firefox(env, realtime);
+  if (engine === 'webkit') return webkit(env, realtime);
   throw new Error(`unknown engine ${engine}`);
 }
 
-async function chromium(env) {
+// An executable that runs `path` under SCHED_RR, or `path` itself.
+function rt(path, realtime) {
+  if (!realtime) return path;
+  const wrapper = join(tmp(), `rt-${path.split('/').pop()}`);
+  writeFileSync(wrapper, `#!/bin/sh\nexec chrt -r 5 ${path} "$@"\n`, { mode: 0o755 });
+  return wrapper;
+}
+
+async function chromium(env, realtime) {
   const { chromium: pw } = require('playwright-core');
   const browser = await pw.launch({
-    executablePath: CHROMIUM,
+    executablePath: rt(CHROMIUM, realtime),
     env: { ...process.env, ...env },
     headless: true,
     // Playwright mutes a headless Chromium by default: the sink would hear nothing.
@@ -78,11 +89,11 @@ function collectErrors(page) {
   return errors;
 }
 
-async function firefox(env) {
+async function firefox(env, realtime) {
   const puppeteer = require('puppeteer-core');
   const browser = await puppeteer.launch({
     browser: 'firefox',
-    executablePath: FIREFOX,
+    executablePath: rt(FIREFOX, realtime),
     headless: true,
     env: { ...process.env, ...env },
     extraPrefsFirefox: {
@@ -118,9 +129,9 @@ async function firefox(env) {
 
 // Classic WebDriver over HTTP. MiniBrowser has no headless mode: it runs in an X server of its
 // own (xvfb-run -a picks a free display).
-async function webkit(env) {
+async function webkit(env, realtime) {
   const port = 20000 + Math.floor(Math.random() * 20000);
-  const proc = spawn('xvfb-run', ['-a', '-s', '-screen 0 1280x1024x24', WEBKIT_DRIVER, `--port=${port}`], {
+  const proc = spawn('xvfb-run', ['-a', '-s', '-screen 0 1280x1024x24', rt(WEBKIT_DRIVER, realtime), `--port=${port}`], {
     env: { ...process.env, ...env },
     stdio: ['ignore', 'ignore', 'pipe'],
     detached: true,

@@ -1,0 +1,4 @@
+#![no_main]
+//! See `boothcast_fuzz::server_message` for what this target checks.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| boothcast_fuzz::server_message(data));

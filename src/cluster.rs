@@ -1,0 +1,1407 @@
+//! Several relays as one event, joined through NATS (`serve --cluster URL --node NAME`).
+//!
+//! One node at a time decides for the whole event: the holder of a lease in NATS JetStream's
+//! key-value store (bucket `boothcast-lease`, key `decider`, a time-to-live of [`LEASE_TTL`],
+//! renewed with compare-and-set every [`RENEW_EVERY`]). The decider runs the rules
+//! (`rules.rs`) for every console and floor feed of the cluster and is the one place that
+//! stamps channel frames, so a channel's sequence numbers stay gap-free cluster-wide.
+//!
+//! What crosses NATS (core subjects, no persistence):
+//! - `boothcast.lead`: from any node to the decider: a sender's frames (`F`) and its hello,
+//!   commands and departure (`C`, JSON [`ToLeader`]). One subject, so one node's messages
+//!   reach the decider in the order sent.
+//! - `boothcast.ch.N`: channel N's stamped frames from the decider; a node subscribes only
+//!   while it has receivers of channel N (listeners, engineers, consoles hearing it, a
+//!   recording), so a frame crosses once per node with someone hearing it.
+//! - `boothcast.node.P`: the decider's messages for the sessions of node P (`console`,
+//!   notices, refusals), JSON [`ToNode`].
+//! - `boothcast.channels`: the channel list, from the decider, on change and every second.
+//! - `boothcast.decider`: the decider's announcement ([`Announce`], every [`RENEW_EVERY`]):
+//!   a node that sees a new decider reports its consoles and floors ([`ToLeader::Sync`]) so
+//!   that consoles live before stay live.
+//! - `boothcast.nodes`: each node's heartbeat ([`NodeState`], every second): its address,
+//!   health and listeners per channel (the audience is summed over the nodes heard from
+//!   within [`NODE_STALE`]).
+//!
+//! JetStream key-value (memory storage) holds only what must be agreed on: the lease, the
+//! event's fingerprint (`boothcast-event`: channels, booths and hashes of the secrets, never
+//! the secrets; a node whose event differs is refused at start) and each node's session
+//! prefix (`boothcast-nodes`), which makes session numbers unique across the cluster.
+//!
+//! When NATS cannot be reached for longer than the lease, a node decides for its own
+//! consoles and listeners alone ("isolated": said in the log, the event log and `/metrics`)
+//! and follows the cluster again once NATS is back.
+
+use crate::config::Event;
+use crate::protocol::{ConsoleState, LogKind, ServerMessage};
+use crate::relay::{Outbound, Relay};
+use crate::rules::{Command, Session};
+use async_nats::jetstream::kv;
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Notify};
+
+/// How long the decider's lease lasts without renewal. A decider that dies is replaced within
+/// about this plus [`RENEW_EVERY`] (under the 3 s the event can bear); a NATS hiccup shorter
+/// than it changes nothing.
+pub const LEASE_TTL: Duration = Duration::from_millis(1500);
+/// How often the decider renews its lease (and the others try to take it).
+pub const RENEW_EVERY: Duration = Duration::from_millis(250);
+/// The decider stops deciding this long before its lease runs out at the NATS server, so it
+/// has stopped before another can take over (clocks run at the same rate; their offsets do
+/// not matter: both ends count from their own sending of the renewal).
+pub const LEASE_MARGIN: Duration = Duration::from_millis(300);
+/// A node not heard from for this long is left out of the audience and the node list.
+pub const NODE_STALE: Duration = Duration::from_secs(3);
+/// Messages waiting to be handed to the NATS client; past this they are dropped and counted
+/// (the relay never waits for NATS).
+pub const OUT_QUEUE: usize = 4096;
+/// Frames a channel subscription holds for this node before NATS drops them (5 s at 20 ms).
+const CHANNEL_SUB_CAPACITY: usize = 256;
+/// Highest frame rate of one channel (one 2.5 ms frame after another): a node that takes over
+/// moves each channel's numbering on by this rate times the time since it last knew it, so
+/// no number is used twice.
+const MAX_FRAMES_PER_SECOND: u64 = 400;
+/// How long the fingerprint and node prefixes stay in NATS after the last node refreshed them.
+const REGISTRY_TTL: Duration = Duration::from_secs(30);
+
+const LEAD: &str = "boothcast.lead";
+const CHANNELS: &str = "boothcast.channels";
+const DECIDER: &str = "boothcast.decider";
+const NODES: &str = "boothcast.nodes";
+
+/// Errors of joining a cluster.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("cannot reach NATS at {servers}: {reason}")]
+    Connect { servers: String, reason: String },
+    #[error("NATS JetStream at {servers}: {reason} (start nats-server with -js)")]
+    JetStream { servers: String, reason: String },
+    #[error("this node's event differs from the cluster's: {0}")]
+    EventDiffers(String),
+    #[error("bad node name {0:?}: 1 to 32 of a-z, A-Z, 0-9, - and _")]
+    BadNode(String),
+}
+
+/// How to join.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// NATS servers, `nats://HOST:PORT`.
+    pub servers: Vec<String>,
+    /// This node's name, unique in the cluster.
+    pub node: String,
+    /// The address clients reach this node at (`ws://…` or `wss://…`), told to the others.
+    pub public_url: String,
+}
+
+/// Which kind of sender a forwarded frame is from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    Console,
+    Floor,
+}
+
+/// A console as reported to a new decider: who it is and its state as last decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleSync {
+    pub session: Session,
+    pub booth: usize,
+    pub name: String,
+    pub live: Option<u16>,
+    pub input: u16,
+    pub cough: bool,
+}
+
+/// A console command, as it crosses to the decider.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum WireCommand {
+    Live(Option<u16>),
+    Mute,
+    Cough(bool),
+    Handover,
+    Accept,
+    Input(u16),
+}
+
+/// What a node tells the decider.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum ToLeader {
+    Console {
+        session: Session,
+        booth: usize,
+        name: String,
+    },
+    Floor {
+        session: Session,
+        room: usize,
+    },
+    Command {
+        session: Session,
+        cmd: WireCommand,
+    },
+    ForceMute {
+        booth: String,
+        console: String,
+    },
+    Gone {
+        session: Session,
+        reason: Option<String>,
+    },
+    /// A node's senders, after it saw a new decider (`epoch`).
+    Sync {
+        epoch: u64,
+        node: String,
+        consoles: Vec<ConsoleSync>,
+        floors: Vec<(Session, usize)>,
+        /// The node's next sequence number per channel: after deciding alone for a while
+        /// its listeners have heard numbers the decider has not used yet.
+        #[serde(default)]
+        seqs: Vec<u32>,
+    },
+}
+
+/// What the decider tells a node about one of its sessions.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+enum ToNode {
+    Message {
+        session: Session,
+        msg: ServerMessage,
+    },
+    Console {
+        session: Session,
+        state: ConsoleState,
+        input: u16,
+    },
+    Close {
+        session: Session,
+        msg: ServerMessage,
+    },
+}
+
+/// The decider's announcement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Announce {
+    pub node: String,
+    /// The lease's revision when taken: a new value means a new decider.
+    pub epoch: u64,
+    /// Each channel's next sequence number.
+    pub seqs: Vec<u32>,
+}
+
+/// A node's heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeState {
+    pub node: String,
+    /// Its session prefix: the decider forgets the senders of a node it no longer hears.
+    #[serde(default)]
+    pub prefix: u16,
+    pub url: String,
+    pub deciding: bool,
+    pub isolated: bool,
+    /// Listeners per channel, in the event's channel order.
+    pub listeners: Vec<u32>,
+}
+
+#[derive(Debug, Clone)]
+enum LocalSender {
+    Console {
+        booth: usize,
+        name: String,
+        live: Option<u16>,
+        input: u16,
+        cough: bool,
+    },
+    Floor {
+        room: usize,
+    },
+}
+
+/// Counters of the cluster link, for `/metrics`.
+#[derive(Default)]
+pub struct Counters {
+    pub published: AtomicU64,
+    pub dropped: AtomicU64,
+    pub received_frames: AtomicU64,
+    pub takeovers: AtomicU64,
+}
+
+/// This node's link to the cluster. Its methods never wait: what must go to NATS is queued
+/// (bounded, [`OUT_QUEUE`]) and sent by a task of its own.
+pub struct Link {
+    node: String,
+    url: String,
+    prefix: u16,
+    event: Arc<Event>,
+    leading: AtomicBool,
+    isolated: AtomicBool,
+    connected: AtomicBool,
+    out: mpsc::Sender<(String, Bytes)>,
+    locals: Mutex<HashMap<Session, LocalSender>>,
+    interest: Notify,
+    /// Other nodes by name: when last heard, and what they said.
+    nodes: Mutex<BTreeMap<String, (Instant, NodeState)>>,
+    /// The decider's epoch as last seen, and its announced sequences with when they came.
+    decider: Mutex<Option<(u64, String)>>,
+    known_seqs: Mutex<Vec<(u32, Instant)>>,
+    /// Decider: the other nodes' senders it knows, and when each node (by session prefix) was
+    /// last heard from. Bounded by the senders an event can have and the nodes of a cluster.
+    remote: Mutex<(HashMap<Session, ()>, HashMap<u16, Instant>)>,
+    pub counters: Counters,
+}
+
+impl Link {
+    /// Whether this node decides for the event now (it holds the lease, or it is cut off
+    /// from NATS and decides for its own clients).
+    #[inline]
+    pub fn leading(&self) -> bool {
+        self.leading.load(Ordering::Acquire)
+    }
+
+    /// Whether this node is cut off from the cluster.
+    pub fn isolated(&self) -> bool {
+        self.isolated.load(Ordering::Acquire)
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn queue(&self, subject: String, payload: Bytes) {
+        if self.out.try_send((subject, payload)).is_err() {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn to_leader(&self, msg: &ToLeader) {
+        let mut b = BytesMut::with_capacity(128);
+        b.put_u8(b'C');
+        b.extend_from_slice(&serde_json::to_vec(msg).expect("serializable"));
+        self.queue(LEAD.to_string(), b.freeze());
+    }
+
+    pub fn local_console(&self, session: Session, booth: usize, name: &str) {
+        let input = self.event.rooms[self
+            .event
+            .rooms
+            .iter()
+            .position(|r| r.id == self.event.booths[booth].room)
+            .unwrap_or(0)]
+        .floor;
+        self.locals.lock().expect("locals lock poisoned").insert(
+            session,
+            LocalSender::Console {
+                booth,
+                name: name.to_string(),
+                live: None,
+                input,
+                cough: false,
+            },
+        );
+    }
+
+    pub fn local_floor(&self, session: Session, room: usize) {
+        self.locals
+            .lock()
+            .expect("locals lock poisoned")
+            .insert(session, LocalSender::Floor { room });
+    }
+
+    pub fn local_gone(&self, session: Session) {
+        self.locals
+            .lock()
+            .expect("locals lock poisoned")
+            .remove(&session);
+    }
+
+    /// A console state was sent to one of this node's consoles: remembered, so that a new
+    /// decider can be told it.
+    pub fn observe(&self, session: Session, state: &ConsoleState, input: u16) {
+        if let Some(LocalSender::Console {
+            live,
+            input: i,
+            cough,
+            ..
+        }) = self
+            .locals
+            .lock()
+            .expect("locals lock poisoned")
+            .get_mut(&session)
+        {
+            *live = state
+                .live
+                .as_deref()
+                .and_then(|c| self.event.resolve_channel(c));
+            *i = input;
+            *cough = state.cough;
+        }
+    }
+
+    pub fn forward_console(&self, session: Session, booth: usize, name: &str) {
+        self.to_leader(&ToLeader::Console {
+            session,
+            booth,
+            name: name.to_string(),
+        });
+    }
+
+    pub fn forward_floor(&self, session: Session, room: usize) {
+        self.to_leader(&ToLeader::Floor { session, room });
+    }
+
+    pub fn forward_command(&self, session: Session, cmd: &Command) {
+        let cmd = match *cmd {
+            Command::Live(c) => WireCommand::Live(c),
+            Command::Mute => WireCommand::Mute,
+            Command::Cough(d) => WireCommand::Cough(d),
+            Command::Handover => WireCommand::Handover,
+            Command::Accept => WireCommand::Accept,
+            Command::Input(c) => WireCommand::Input(c),
+        };
+        self.to_leader(&ToLeader::Command { session, cmd });
+    }
+
+    pub fn forward_force_mute(&self, booth: &str, console: &str) {
+        self.to_leader(&ToLeader::ForceMute {
+            booth: booth.to_string(),
+            console: console.to_string(),
+        });
+    }
+
+    pub fn forward_gone(&self, session: Session, reason: Option<&str>) {
+        self.to_leader(&ToLeader::Gone {
+            session,
+            reason: reason.map(str::to_string),
+        });
+    }
+
+    /// A sender's frame, checked here, for the decider: `F`, kind, session, frame.
+    pub fn forward_frame(&self, kind: FrameKind, session: Session, frame: &[u8]) {
+        let mut b = BytesMut::with_capacity(10 + frame.len());
+        b.put_u8(b'F');
+        b.put_u8(match kind {
+            FrameKind::Console => b'c',
+            FrameKind::Floor => b'f',
+        });
+        b.put_u64(session);
+        b.extend_from_slice(frame);
+        self.queue(LEAD.to_string(), b.freeze());
+    }
+
+    /// A frame stamped here, for the other nodes' receivers of `channel`.
+    pub fn publish_frame(&self, channel: u16, frame: &Bytes) {
+        if self.isolated() {
+            return;
+        }
+        self.queue(format!("boothcast.ch.{channel}"), frame.clone());
+    }
+
+    /// A message for a session of another node.
+    pub fn deliver(&self, session: Session, msg: Outbound) {
+        let prefix = (session >> SESSION_BITS) as u16;
+        if prefix == self.prefix || self.isolated() {
+            return;
+        }
+        let msg = match msg {
+            Outbound::Message(m) => ToNode::Message { session, msg: *m },
+            Outbound::Console(state, input) => ToNode::Console {
+                session,
+                state: *state,
+                input,
+            },
+            Outbound::Close(m) => ToNode::Close { session, msg: *m },
+        };
+        self.queue(
+            format!("boothcast.node.{prefix}"),
+            Bytes::from(serde_json::to_vec(&msg).expect("serializable")),
+        );
+    }
+
+    /// Someone started hearing a channel here: the subscriptions are looked at now.
+    pub fn interest_changed(&self) {
+        self.interest.notify_one();
+    }
+
+    /// The audience over the cluster: this node's counts plus those the other nodes sent
+    /// within [`NODE_STALE`].
+    pub fn audience(&self, local: Vec<(String, u32)>) -> Vec<(String, u32)> {
+        let nodes = self.nodes.lock().expect("nodes lock poisoned");
+        let mut out = local;
+        for (name, (at, state)) in nodes.iter() {
+            if *name == self.node || at.elapsed() > NODE_STALE {
+                continue;
+            }
+            for (i, n) in state.listeners.iter().enumerate() {
+                if let Some(o) = out.get_mut(i) {
+                    o.1 += n;
+                }
+            }
+        }
+        out
+    }
+
+    /// The other nodes heard from recently, by name.
+    pub fn peers(&self) -> Vec<NodeState> {
+        let nodes = self.nodes.lock().expect("nodes lock poisoned");
+        nodes
+            .iter()
+            .filter(|(n, (at, _))| **n != self.node && at.elapsed() <= NODE_STALE)
+            .map(|(_, (_, s))| s.clone())
+            .collect()
+    }
+
+    /// The cluster's metrics in the Prometheus text format.
+    pub fn metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let node = &self.node;
+        let _ = writeln!(
+            out,
+            "# HELP boothcast_cluster_connected 1 while this node reaches NATS.\n# TYPE boothcast_cluster_connected gauge\nboothcast_cluster_connected{{node=\"{node}\"}} {}",
+            u8::from(self.connected.load(Ordering::Relaxed))
+        );
+        let _ = writeln!(
+            out,
+            "# HELP boothcast_cluster_deciding 1 while this node decides for the event (holds the lease, or is isolated).\n# TYPE boothcast_cluster_deciding gauge\nboothcast_cluster_deciding{{node=\"{node}\"}} {}",
+            u8::from(self.leading())
+        );
+        let _ = writeln!(
+            out,
+            "# HELP boothcast_cluster_isolated 1 while this node is cut off from the cluster and serves its own clients alone.\n# TYPE boothcast_cluster_isolated gauge\nboothcast_cluster_isolated{{node=\"{node}\"}} {}",
+            u8::from(self.isolated())
+        );
+        let peers = self.peers();
+        let _ = writeln!(
+            out,
+            "# HELP boothcast_cluster_nodes Nodes heard from within 3 s, this one included.\n# TYPE boothcast_cluster_nodes gauge\nboothcast_cluster_nodes {}",
+            peers.len() + 1
+        );
+        let _ = writeln!(
+            out,
+            "# HELP boothcast_cluster_node_listeners Listeners per node and channel, as each node last said.\n# TYPE boothcast_cluster_node_listeners gauge"
+        );
+        for p in &peers {
+            for (c, n) in self.event.channels.iter().zip(&p.listeners) {
+                let _ = writeln!(
+                    out,
+                    "boothcast_cluster_node_listeners{{node=\"{}\",channel=\"{}\"}} {n}",
+                    p.node, c.id
+                );
+            }
+        }
+        for (name, v, help) in [
+            (
+                "boothcast_cluster_published_total",
+                &self.counters.published,
+                "Messages this node handed to NATS.",
+            ),
+            (
+                "boothcast_cluster_dropped_total",
+                &self.counters.dropped,
+                "Messages for NATS dropped because its queue was full.",
+            ),
+            (
+                "boothcast_cluster_received_frames_total",
+                &self.counters.received_frames,
+                "Channel frames received from the deciding node.",
+            ),
+            (
+                "boothcast_cluster_takeovers_total",
+                &self.counters.takeovers,
+                "Times this node started deciding for the event.",
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+    }
+
+    /// The node with session prefix `prefix` was heard from now.
+    fn heard(&self, prefix: u16) {
+        let mut r = self.remote.lock().expect("remote lock poisoned");
+        if r.1.len() < 1024 || r.1.contains_key(&prefix) {
+            r.1.insert(prefix, Instant::now());
+        }
+    }
+
+    /// Decider: a sender of another node is known.
+    fn remote_sender(&self, session: Session) {
+        self.heard((session >> SESSION_BITS) as u16);
+        let mut r = self.remote.lock().expect("remote lock poisoned");
+        if r.0.len() < 65_536 {
+            r.0.insert(session, ());
+        }
+    }
+
+    /// Decider: the senders of nodes not heard from within [`NODE_STALE`] (their node died
+    /// without saying goodbye), forgotten here.
+    fn orphans(&self) -> Vec<Session> {
+        let mut r = self.remote.lock().expect("remote lock poisoned");
+        let (senders, seen) = &mut *r;
+        let gone: Vec<Session> = senders
+            .keys()
+            .copied()
+            .filter(|s| {
+                seen.get(&((s >> SESSION_BITS) as u16))
+                    .is_none_or(|t| t.elapsed() > NODE_STALE)
+            })
+            .collect();
+        for s in &gone {
+            senders.remove(s);
+        }
+        gone
+    }
+
+    fn sync_report(&self, epoch: u64) -> ToLeader {
+        let locals = self.locals.lock().expect("locals lock poisoned");
+        let mut consoles = Vec::new();
+        let mut floors = Vec::new();
+        for (s, l) in locals.iter() {
+            match l {
+                LocalSender::Console {
+                    booth,
+                    name,
+                    live,
+                    input,
+                    cough,
+                } => consoles.push(ConsoleSync {
+                    session: *s,
+                    booth: *booth,
+                    name: name.clone(),
+                    live: *live,
+                    input: *input,
+                    cough: *cough,
+                }),
+                LocalSender::Floor { room } => floors.push((*s, *room)),
+            }
+        }
+        // Live consoles first: they are put back before anyone else can take their channel.
+        consoles.sort_by_key(|c| (c.live.is_none(), c.session));
+        ToLeader::Sync {
+            epoch,
+            node: self.node.clone(),
+            consoles,
+            floors,
+            seqs: Vec::new(),
+        }
+    }
+}
+
+/// Session numbers of a node: its prefix above this many bits.
+pub const SESSION_BITS: u32 = 40;
+
+/// What identifies an event across nodes: its channels, booths and hashes of its secrets.
+pub fn fingerprint(event: &Event) -> BTreeMap<String, String> {
+    let hash = |s: &str| -> String {
+        let d = ring::digest::digest(
+            &ring::digest::SHA256,
+            format!("boothcast:{}:{s}", event.name).as_bytes(),
+        );
+        d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let mut f = BTreeMap::new();
+    f.insert("name".into(), event.name.clone());
+    f.insert(
+        "listener_delay_ms".into(),
+        event.listener_delay_ms.to_string(),
+    );
+    f.insert(
+        "rooms".into(),
+        event
+            .rooms
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    f.insert(
+        "channels".into(),
+        event
+            .channels
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    for c in &event.channels {
+        f.insert(
+            format!("channel {}", c.id),
+            format!(
+                "auto_floor={} hold={}ms takeover={}",
+                c.auto_floor,
+                c.hold.as_millis(),
+                c.takeover
+            ),
+        );
+    }
+    f.insert(
+        "booths".into(),
+        event
+            .booths
+            .iter()
+            .map(|b| b.id.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    for b in &event.booths {
+        let langs: Vec<&str> = b
+            .channels
+            .iter()
+            .map(|c| event.channels[*c as usize].id.as_str())
+            .collect();
+        f.insert(
+            format!("booth {}", b.id),
+            format!("room={} languages={}", b.room, langs.join(",")),
+        );
+        f.insert(format!("secret of booth {}", b.id), hash(&b.secret));
+    }
+    f.insert("floor secret".into(), hash(&event.floor_secret));
+    f.insert("engineer secret".into(), hash(&event.engineer_secret));
+    f.insert(
+        "access code".into(),
+        event.access_code.as_deref().map(hash).unwrap_or_default(),
+    );
+    f
+}
+
+/// What differs between this node's fingerprint and the cluster's, one item per field
+/// (secrets are named, never shown), or `None` when they agree.
+pub fn differences(
+    here: &BTreeMap<String, String>,
+    cluster: &BTreeMap<String, String>,
+) -> Option<String> {
+    let mut out = Vec::new();
+    for (k, v) in here {
+        match cluster.get(k) {
+            None => out.push(format!("{k}: only on this node")),
+            Some(c) if c != v && (k.contains("secret") || k == "access code") => {
+                out.push(format!("{k} differs"))
+            }
+            Some(c) if c != v => out.push(format!("{k}: {v:?} here, {c:?} in the cluster")),
+            _ => {}
+        }
+    }
+    for k in cluster.keys() {
+        if !here.contains_key(k) {
+            out.push(format!("{k}: only in the cluster"));
+        }
+    }
+    (!out.is_empty()).then(|| out.join("; "))
+}
+
+/// The NATS client as the relay uses it. Settings chosen:
+/// - reconnect at once, then every 100 ms more up to 500 ms (the library waits up to 4 s):
+///   NATS is on the venue's LAN, and a node back within the lease keeps everything as it was;
+/// - a ping every second (library: 60 s), so a dead path to NATS is noticed in about 2 s, not
+///   minutes;
+/// - 1 s to connect (library: 5 s);
+/// - no explicit flush per message: the client writes each message as soon as its queue
+///   drains and flushes the socket whenever it has nothing more to write, so a lone frame is
+///   not held back; calling `flush` per frame would add a round trip to the server.
+async fn connect(options: &Options) -> Result<async_nats::Client, Error> {
+    let servers = options.servers.join(",");
+    async_nats::ConnectOptions::new()
+        .name(format!("boothcast {}", options.node))
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis(100 * attempts.saturating_sub(1).min(5) as u64)
+        })
+        .ping_interval(Duration::from_secs(1))
+        .connection_timeout(Duration::from_secs(1))
+        .request_timeout(Some(Duration::from_secs(1)))
+        .subscription_capacity(CHANNEL_SUB_CAPACITY)
+        .client_capacity(OUT_QUEUE)
+        .connect(options.servers.as_slice())
+        .await
+        .map_err(|e| Error::Connect {
+            servers,
+            reason: e.to_string(),
+        })
+}
+
+/// A key-value bucket in memory whose entries live `ttl` after their last write, made as the
+/// stream a key-value bucket is (the client's own `create_key_value` reads account fields
+/// that NATS servers before 2.10 do not send).
+async fn bucket(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    ttl: Duration,
+) -> Result<kv::Store, async_nats::Error> {
+    use async_nats::jetstream::stream;
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_age: ttl,
+        storage: stream::StorageType::Memory,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        num_replicas: 1,
+        ..Default::default()
+    })
+    .await?;
+    Ok(js.get_key_value(name).await?)
+}
+
+fn valid_node(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Joins `relay` to the cluster: connects to NATS, checks the event against the cluster's,
+/// takes a session prefix, and starts the link's tasks. Returns once the node serves as part
+/// of the cluster.
+///
+/// # Errors
+/// [`Error::Connect`] when NATS cannot be reached, [`Error::JetStream`] when its key-value
+/// store cannot be used, [`Error::EventDiffers`] (saying what differs) when the cluster
+/// serves another event, [`Error::BadNode`] for a node name that is not an id.
+pub async fn join(relay: Arc<Relay>, options: Options) -> Result<Arc<Link>, Error> {
+    if !valid_node(&options.node) {
+        return Err(Error::BadNode(options.node));
+    }
+    let servers = options.servers.join(",");
+    let js_err = |e: &dyn std::fmt::Display| Error::JetStream {
+        servers: servers.clone(),
+        reason: e.to_string(),
+    };
+    let client = connect(&options).await?;
+    let mut js = async_nats::jetstream::new(client.clone());
+    js.set_timeout(Duration::from_secs(1));
+    let event_kv = bucket(&js, "boothcast-event", REGISTRY_TTL)
+        .await
+        .map_err(|e| js_err(&e))?;
+    let nodes_kv = bucket(&js, "boothcast-nodes", REGISTRY_TTL)
+        .await
+        .map_err(|e| js_err(&e))?;
+    let lease_kv = bucket(&js, "boothcast-lease", LEASE_TTL)
+        .await
+        .map_err(|e| js_err(&e))?;
+
+    // The event: the first node's fingerprint is the cluster's.
+    let event = relay.event().clone();
+    let mine = fingerprint(&event);
+    let mine_json = Bytes::from(serde_json::to_vec(&mine).expect("serializable"));
+    match event_kv.create("fingerprint", mine_json.clone()).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+            let theirs = event_kv
+                .get("fingerprint")
+                .await
+                .map_err(|e| js_err(&e))?
+                .unwrap_or_default();
+            let theirs: BTreeMap<String, String> =
+                serde_json::from_slice(&theirs).unwrap_or_default();
+            if let Some(d) = differences(&mine, &theirs) {
+                return Err(Error::EventDiffers(d));
+            }
+        }
+        Err(e) => return Err(js_err(&e)),
+    }
+
+    // A session prefix no other live node has.
+    let mut prefix = 0u16;
+    for _ in 0..64 {
+        let p = rand::random::<u16>().max(1);
+        match nodes_kv
+            .create(format!("prefix-{p}"), Bytes::from(options.node.clone()))
+            .await
+        {
+            Ok(_) => {
+                prefix = p;
+                break;
+            }
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(js_err(&e)),
+        }
+    }
+    if prefix == 0 {
+        return Err(js_err(&"no free session prefix"));
+    }
+
+    let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
+    let link = Arc::new(Link {
+        node: options.node.clone(),
+        url: options.public_url.clone(),
+        prefix,
+        event: event.clone(),
+        leading: AtomicBool::new(false),
+        isolated: AtomicBool::new(false),
+        connected: AtomicBool::new(true),
+        out: out_tx,
+        locals: Mutex::new(HashMap::new()),
+        interest: Notify::new(),
+        nodes: Mutex::new(BTreeMap::new()),
+        decider: Mutex::new(None),
+        known_seqs: Mutex::new(vec![(0, Instant::now()); event.channels.len()]),
+        remote: Mutex::new((HashMap::new(), HashMap::new())),
+        counters: Counters::default(),
+    });
+    relay.set_cluster(link.clone(), ((prefix as u64) << SESSION_BITS) | 1);
+
+    tokio::spawn(publisher(client.clone(), link.clone(), out_rx));
+    tokio::spawn(node_inbox(client.clone(), relay.clone(), prefix));
+    tokio::spawn(state_inbox(client.clone(), relay.clone(), link.clone()));
+    tokio::spawn(interest(client.clone(), relay.clone(), link.clone()));
+    drop((event_kv, nodes_kv));
+    tokio::spawn(heartbeat(
+        client.clone(),
+        relay.clone(),
+        link.clone(),
+        mine_json,
+        prefix,
+    ));
+    drop(lease_kv);
+    tokio::spawn(lease(client, relay, link.clone()));
+    tracing::info!(node = %options.node, nats = %servers, prefix, "joined the cluster");
+    Ok(link)
+}
+
+/// Hands queued messages to the NATS client, in order.
+async fn publisher(
+    client: async_nats::Client,
+    link: Arc<Link>,
+    mut rx: mpsc::Receiver<(String, Bytes)>,
+) {
+    while let Some((subject, payload)) = rx.recv().await {
+        // While NATS is away the client would keep messages for after the reconnect: stale
+        // frames and commands then. They are dropped instead.
+        if !matches!(
+            client.connection_state(),
+            async_nats::connection::State::Connected
+        ) {
+            link.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        match client.publish(subject, payload).await {
+            Ok(()) => link.counters.published.fetch_add(1, Ordering::Relaxed),
+            Err(_) => link.counters.dropped.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+/// The decider's messages for this node's sessions.
+async fn node_inbox(client: async_nats::Client, relay: Arc<Relay>, prefix: u16) {
+    use futures_util::StreamExt;
+    let Ok(mut sub) = client.subscribe(format!("boothcast.node.{prefix}")).await else {
+        tracing::error!("cannot subscribe to this node's subject");
+        return;
+    };
+    while let Some(m) = sub.next().await {
+        let Ok(msg) = serde_json::from_slice::<ToNode>(&m.payload) else {
+            continue;
+        };
+        match msg {
+            ToNode::Message { session, msg } => {
+                relay.deliver_local(session, Outbound::Message(Box::new(msg)))
+            }
+            ToNode::Console {
+                session,
+                state,
+                input,
+            } => relay.deliver_local(session, Outbound::Console(Box::new(state), input)),
+            ToNode::Close { session, msg } => {
+                relay.deliver_local(session, Outbound::Close(Box::new(msg)))
+            }
+        }
+    }
+}
+
+/// The channel list, the decider's announcements and the other nodes' heartbeats.
+async fn state_inbox(client: async_nats::Client, relay: Arc<Relay>, link: Arc<Link>) {
+    use futures_util::StreamExt;
+    let (Ok(channels), Ok(decider), Ok(nodes)) = (
+        client.subscribe(CHANNELS).await,
+        client.subscribe(DECIDER).await,
+        client.subscribe(NODES).await,
+    ) else {
+        tracing::error!("cannot subscribe to the cluster's state");
+        return;
+    };
+    let mut all =
+        futures_util::stream::select(futures_util::stream::select(channels, decider), nodes);
+    while let Some(m) = all.next().await {
+        match m.subject.as_str() {
+            CHANNELS => {
+                if !link.leading() {
+                    relay.set_channels_json(m.payload);
+                }
+            }
+            DECIDER => {
+                let Ok(a) = serde_json::from_slice::<Announce>(&m.payload) else {
+                    continue;
+                };
+                let now = Instant::now();
+                {
+                    let mut known = link.known_seqs.lock().expect("seqs lock poisoned");
+                    for (k, s) in known.iter_mut().zip(&a.seqs) {
+                        *k = (*s, now);
+                    }
+                }
+                if a.node == link.node || link.leading() {
+                    continue;
+                }
+                let new = {
+                    let mut d = link.decider.lock().expect("decider lock poisoned");
+                    let new = d.as_ref().map(|(e, _)| *e) != Some(a.epoch);
+                    *d = Some((a.epoch, a.node.clone()));
+                    new
+                };
+                if new {
+                    tracing::info!(decider = %a.node, epoch = a.epoch, "the cluster's decider");
+                    let mut sync = link.sync_report(a.epoch);
+                    if let ToLeader::Sync { seqs, .. } = &mut sync {
+                        *seqs = relay.next_sequences();
+                    }
+                    link.to_leader(&sync);
+                }
+            }
+            _ => {
+                let Ok(s) = serde_json::from_slice::<NodeState>(&m.payload) else {
+                    continue;
+                };
+                link.heard(s.prefix);
+                let mut nodes = link.nodes.lock().expect("nodes lock poisoned");
+                // Bounded: names of nodes not heard from for a while are forgotten.
+                nodes.retain(|_, (at, _)| at.elapsed() < NODE_STALE * 10);
+                if nodes.len() < 256 || nodes.contains_key(&s.node) {
+                    nodes.insert(s.node.clone(), (Instant::now(), s));
+                }
+            }
+        }
+    }
+}
+
+/// Keeps a NATS subscription to each channel that has receivers here while another node
+/// decides, and none otherwise.
+async fn interest(client: async_nats::Client, relay: Arc<Relay>, link: Arc<Link>) {
+    let n = relay.event().channels.len();
+    let mut subs: Vec<Option<tokio::task::JoinHandle<()>>> = (0..n).map(|_| None).collect();
+    loop {
+        // Woken by a new receiver; receivers that leave are noticed within 200 ms.
+        let _ = tokio::time::timeout(Duration::from_millis(200), link.interest.notified()).await;
+        let leading = link.leading();
+        for (i, sub) in subs.iter_mut().enumerate() {
+            if sub.as_ref().is_some_and(|h| h.is_finished()) {
+                *sub = None;
+            }
+            let want = !leading && relay.fanout(i as u16).receivers() > 0;
+            match (want, sub.is_some()) {
+                (true, false) => {
+                    let Ok(s) = client.subscribe(format!("boothcast.ch.{i}")).await else {
+                        continue;
+                    };
+                    *sub = Some(tokio::spawn(channel_frames(
+                        s,
+                        relay.clone(),
+                        link.clone(),
+                        i as u16,
+                    )));
+                }
+                (false, true) => {
+                    if let Some(h) = sub.take() {
+                        // Dropping the subscriber in the aborted task unsubscribes.
+                        h.abort();
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+async fn channel_frames(
+    mut sub: async_nats::Subscriber,
+    relay: Arc<Relay>,
+    link: Arc<Link>,
+    channel: u16,
+) {
+    use futures_util::StreamExt;
+    while let Some(m) = sub.next().await {
+        if link.leading() {
+            continue;
+        }
+        link.counters
+            .received_frames
+            .fetch_add(1, Ordering::Relaxed);
+        relay.inject_frame(channel, m.payload);
+    }
+}
+
+/// Once a second: this node's state to the others, and the event fingerprint and session
+/// prefix kept alive in NATS.
+async fn heartbeat(
+    client: async_nats::Client,
+    relay: Arc<Relay>,
+    link: Arc<Link>,
+    fingerprint: Bytes,
+    prefix: u16,
+) {
+    let js = async_nats::jetstream::new(client);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n = 0u64;
+    loop {
+        tick.tick().await;
+        n += 1;
+        let state = NodeState {
+            node: link.node.clone(),
+            prefix: link.prefix,
+            url: link.url.clone(),
+            deciding: link.leading(),
+            isolated: link.isolated(),
+            listeners: relay.local_audience().into_iter().map(|(_, n)| n).collect(),
+        };
+        link.queue(
+            NODES.to_string(),
+            Bytes::from(serde_json::to_vec(&state).expect("serializable")),
+        );
+        if n.is_multiple_of(5) && !link.isolated() {
+            // Made again if NATS came back without them (memory storage).
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                if let Ok(kv) = bucket(&js, "boothcast-event", REGISTRY_TTL).await {
+                    let _ = kv.put("fingerprint", fingerprint.clone()).await;
+                }
+                if let Ok(kv) = bucket(&js, "boothcast-nodes", REGISTRY_TTL).await {
+                    let _ = kv
+                        .put(format!("prefix-{prefix}"), Bytes::from(link.node.clone()))
+                        .await;
+                }
+            })
+            .await;
+        }
+    }
+}
+
+/// The lease: taken when free, renewed while held, given up when it cannot be renewed.
+/// While held, this node consumes `boothcast.lead` and announces itself.
+async fn lease(client: async_nats::Client, relay: Arc<Relay>, link: Arc<Link>) {
+    let mut js = async_nats::jetstream::new(client.clone());
+    js.set_timeout(RENEW_EVERY);
+    let mut kv: Option<kv::Store> = None;
+    let mut last_bucket_try: Option<Instant> = None;
+    let me = Bytes::from(link.node.clone());
+    let mut held: Option<(u64, u64, Instant)> = None; // (revision, epoch, until)
+    let mut lead_task: Option<tokio::task::JoinHandle<()>> = None;
+    let mut channels = relay.channels_watch();
+    let mut last_channels = Instant::now();
+    let mut tick = tokio::time::interval(RENEW_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let up = matches!(
+            client.connection_state(),
+            async_nats::connection::State::Connected
+        );
+        link.connected.store(up, Ordering::Relaxed);
+        // The bucket is made again when NATS came back without it (memory storage).
+        if up
+            && kv.is_none()
+            && last_bucket_try.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            last_bucket_try = Some(Instant::now());
+            kv = bucket(&js, "boothcast-lease", LEASE_TTL).await.ok();
+        }
+        let sent = Instant::now();
+        if let Some((rev, epoch, until)) = held {
+            let r = match &kv {
+                Some(kv) => {
+                    tokio::time::timeout(RENEW_EVERY, kv.update("decider", me.clone(), rev))
+                        .await
+                        .map_err(|_| ())
+                }
+                None => Err(()),
+            };
+            match r {
+                Ok(Ok(new)) => held = Some((new, epoch, sent + LEASE_TTL - LEASE_MARGIN)),
+                Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    held = None;
+                }
+                Ok(Err(_)) if Instant::now() >= until => {
+                    held = None;
+                    kv = None;
+                }
+                _ if Instant::now() >= until => held = None,
+                _ => {}
+            }
+            if held.is_none() {
+                tracing::warn!(node = %link.node, "lost the lease: another node decides");
+                if let Some(t) = lead_task.take() {
+                    t.abort();
+                }
+                link.leading.store(false, Ordering::Release);
+                link.interest_changed();
+            }
+        } else if let (true, Some(store)) = (up, &kv) {
+            match tokio::time::timeout(RENEW_EVERY, store.create("decider", me.clone())).await {
+                Ok(Ok(rev)) => {
+                    if link.isolated.swap(false, Ordering::AcqRel) {
+                        tracing::info!(node = %link.node, "NATS is back");
+                    }
+                    held = Some((rev, rev, sent + LEASE_TTL - LEASE_MARGIN));
+                    take_over(&relay, &link, rev);
+                    lead_task = Some(tokio::spawn(lead(
+                        client.clone(),
+                        relay.clone(),
+                        link.clone(),
+                        rev,
+                    )));
+                }
+                Ok(Err(e)) if e.kind() != kv::CreateErrorKind::AlreadyExists => {
+                    // Not "taken": the bucket may be gone (NATS restarted).
+                    kv = None;
+                }
+                _ => {
+                    if link.isolated.swap(false, Ordering::AcqRel) {
+                        tracing::info!(node = %link.node, "NATS is back: following the cluster");
+                        relay.log(
+                            LogKind::Connect,
+                            format!("node {} rejoined the cluster", link.node),
+                        );
+                        // A new sync goes to the decider on its next announcement.
+                        *link.decider.lock().expect("decider lock poisoned") = None;
+                    }
+                    link.leading.store(false, Ordering::Release);
+                    link.interest_changed();
+                }
+            }
+        }
+        // Cut off, and not (or no longer) holding the lease: decide alone for this node's
+        // clients at once, so a booth and listeners on this node keep hearing each other.
+        if held.is_none() && !up && !link.isolated.load(Ordering::Acquire) {
+            link.isolated.store(true, Ordering::Release);
+            tracing::warn!(node = %link.node, "NATS unreachable: serving this node's own booths and listeners alone");
+            relay.log(
+                LogKind::Disconnect,
+                format!(
+                    "node {} cannot reach NATS: it serves its own booths and listeners alone",
+                    link.node
+                ),
+            );
+            take_over(&relay, &link, 0);
+        }
+        if let Some((_, epoch, _)) = held {
+            for s in link.orphans() {
+                relay.unregister_because(s, Some("its relay node is gone"));
+            }
+            let announce = Announce {
+                node: link.node.clone(),
+                epoch,
+                seqs: relay.next_sequences(),
+            };
+            link.queue(
+                DECIDER.to_string(),
+                Bytes::from(serde_json::to_vec(&announce).expect("serializable")),
+            );
+            let changed = channels.has_changed().unwrap_or(false);
+            if changed || last_channels.elapsed() >= Duration::from_secs(1) {
+                let json = channels.borrow_and_update().clone();
+                link.queue(CHANNELS.to_string(), json);
+                last_channels = Instant::now();
+            }
+        }
+    }
+}
+
+/// This node starts deciding: its rules are rebuilt from its own senders (the others report
+/// theirs when they see the announcement), and every channel's numbering moves on past
+/// anything the previous decider may have used.
+fn take_over(relay: &Arc<Relay>, link: &Arc<Link>, epoch: u64) {
+    link.counters.takeovers.fetch_add(1, Ordering::Relaxed);
+    {
+        let known = link.known_seqs.lock().expect("seqs lock poisoned");
+        for (i, (seq, at)) in known.iter().enumerate() {
+            let elapsed_ms = at.elapsed().as_millis() as u64;
+            let ahead = (elapsed_ms * MAX_FRAMES_PER_SECOND).div_ceil(1000) as u32 + 1;
+            relay.advance_sequence(i as u16, seq.wrapping_add(ahead));
+        }
+    }
+    let ToLeader::Sync {
+        consoles, floors, ..
+    } = link.sync_report(epoch)
+    else {
+        unreachable!("sync_report makes a sync")
+    };
+    link.leading.store(true, Ordering::Release);
+    link.interest_changed();
+    relay.restore(true, &consoles, &floors);
+    tracing::info!(node = %link.node, epoch, "deciding for the event");
+    if epoch > 0 {
+        relay.log(
+            LogKind::Connect,
+            format!("node {} decides for the event", link.node),
+        );
+    }
+}
+
+/// The decider's side of `boothcast.lead`: the other nodes' senders.
+async fn lead(client: async_nats::Client, relay: Arc<Relay>, link: Arc<Link>, epoch: u64) {
+    use futures_util::StreamExt;
+    let Ok(mut sub) = client.subscribe(LEAD).await else {
+        tracing::error!("cannot subscribe to the decider's subject");
+        return;
+    };
+    while let Some(m) = sub.next().await {
+        if !link.leading() {
+            continue;
+        }
+        let p = &m.payload;
+        match p.first() {
+            Some(b'F') if p.len() > 10 => {
+                let session = u64::from_be_bytes(p[2..10].try_into().expect("8 bytes"));
+                let frame = &p[10..];
+                let _ = match p[1] {
+                    b'c' => relay.console_frame(session, frame),
+                    _ => relay.floor_frame(session, frame),
+                };
+            }
+            Some(b'C') => {
+                let Ok(msg) = serde_json::from_slice::<ToLeader>(&p[1..]) else {
+                    continue;
+                };
+                handle(&relay, &link, epoch, msg);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn handle(relay: &Arc<Relay>, link: &Arc<Link>, epoch: u64, msg: ToLeader) {
+    match msg {
+        ToLeader::Console {
+            session,
+            booth,
+            name,
+        } => {
+            if booth >= relay.event().booths.len() {
+                return;
+            }
+            link.remote_sender(session);
+            relay.sender_connected(
+                session,
+                &format!("{}/{name}", relay.event().booths[booth].id),
+            );
+            if let Err(r) = relay.console_connect(session, booth, &name) {
+                relay.close_session(session, r);
+            }
+        }
+        ToLeader::Floor { session, room } => {
+            if room < relay.event().rooms.len() {
+                link.remote_sender(session);
+                relay.sender_connected(session, "floor");
+                relay.floor_connect(session, room);
+            }
+        }
+        ToLeader::Command { session, cmd } => {
+            let cmd = match cmd {
+                WireCommand::Live(c) => Command::Live(c),
+                WireCommand::Mute => Command::Mute,
+                WireCommand::Cough(d) => Command::Cough(d),
+                WireCommand::Handover => Command::Handover,
+                WireCommand::Accept => Command::Accept,
+                WireCommand::Input(c) => Command::Input(c),
+            };
+            let bad = match cmd {
+                Command::Live(Some(c)) | Command::Input(c) => {
+                    c as usize >= relay.event().channels.len()
+                }
+                _ => false,
+            };
+            if bad {
+                return;
+            }
+            if let Err(r) = relay.command(session, cmd) {
+                relay.notify(session, r);
+            }
+        }
+        ToLeader::ForceMute { booth, console } => {
+            let _ = relay.force_mute(&booth, &console);
+        }
+        ToLeader::Gone { session, reason } => {
+            link.remote
+                .lock()
+                .expect("remote lock poisoned")
+                .0
+                .remove(&session);
+            relay.unregister_because(session, reason.as_deref());
+        }
+        ToLeader::Sync {
+            epoch: e,
+            node,
+            consoles,
+            floors,
+            seqs,
+        } => {
+            if e != epoch || node == link.node {
+                return;
+            }
+            for (i, s) in seqs.iter().enumerate().take(relay.event().channels.len()) {
+                relay.advance_sequence(i as u16, *s);
+            }
+            for s in consoles
+                .iter()
+                .map(|c| c.session)
+                .chain(floors.iter().map(|f| f.0))
+            {
+                link.remote_sender(s);
+            }
+            for c in &consoles {
+                if c.booth < relay.event().booths.len() {
+                    relay.sender_connected(
+                        c.session,
+                        &format!("{}/{}", relay.event().booths[c.booth].id, c.name),
+                    );
+                }
+            }
+            for (s, _) in &floors {
+                relay.sender_connected(*s, "floor");
+            }
+            relay.restore(false, &consoles, &floors);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_event_has_no_differences() {
+        let e = Event::default_event();
+        assert_eq!(differences(&fingerprint(&e), &fingerprint(&e)), None);
+    }
+
+    #[test]
+    fn a_different_secret_is_named_not_shown() {
+        let a = Event::default_event();
+        let mut b = a.clone();
+        b.booths[0].secret = "another-secret".into();
+        let d = differences(&fingerprint(&b), &fingerprint(&a)).expect("differs");
+        assert!(d.contains(&format!("secret of booth {} differs", a.booths[0].id)));
+        assert!(!d.contains("another-secret"));
+    }
+
+    #[test]
+    fn a_different_hold_says_both_values() {
+        let a = Event::default_event();
+        let mut b = a.clone();
+        let i = b.channels.iter().position(|c| !c.is_floor).unwrap();
+        b.channels[i].hold = Duration::from_millis(2000);
+        let d = differences(&fingerprint(&b), &fingerprint(&a)).expect("differs");
+        assert!(d.contains("hold=2000ms"), "{d}");
+        assert!(d.contains("in the cluster"), "{d}");
+    }
+}

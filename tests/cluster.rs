@@ -1,0 +1,421 @@
+//! Relays joined through NATS: real `nats-server` processes (Debian's `nats-server`, which
+//! scripts/test.sh installs) on ephemeral loopback ports, real `boothcast serve` processes,
+//! and the test clients of tests/support speaking the wire protocol.
+
+mod proc;
+mod support;
+
+use boothcast::protocol::{ConsoleState, ServerMessage};
+use proc::Proc;
+use serde_json::json;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::{assert_contiguous, marker, Client};
+
+const BIN: &str = env!("CARGO_BIN_EXE_boothcast");
+
+/// The floor, English and French; booths `en` (consoles 1 and 2 share it) and `en2`, both into
+/// English, for interlock between booths.
+const EVENT: &str = r#"
+[event]
+name = "Cluster test"
+[secrets]
+floor = "floor-secret"
+engineer = "engineer-secret"
+[[rooms]]
+id = "plenary"
+[[rooms.channels]]
+lang = "en"
+name = "English"
+native = "English"
+[[rooms.channels]]
+lang = "fr"
+name = "French"
+native = "Français"
+[[rooms.booths]]
+id = "en"
+languages = ["en"]
+secret = "secret-en"
+[[rooms.booths]]
+id = "en2"
+languages = ["en"]
+secret = "secret-en2"
+"#;
+
+/// The 3 s within which listeners must hear their channel again after a node dies.
+const BOUND: Duration = Duration::from_secs(3);
+
+fn tmpdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("boothcast-cluster-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `nats-server` with JetStream on a loopback port, killed when dropped.
+struct Nats {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Nats {
+    fn start(dir: &Path) -> Nats {
+        let mut n = Nats {
+            port: free_port(),
+            dir: dir.join("nats"),
+            child: None,
+        };
+        n.restart();
+        n
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn restart(&mut self) {
+        let child = Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is installed (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A relay node: its process (killed with SIGKILL when dropped) and addresses.
+struct Node {
+    /// Held for its `Drop` (SIGKILL).
+    _proc: Proc,
+    ws: String,
+    http: SocketAddr,
+}
+
+fn node(dir: &Path, event: &str, nats: &Nats, name: &str) -> Node {
+    let config = dir.join(format!("event-{name}.toml"));
+    std::fs::write(&config, event).unwrap();
+    let (proc, base) = Proc::relay(
+        Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .args(["--cluster", &nats.url(), "--node", name])
+            .stderr(Stdio::null()),
+        Duration::from_secs(10),
+    );
+    let http = base.trim_start_matches("ws://").parse().unwrap();
+    Node {
+        _proc: proc,
+        ws: format!("{base}/ws"),
+        http,
+    }
+}
+
+async fn metric(node: &Node, name: &str) -> u64 {
+    support::metric(&support::http_get(node.http, "/metrics").await, name)
+}
+
+/// Waits until `node` reports the metric line `line` (e.g. `boothcast_cluster_deciding{node="a"} 1`).
+async fn wait_metric(node: &Node, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = support::http_get(node.http, "/metrics").await;
+        if text.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no `{line}` in time:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Three nodes a, b, c on one NATS server; `a` decides (started first).
+async fn cluster(dir: &Path) -> (Nats, Node, Node, Node) {
+    let nats = Nats::start(dir);
+    let a = node(dir, EVENT, &nats, "a");
+    wait_metric(&a, "boothcast_cluster_deciding{node=\"a\"} 1").await;
+    let b = node(dir, EVENT, &nats, "b");
+    let c = node(dir, EVENT, &nats, "c");
+    for n in [&a, &b, &c] {
+        wait_metric(n, "boothcast_cluster_nodes 3").await;
+    }
+    (nats, a, b, c)
+}
+
+async fn live(console: &mut Client) {
+    console.text(json!({"type": "live"}));
+    console
+        .console_state(|s| s.live.as_deref() == Some("plenary/en"))
+        .await;
+}
+
+/// Frames until one from `m`; then `n` more; all returned.
+async fn hear(
+    listener: &mut Client,
+    m: u8,
+    n: usize,
+) -> Vec<(boothcast::protocol::FrameHeader, bytes::Bytes)> {
+    let mut frames = listener.frames_until(|_, b| marker(b) == m).await;
+    let first = frames.len() - 1;
+    for _ in 0..n {
+        frames.push(listener.frame().await);
+    }
+    frames.split_off(first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_booth_on_one_node_is_heard_on_another_and_the_audience_is_summed() {
+    let dir = tmpdir("heard");
+    let (_nats, a, b, c) = cluster(&dir).await;
+    let mut listener = Client::listener(&c.ws, "plenary/en").await;
+    let mut console = Client::console(&b.ws, "en", "1").await;
+    console.console_state(|s| s.live.is_none()).await;
+    live(&mut console).await;
+    console.pump(7, 60);
+    let frames = hear(&mut listener, 7, 50).await;
+    assert!(frames.iter().all(|(_, b)| marker(b) == 7));
+    assert_contiguous(&frames);
+    // The channel list on every node shows the console live.
+    for n in [&a, &c] {
+        let mut l = Client::listener(&n.ws, "plenary/fr").await;
+        let info = l.channel_state("plenary/en", |i| i.live.is_some()).await;
+        assert_eq!(info.live.unwrap().booth, "en");
+    }
+    // The listener on c is counted in the audience the console on b sees (the one on a
+    // listening to French too, once heartbeats carried it).
+    console
+        .wait_text("audience with the listener of node c", |m| match m {
+            ServerMessage::Audience { listeners } => listeners
+                .iter()
+                .any(|(c, n)| c == "plenary/en" && *n == 1)
+                .then_some(()),
+            _ => None,
+        })
+        .await;
+    // A frame crossed NATS to c once, however many listen there.
+    let before = metric(&c, "boothcast_cluster_received_frames_total").await;
+    let mut more = Vec::new();
+    for _ in 0..3 {
+        more.push(Client::listener(&c.ws, "plenary/en").await);
+    }
+    for l in more.iter_mut() {
+        hear(l, 7, 10).await;
+    }
+    let frames_heard = hear(&mut listener, 7, 25).await.len() as u64;
+    let after = metric(&c, "boothcast_cluster_received_frames_total").await;
+    assert!(
+        after - before < frames_heard * 3,
+        "node c received {} frames of one channel from NATS while one listener heard {frames_heard}: \
+         a frame crossed more than once",
+        after - before
+    );
+}
+
+#[test]
+fn a_node_with_another_event_is_refused_with_what_differs() {
+    let dir = tmpdir("refused");
+    let nats = Nats::start(&dir);
+    let _a = node(&dir, EVENT, &nats, "a");
+    let other = EVENT.replace("secret-en2", "another-secret-en2");
+    let config = dir.join("other.toml");
+    std::fs::write(&config, other).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .args(["--cluster", &nats.url(), "--node", "b"])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("differs from the cluster's") && err.contains("secret of booth en2 differs"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("another-secret-en2"),
+        "a secret in the message: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interlock_and_handover_hold_across_nodes() {
+    let dir = tmpdir("rules");
+    let (_nats, a, b, c) = cluster(&dir).await;
+    let mut listener = Client::listener(&c.ws, "plenary/en").await;
+    let mut one = Client::console(&a.ws, "en", "1").await;
+    live(&mut one).await;
+    one.pump(1, 60);
+    hear(&mut listener, 1, 5).await;
+    // Another booth asking for the channel from another node is refused, with the reason.
+    let mut other = Client::console(&b.ws, "en2", "1").await;
+    other.text(json!({"type": "live"}));
+    let (code, message, fatal) = other.error().await;
+    assert_eq!(code, "channel_taken", "{message}");
+    assert!(message.contains("booth en"), "{message}");
+    assert!(!fatal);
+    // Handover from console 1 on a to console 2 on b: contiguous, one after the other.
+    let mut two = Client::console(&b.ws, "en", "2").await;
+    two.console_state(|s| s.live.is_none()).await;
+    two.pump(2, 60);
+    one.text(json!({"type": "handover"}));
+    two.wait_text("handover offer", |m| {
+        matches!(m, ServerMessage::HandoverOffered { .. }).then_some(())
+    })
+    .await;
+    two.text(json!({"type": "accept"}));
+    let mut frames = listener.frames_until(|_, b| marker(b) == 2).await;
+    for _ in 0..25 {
+        frames.push(listener.frame().await);
+    }
+    assert_contiguous(&frames);
+    let first_two = frames.iter().position(|(_, b)| marker(b) == 2).unwrap();
+    assert!(frames[..first_two].iter().all(|(_, b)| marker(b) == 1));
+    assert!(
+        frames[first_two..].iter().all(|(_, b)| marker(b) == 2),
+        "console 1 heard after the handover"
+    );
+    one.console_state(|s: &ConsoleState| s.live.is_none()).await;
+}
+
+/// Time from `since` until the listener hears marker `m` again.
+async fn back(listener: &mut Client, m: u8, since: Instant) -> Duration {
+    listener.frames_until(|_, b| marker(b) == m).await;
+    since.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_any_node_leaves_the_channel_heard_within_3_s() {
+    let dir = tmpdir("kill");
+    let (_nats, a, b, c) = cluster(&dir).await;
+    let mut listener = Client::listener(&c.ws, "plenary/en").await;
+    let mut console = Client::console(&b.ws, "en", "1").await;
+    live(&mut console).await;
+    console.pump(5, 60);
+    hear(&mut listener, 5, 5).await;
+
+    // 1. The deciding node (a): the console on b stays live, the listener on c hears it again.
+    console.seen.clear();
+    let t = Instant::now();
+    drop(a);
+    let decider = back(&mut listener, 5, t).await;
+    println!("decider killed: the listener heard the channel again after {decider:?}");
+    assert!(decider < BOUND, "{decider:?}");
+    // The new decider tells the console its state: still live.
+    let state = console
+        .wait_text("the console's state from the new decider", |m| match m {
+            ServerMessage::Console(s) => Some(s.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        state.live.as_deref(),
+        Some("plenary/en"),
+        "muted by the take-over"
+    );
+
+    // 2. The listener's node (c): the listener reconnects to b and hears at live.
+    let t = Instant::now();
+    drop(c);
+    listener.closed().await;
+    let mut listener = Client::listener(&b.ws, "plenary/en").await;
+    let listener_node = back(&mut listener, 5, t).await;
+    println!("listener's node killed: heard again on another node after {listener_node:?}");
+    assert!(listener_node < BOUND, "{listener_node:?}");
+
+    // 3. The live console's node: a console on a fresh node d; the listener on b.
+    let d = node(&dir, EVENT, &_nats, "d");
+    wait_metric(&d, "boothcast_cluster_nodes 2").await;
+    console.stop_pump();
+    console.text(json!({"type": "mute"}));
+    let mut on_d = Client::console(&d.ws, "en", "2").await;
+    live(&mut on_d).await;
+    on_d.pump(6, 60);
+    hear(&mut listener, 6, 5).await;
+    let t = Instant::now();
+    drop(d);
+    on_d.closed().await;
+    // It comes back on b, muted, and goes live again.
+    let mut again = Client::console(&b.ws, "en", "2").await;
+    again.console_state(|s| s.live.is_none()).await;
+    live(&mut again).await;
+    again.pump(8, 60);
+    let console_node = back(&mut listener, 8, t).await;
+    println!("live console's node killed: heard again from its reconnected console after {console_node:?}");
+    assert!(console_node < BOUND, "{console_node:?}");
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_nats_each_node_serves_its_own_and_rejoins() {
+    let dir = tmpdir("nats-down");
+    let (mut nats, _a, b, c) = cluster(&dir).await;
+    let mut near = Client::listener(&b.ws, "plenary/en").await;
+    let mut far = Client::listener(&c.ws, "plenary/en").await;
+    let mut console = Client::console(&b.ws, "en", "1").await;
+    live(&mut console).await;
+    console.pump(3, 60);
+    hear(&mut near, 3, 5).await;
+    hear(&mut far, 3, 5).await;
+
+    nats.stop();
+    let stopped = Instant::now();
+    wait_metric(&b, "boothcast_cluster_isolated{node=\"b\"} 1").await;
+    // The listener on the booth's own node keeps hearing it: no gap over half a second.
+    let mut last = Instant::now();
+    let mut longest = Duration::ZERO;
+    while stopped.elapsed() < Duration::from_secs(5) {
+        let (_, f) = near.frame().await;
+        if marker(&f) == 3 {
+            longest = longest.max(last.elapsed());
+            last = Instant::now();
+        }
+    }
+    println!("NATS stopped: longest silence on the booth's own node {longest:?}");
+    assert!(longest < Duration::from_millis(500), "{longest:?}");
+
+    nats.restart();
+    let t = Instant::now();
+    wait_metric(&b, "boothcast_cluster_isolated{node=\"b\"} 0").await;
+    let far_back = back(&mut far, 3, t).await;
+    println!("NATS back: heard across nodes again after {far_back:?}");
+    hear(&mut near, 3, 10).await;
+    assert!(far_back < Duration::from_secs(10), "{far_back:?}");
+}
