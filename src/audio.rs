@@ -323,9 +323,37 @@ fn resample_to_48k(input: Vec<f32>, rate: u32) -> Result<Vec<f32>, String> {
 ///
 /// [`finish`]: WavWriter::finish
 pub struct WavWriter {
-    inner: hound::WavWriter<BufWriter<File>>,
+    inner: Sink,
     path: PathBuf,
     unflushed: usize,
+}
+
+/// Where a [`WavWriter`] writes: a file (its header kept true), or a stream.
+enum Sink {
+    File(hound::WavWriter<BufWriter<File>>),
+    /// Standard output: the header's sizes say "until the end" (`0xFFFFFFFF`), as ffmpeg and
+    /// sox write WAV to a pipe and read it from one.
+    Stream(BufWriter<std::io::Stdout>),
+}
+
+/// The header of a 48 kHz mono 16-bit WAV stream whose length is not known: RIFF and data
+/// sizes `0xFFFFFFFF`.
+fn stream_header() -> [u8; 44] {
+    let mut h = [0u8; 44];
+    h[0..4].copy_from_slice(b"RIFF");
+    h[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+    h[8..12].copy_from_slice(b"WAVE");
+    h[12..16].copy_from_slice(b"fmt ");
+    h[16..20].copy_from_slice(&16u32.to_le_bytes());
+    h[20..22].copy_from_slice(&1u16.to_le_bytes()); // PCM
+    h[22..24].copy_from_slice(&1u16.to_le_bytes()); // mono
+    h[24..28].copy_from_slice(&SAMPLE_RATE.to_le_bytes());
+    h[28..32].copy_from_slice(&(SAMPLE_RATE * 2).to_le_bytes()); // bytes a second
+    h[32..34].copy_from_slice(&2u16.to_le_bytes()); // block align
+    h[34..36].copy_from_slice(&16u16.to_le_bytes()); // bits
+    h[36..40].copy_from_slice(b"data");
+    h[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
+    h
 }
 
 impl WavWriter {
@@ -349,8 +377,27 @@ impl WavWriter {
             source,
         })?;
         Ok(Self {
-            inner,
+            inner: Sink::File(inner),
             path: path.to_owned(),
+            unflushed: 0,
+        })
+    }
+
+    /// Writes a WAV stream to standard output, for piping into other tools: the header's
+    /// sizes are `0xFFFFFFFF` ("until the end"), the samples follow as they come.
+    pub fn stdout() -> Result<Self, Error> {
+        use std::io::Write;
+        let path = PathBuf::from("-");
+        let mut out = BufWriter::new(std::io::stdout());
+        out.write_all(&stream_header())
+            .and_then(|_| out.flush())
+            .map_err(|e| Error::CreateWav {
+                path: path.clone(),
+                source: hound::Error::IoError(e),
+            })?;
+        Ok(Self {
+            inner: Sink::Stream(out),
+            path,
             unflushed: 0,
         })
     }
@@ -361,7 +408,14 @@ impl WavWriter {
         for &s in samples {
             // `as` saturates and maps NaN to 0, which is what we want here.
             let v = (s.clamp(-1.0, 1.0) * f32::from(i16::MAX)).round() as i16;
-            self.inner.write_sample(v).map_err(|e| self.write_err(e))?;
+            let written = match &mut self.inner {
+                Sink::File(w) => w.write_sample(v),
+                Sink::Stream(w) => {
+                    use std::io::Write;
+                    w.write_all(&v.to_le_bytes()).map_err(hound::Error::IoError)
+                }
+            };
+            written.map_err(|e| self.write_err(e))?;
             self.unflushed += 1;
             if self.unflushed >= SAMPLE_RATE as usize {
                 self.flush()?;
@@ -373,7 +427,14 @@ impl WavWriter {
     /// Updates the header and pushes everything written so far to the OS, so
     /// the file is complete up to this point even if the process dies.
     pub fn flush(&mut self) -> Result<(), Error> {
-        self.inner.flush().map_err(|e| self.write_err(e))?;
+        let flushed = match &mut self.inner {
+            Sink::File(w) => w.flush(),
+            Sink::Stream(w) => {
+                use std::io::Write;
+                w.flush().map_err(hound::Error::IoError)
+            }
+        };
+        flushed.map_err(|e| self.write_err(e))?;
         self.unflushed = 0;
         Ok(())
     }
@@ -381,9 +442,14 @@ impl WavWriter {
     /// Finalizes the header and closes the file.
     pub fn finish(self) -> Result<(), Error> {
         let path = self.path;
-        self.inner
-            .finalize()
-            .map_err(|source| Error::WriteWav { path, source })
+        let finished = match self.inner {
+            Sink::File(w) => w.finalize(),
+            Sink::Stream(mut w) => {
+                use std::io::Write;
+                w.flush().map_err(hound::Error::IoError)
+            }
+        };
+        finished.map_err(|source| Error::WriteWav { path, source })
     }
 
     fn write_err(&self, source: hound::Error) -> Error {

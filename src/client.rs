@@ -74,6 +74,8 @@ pub enum Error {
     Audio(#[from] audio::Error),
     #[error(transparent)]
     Device(#[from] device::Error),
+    #[error(transparent)]
+    Input(#[from] crate::input::Error),
 }
 
 impl Error {
@@ -85,6 +87,7 @@ impl Error {
                 | Error::Tls(_)
                 | Error::Audio(_)
                 | Error::Device(_)
+                | Error::Input(_)
                 | Error::Refused {
                     code: ErrorCode::Unauthorized
                         | ErrorCode::UnknownBooth
@@ -445,80 +448,27 @@ impl Link {
     }
 }
 
+/// The client's JSON lines go to standard error instead of standard output when standard
+/// output carries sound (`listen --output-file -`).
+static LINES_TO_STDERR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn emit(value: serde_json::Value) {
-    println!("{value}");
+    line(&value.to_string());
 }
 
-/// Paces frames in real time from a fixed start, as a microphone delivers them.
-struct Pacer {
-    start: tokio::time::Instant,
-    start_us: u64,
-    frame: Duration,
-    /// Index of the next frame.
-    next: u64,
-}
-
-impl Pacer {
-    fn new(frame: Duration) -> Pacer {
-        Pacer {
-            start: tokio::time::Instant::now(),
-            start_us: unix_micros(),
-            frame,
-            next: 0,
-        }
-    }
-
-    /// Waits until frame `next` has been fully "captured"; returns its index and capture time.
-    async fn tick(&mut self) -> (u64, u64) {
-        let k = self.next;
-        tokio::time::sleep_until(self.start + self.frame * (k as u32 + 1)).await;
-        self.next += 1;
-        (k, self.start_us + k * self.frame.as_micros() as u64)
-    }
-
-    /// After an outage, the frames that passed are gone: move on to now.
-    fn skip_to_now(&mut self) {
-        let elapsed = self.start.elapsed();
-        self.next = self
-            .next
-            .max((elapsed.as_micros() / self.frame.as_micros()) as u64);
-    }
-}
-
-/// Where a sender's sound comes from: a file, played once or looped, then silence.
-struct FileSource {
-    samples: Vec<f32>,
-    looped: bool,
-    frame: usize,
-}
-
-impl FileSource {
-    /// Frame `k`, or `None` once the file has ended (and a short tail was sent).
-    fn frame(&self, k: u64) -> Option<Vec<f32>> {
-        let start = k as usize * self.frame;
-        let len = self.samples.len();
-        if self.looped && len > 0 {
-            return Some(
-                (0..self.frame)
-                    .map(|i| self.samples[(start + i) % len])
-                    .collect(),
-            );
-        }
-        // A short tail of silence lets the listener's decoder finish the last word.
-        if start >= len + 10 * self.frame {
-            return None;
-        }
-        Some(
-            (0..self.frame)
-                .map(|i| self.samples.get(start + i).copied().unwrap_or(0.0))
-                .collect(),
-        )
+/// A JSON line of the client: standard output, or standard error when that carries sound.
+fn line(text: &str) {
+    if LINES_TO_STDERR.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("{text}");
+    } else {
+        println!("{text}");
     }
 }
 
 /// Where a sender's sound comes from.
 pub enum Input {
-    /// A WAV file, paced in real time.
+    /// A sound file (paced in real time) or a live stream: a pipe, a FIFO, or standard input
+    /// (`-`), sent as it arrives (`input`).
     File { path: PathBuf, looped: bool },
     /// An audio input device by name (`boothcast devices`), or the default one.
     Device { name: Option<String> },
@@ -532,8 +482,14 @@ pub struct SenderOptions {
 
 /// The sender's microphone: a file paced as a microphone would deliver it, or a real device.
 enum Mic {
-    File { file: FileSource, pacer: Pacer },
-    Device { capture: Box<Capture>, frame: usize },
+    File(Box<crate::input::Feed>),
+    /// `epoch`: the wall-clock time (µs) read once at an instant; capture times are it plus
+    /// monotonic time, so a change of the system clock does not move them.
+    Device {
+        capture: Box<Capture>,
+        frame: usize,
+        epoch: (Instant, u64),
+    },
 }
 
 /// How often a device microphone is looked at for a full frame: 1 ms is small beside a
@@ -546,13 +502,15 @@ impl Mic {
     /// file has ended.
     async fn next(&mut self) -> Result<Option<(Vec<f32>, u64)>, Error> {
         match self {
-            Mic::File { file, pacer } => {
-                let (k, capture_us) = pacer.tick().await;
-                Ok(file.frame(k).map(|pcm| (pcm, capture_us)))
-            }
-            Mic::Device { capture, frame } => loop {
+            Mic::File(feed) => Ok(feed.next().await),
+            Mic::Device {
+                capture,
+                frame,
+                epoch,
+            } => loop {
                 if let Some(pcm) = capture.take(*frame)? {
-                    let capture_us = unix_micros().saturating_sub(*frame as u64 * 1000 / 48);
+                    let now_us = epoch.1 + epoch.0.elapsed().as_micros() as u64;
+                    let capture_us = now_us.saturating_sub(*frame as u64 * 1000 / 48);
                     return Ok(Some((pcm, capture_us)));
                 }
                 tokio::time::sleep(MIC_POLL).await;
@@ -563,7 +521,7 @@ impl Mic {
     /// After an outage, what was said meanwhile is gone: move on to now.
     fn skip_to_now(&mut self) -> Result<(), Error> {
         match self {
-            Mic::File { pacer, .. } => pacer.skip_to_now(),
+            Mic::File(feed) => feed.skip_to_now(),
             Mic::Device { capture, .. } => capture.discard()?,
         }
         Ok(())
@@ -573,7 +531,10 @@ impl Mic {
     /// ring does not overflow and count overruns that no listener would have heard.
     async fn idle(&mut self) -> Result<(), Error> {
         match self {
-            Mic::File { .. } => std::future::pending().await,
+            Mic::File(feed) => {
+                feed.idle().await;
+                Ok(())
+            }
             Mic::Device { capture, .. } => loop {
                 capture.discard()?;
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -584,14 +545,14 @@ impl Mic {
     /// Capture overruns so far, for a device.
     fn overruns(&self) -> Option<u64> {
         match self {
-            Mic::File { .. } => None,
+            Mic::File(feed) => (feed.kind() == crate::input::Kind::Live).then(|| feed.overruns()),
             Mic::Device { capture, .. } => Some(capture.overruns()),
         }
     }
 
     fn device(&self) -> Option<&str> {
         match self {
-            Mic::File { .. } => None,
+            Mic::File(_) => None,
             Mic::Device { capture, .. } => Some(capture.name()),
         }
     }
@@ -609,22 +570,18 @@ impl Sender {
         let encoder = Encoder::new(&opts.encode)?;
         let frame = encoder.frame_samples();
         let mic = match &opts.input {
-            Input::File { path, looped } => Mic::File {
-                file: FileSource {
-                    samples: audio::read_wav(path)?,
-                    looped: *looped,
-                    frame,
-                },
-                pacer: Pacer::new(opts.encode.frame.duration()),
-            },
+            Input::File { path, looped } => {
+                Mic::File(Box::new(crate::input::open(path, *looped, frame)?))
+            }
             Input::Device { name } => Mic::Device {
                 capture: Box::new(Capture::open(name.as_deref())?),
                 frame,
+                epoch: (Instant::now(), unix_micros()),
             },
         };
         let start_us = match &mic {
-            Mic::File { pacer, .. } => pacer.start_us,
-            Mic::Device { .. } => unix_micros(),
+            Mic::File(feed) => feed.start_us(),
+            Mic::Device { epoch, .. } => epoch.1,
         };
         Ok(Sender {
             mic,
@@ -1032,7 +989,9 @@ pub struct ListenOptions {
 
 /// Where a listener's sound goes.
 pub enum Output {
-    /// A WAV file: what a delegate would hear, placed in time behind a fixed margin.
+    /// A WAV file: what a delegate would hear, placed in time behind a fixed margin; `-` is
+    /// standard output, a WAV stream (sizes `0xFFFFFFFF`) for other tools, the JSON lines then
+    /// going to standard error.
     File(PathBuf),
     /// An audio output device (`boothcast devices`; the default one when `None`), through the
     /// adaptive jitter buffer.
@@ -1358,7 +1317,12 @@ pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
     };
     let mut playout = match &opts.output {
         Output::File(path) => Ear::File(Playout {
-            writer: WavWriter::create(path)?,
+            writer: if crate::input::is_stdin(path) {
+                LINES_TO_STDERR.store(true, std::sync::atomic::Ordering::Relaxed);
+                WavWriter::stdout()?
+            } else {
+                WavWriter::create(path)?
+            },
             decoder: Decoder::new()?,
             start,
             margin: (opts.buffer.unwrap_or(FILE_MARGIN).as_secs_f64() * audio::SAMPLE_RATE as f64)
@@ -1434,7 +1398,7 @@ pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
                         playout.frame(&frame, Instant::now())?
                     }
                     Message::Text(text) => {
-                        println!("{text}");
+                        line(&text);
                         if let Ok(ServerMessage::Error {
                             code,
                             message,

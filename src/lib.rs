@@ -14,8 +14,10 @@
 //! - [`server`]: HTTP and WebSocket transport around [`relay`]; [`accept`] takes connections
 //!   within the bounds of [`admission`] (how many, from whom) and [`attempts`] slows the
 //!   guessing of secrets; [`tls`] for HTTPS/WSS and [`join`] for the address delegates join at
-//!   and its QR code.
+//!   and its QR code; [`stream`] for the channels as HTTP streams
+//!   (Ogg Opus) for any player.
 //! - [`audio`]: WAV files, resampling, the Opus encoder and decoder (only clients touch audio).
+//! - [`input`]: sound files and live streams in (symphonia), paced as a microphone delivers.
 //! - [`client`]: the floor, booth and listener clients, from and to audio files or devices.
 //! - [`tui`]: the interpreter's console on a terminal (ratatui), in front of a booth client.
 //! - [`device`]: real audio devices through cpal: capture, playback, listing.
@@ -33,6 +35,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod device;
+pub mod input;
 pub mod jitter;
 pub mod join;
 pub mod ogg;
@@ -41,5 +44,6 @@ pub mod record;
 pub mod relay;
 pub mod rules;
 pub mod server;
+pub mod stream;
 pub mod tls;
 pub mod tui;

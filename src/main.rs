@@ -73,7 +73,7 @@ enum Cmd {
         #[arg(long, value_name = "NAME", requires = "cluster")]
         node: Option<String>,
     },
-    /// Send a WAV file as the floor (the hall's original sound).
+    /// Send a sound file or a live stream as the floor (the hall's original sound).
     Floor {
         #[command(flatten)]
         common: SenderArgs,
@@ -81,7 +81,7 @@ enum Cmd {
         #[arg(long)]
         room: Option<String>,
     },
-    /// A booth console: send a WAV file as the interpreter's microphone.
+    /// A booth console: send a sound file, a live stream or a microphone as the interpreter's.
     ///
     /// On a terminal, the interpreter's console (its keys are shown on screen). Otherwise, or
     /// with --headless, commands one per line on standard input: live [CHANNEL], mute,
@@ -114,6 +114,8 @@ enum Cmd {
         /// Channel: a language code (en) or a full id (plenary/en).
         #[arg(long)]
         lang: String,
+        /// WAV file to write what is heard to; `-` writes a WAV stream to standard output (the
+        /// JSON lines then go to standard error).
         #[arg(long, required_unless_present_any = ["output_device", "default_output"])]
         output_file: Option<PathBuf>,
         #[command(flatten)]
@@ -261,7 +263,8 @@ struct SenderArgs {
     /// Secret of the booth or the floor.
     #[arg(long, env = "BOOTHCAST_SECRET", hide_env_values = true)]
     secret: String,
-    /// WAV file: any common rate, channel count and sample format.
+    /// Sound file (WAV, FLAC, MP3, Ogg Vorbis/Opus, AIFF, M4A, ...), paced in real time; or a
+    /// live stream sent as it arrives: a FIFO, or `-` for standard input (e.g. from ffmpeg).
     #[arg(long, required_unless_present_any = ["input_device", "default_input"])]
     input_file: Option<PathBuf>,
     /// Capture from this audio input device instead of a file (`boothcast devices`).
@@ -342,7 +345,9 @@ impl SenderArgs {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // symphonia says at `info` what it skips in a file (a `bext` chunk, a Xing header), and
+        // at `error` why a file did not decode, which the refusal already says in words.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,symphonia=off"));
     // Logs written to the terminal would tear the console's screen: while it is drawn they
     // go only where standard error is redirected.
     let quiet = console_on_terminal(&cli.command) && std::io::stderr().is_terminal();
@@ -539,10 +544,17 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                     volume: boothcast::device::Volume::new(monitor.volume),
                 }),
             };
-            if !headless && on_terminal() {
+            // Sound on standard input leaves no room for commands there.
+            let stdin_is_sound = common
+                .input_file
+                .as_deref()
+                .is_some_and(boothcast::input::is_stdin);
+            if !headless && !stdin_is_sound && on_terminal() {
                 boothcast::tui::run(opts).await?;
             } else {
-                opts.commands = Some(stdin_lines());
+                if !stdin_is_sound {
+                    opts.commands = Some(stdin_lines());
+                }
                 client::booth(opts).await?;
             }
             Ok(())

@@ -254,6 +254,17 @@ impl<W: Write> Writer<W> {
         self.samples
     }
 
+    /// Writes the held-back last page now, without the end-of-stream flag: a live stream has
+    /// no end to flag, and a listener should hear each packet as soon as it comes.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        self.flush_pending(0)
+    }
+
+    /// The underlying writer (for a live stream, to take the pages written so far).
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
+
     /// Writes the held-back last page with the end-of-stream flag and returns the
     /// underlying writer. Without this call the stream lacks EOS and its last page.
     pub fn finish(mut self) -> Result<W, Error> {

@@ -1,9 +1,19 @@
 //! Recordings: every channel of the event, the floors included, to Ogg Opus files.
 //!
 //! Packets are written as the relay carries them, never re-encoded. All the files of one
-//! recording session share one timeline, the relay's clock: where a channel carried nothing
-//! (muted, silent), silence is written, so the files stay aligned and can be played side by
-//! side. A session directory holds one `.opus` file per channel and `index.json` (the start,
+//! recording session share one timeline, the relay's monotonic clock from the start of the
+//! session: where a channel carried nothing (muted, silent), silence is written, so the files
+//! stay aligned and can be played side by side.
+//!
+//! A frame is placed by its media time, not by when it arrived ([`Placement`]): each sender
+//! (a booth console, a floor feed) is anchored once, by the arrival of its first frame, and its
+//! frames then go where their own capture times say. A sender that stalls and then sends its
+//! backlog in a burst, a network hold-up, or a change of the system clock moves nothing: the
+//! files of a session stay aligned within one frame. The anchor follows a sender whose clock
+//! runs slower or faster than the relay's, slowly (from the least delay over
+//! [`DRIFT_WINDOW`]), so hours of recording do not drift apart. Frames whose sender the relay
+//! does not know (a node of a cluster recording what the deciding node sends it) are placed by
+//! their arrival. A session directory holds one `.opus` file per channel and `index.json` (the start,
 //! the channels and their files, and a log of what each channel carried when).
 //!
 //! Recording never slows the relay: per channel a task takes frames off the channel's queue
@@ -15,19 +25,29 @@
 use crate::ogg;
 use crate::protocol::{FrameHeader, HEADER_LEN};
 use crate::relay::{unix_micros, Relay};
+use crate::rules::Session;
 use bytes::Bytes;
+use std::collections::HashMap;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 /// Frames waiting for the disk, all channels together: 2 s of every channel of a 25-channel
 /// event at 20 ms frames. A disk that stalls longer loses frames, counted.
 pub const WRITE_QUEUE: usize = 2500;
-/// A gap in a channel shorter than this is jitter, not silence: the packet is appended.
-pub const GAP_TOLERANCE_SAMPLES: u64 = 3 * 960;
+/// A gap in a channel shorter than this (half a 20 ms frame) is jitter, not silence: the
+/// packet is appended. Beyond it, silence puts the packet in its place.
+pub const GAP_TOLERANCE_SAMPLES: u64 = 480;
+/// The least delay of a sender's frames over this long tells whether its clock drifts from
+/// the relay's.
+pub const DRIFT_WINDOW: Duration = Duration::from_secs(10);
+/// Senders anchored in one session; past this the least recently heard is forgotten (the
+/// senders of an event are far fewer).
+pub const MAX_ANCHORS: usize = 1024;
 /// Entries of the session's event log kept in `index.json`.
 pub const MAX_LOG: usize = 10_000;
 /// libopus's encoder look-ahead at 48 kHz, the pre-skip of every file.
@@ -55,7 +75,12 @@ pub enum Error {
 enum Job {
     Frame {
         channel: usize,
-        at_us: u64,
+        /// When the frame reached the recording, on the monotonic clock.
+        at: Instant,
+        /// The session that sent it (when the relay still remembers).
+        sender: Option<Session>,
+        /// The sender's capture time of its first sample, µs since the epoch on its clock.
+        capture_us: u64,
         packet: Bytes,
         samples: u32,
     },
@@ -87,6 +112,7 @@ struct Track {
 /// Starts recording every channel into a new session directory under `root`.
 pub fn start(relay: Arc<Relay>, root: &Path) -> Result<Recording, Error> {
     let start_us = unix_micros();
+    let start = Instant::now();
     let dir = root.join(format!("session-{}", start_us / 1_000_000));
     std::fs::create_dir_all(&dir).map_err(|source| Error::Dir {
         dir: dir.display().to_string(),
@@ -127,7 +153,7 @@ pub fn start(relay: Arc<Relay>, root: &Path) -> Result<Recording, Error> {
     let thread_dir = dir.clone();
     let thread = std::thread::Builder::new()
         .name("recorder".into())
-        .spawn(move || writer_thread(rx, tracks, thread_dir, index, start_us, thread_relay))
+        .spawn(move || writer_thread(rx, tracks, thread_dir, index, start, thread_relay))
         .expect("a thread can be spawned");
     let mut tasks = Vec::new();
     for i in 0..event.channels.len() {
@@ -139,7 +165,11 @@ pub fn start(relay: Arc<Relay>, root: &Path) -> Result<Recording, Error> {
             jobs.clone(),
         )));
     }
-    tasks.push(tokio::spawn(log_changes(relay.clone(), jobs.clone())));
+    tasks.push(tokio::spawn(log_changes(
+        relay.clone(),
+        jobs.clone(),
+        start,
+    )));
     tracing::info!(dir = %dir.display(), channels = event.channels.len(), "recording");
     Ok(Recording {
         jobs,
@@ -210,7 +240,9 @@ async fn take_frames(
         };
         let job = Job::Frame {
             channel,
-            at_us: header.relay_us,
+            at: Instant::now(),
+            sender: relay.sender_of(channel as u16, header.sequence),
+            capture_us: header.capture_us,
             packet,
             samples: samples as u32,
         };
@@ -225,7 +257,7 @@ async fn take_frames(
 }
 
 /// Logs every change of what the channels carry, for the session index.
-async fn log_changes(relay: Arc<Relay>, jobs: SyncSender<Job>) {
+async fn log_changes(relay: Arc<Relay>, jobs: SyncSender<Job>, start: Instant) {
     let mut watch = relay.channels_watch();
     loop {
         let json = watch.borrow_and_update().clone();
@@ -244,7 +276,11 @@ async fn log_changes(relay: Arc<Relay>, jobs: SyncSender<Job>) {
                         .collect()
                 })
                 .unwrap_or_default();
-            let entry = serde_json::json!({"at_unix_us": unix_micros(), "channels": channels});
+            let entry = serde_json::json!({
+                "at_unix_us": unix_micros(),
+                "at_s": (start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+                "channels": channels,
+            });
             if let Err(TrySendError::Disconnected(_)) = jobs.try_send(Job::Log(entry)) {
                 return;
             }
@@ -260,7 +296,7 @@ fn writer_thread(
     mut tracks: Vec<Track>,
     dir: PathBuf,
     mut index: serde_json::Value,
-    start_us: u64,
+    start: Instant,
     relay: Arc<Relay>,
 ) {
     index["log"] = serde_json::Value::Array(Vec::new());
@@ -279,20 +315,24 @@ fn writer_thread(
     if let Err(e) = write_index(&index) {
         failed.get_or_insert(e);
     }
-    let to_samples = |us: u64| us.saturating_sub(start_us) * 48 / 1000;
+    let since_start = |at: Instant| at.saturating_duration_since(start).as_micros() as i64;
+    let mut placement = Placement::default();
     while let Ok(job) = rx.recv() {
         match job {
             Job::Frame {
                 channel,
-                at_us,
+                at,
+                sender,
+                capture_us,
                 packet,
                 samples,
             } => {
                 let track = &mut tracks[channel];
                 let written = track.writer.samples();
-                // The frame's first sample is due where the relay's clock says it arrived,
-                // less its own length.
-                let due = to_samples(at_us).saturating_sub(samples as u64);
+                let duration_us = i64::from(samples) * 1000 / 48;
+                let at_us = since_start(at);
+                let first_us = placement.place(sender, capture_us, at_us, duration_us);
+                let due = first_us.max(0) as u64 * 48 / 1000;
                 let mut result = Ok(());
                 if due > written + GAP_TOLERANCE_SAMPLES {
                     let gap = (due - written) / 120 * 120;
@@ -330,7 +370,7 @@ fn writer_thread(
                 }
             }
             Job::Finish(reply) => {
-                let end = to_samples(unix_micros())
+                let end = (since_start(Instant::now()) as u64 * 48 / 1000)
                     .max(tracks.iter().map(|t| t.writer.samples()).max().unwrap_or(0));
                 let end = end / 120 * 120;
                 let mut files = Vec::new();
@@ -363,5 +403,147 @@ fn writer_thread(
                 return;
             }
         }
+    }
+}
+
+/// Where each sender's frames go on a recording's timeline (µs from its start): a sender is
+/// anchored by its first frame's arrival, then its frames are placed by their own capture
+/// times. No I/O; time is an input.
+#[derive(Debug, Default)]
+pub struct Placement {
+    anchors: HashMap<Session, Anchor>,
+}
+
+#[derive(Debug)]
+struct Anchor {
+    /// Place on the timeline = the sender's capture time + `offset_us`.
+    offset_us: i64,
+    /// The least lateness of the sender's frames since `window_from_us`.
+    window_from_us: i64,
+    least_late_us: i64,
+    last_us: i64,
+}
+
+impl Placement {
+    /// The place of a frame's first sample, µs into the recording: the frame of `sender`
+    /// captured at `capture_us` (the sender's clock, µs since the epoch) lasts `duration_us`
+    /// and arrived `at_us` into the recording. A frame of an unknown sender goes where it
+    /// arrived, less its length.
+    pub fn place(
+        &mut self,
+        sender: Option<Session>,
+        capture_us: u64,
+        at_us: i64,
+        duration_us: i64,
+    ) -> i64 {
+        let arrived = at_us - duration_us;
+        let Some(sender) = sender else {
+            return arrived;
+        };
+        let capture = capture_us as i64;
+        if !self.anchors.contains_key(&sender) && self.anchors.len() >= MAX_ANCHORS {
+            let oldest = self
+                .anchors
+                .iter()
+                .min_by_key(|(_, a)| a.last_us)
+                .map(|(s, _)| *s);
+            if let Some(s) = oldest {
+                self.anchors.remove(&s);
+            }
+        }
+        let a = self.anchors.entry(sender).or_insert(Anchor {
+            offset_us: arrived - capture,
+            window_from_us: at_us,
+            least_late_us: i64::MAX,
+            last_us: at_us,
+        });
+        a.last_us = at_us;
+        let mut late = arrived - (capture + a.offset_us);
+        if late < -duration_us {
+            // It came more than a frame before its place: the first frame was held up on its
+            // way (or the sender's clock runs fast). The anchor moves earlier at once.
+            a.offset_us += late;
+            late = 0;
+        }
+        a.least_late_us = a.least_late_us.min(late);
+        if at_us - a.window_from_us >= DRIFT_WINDOW.as_micros() as i64 {
+            // Every frame of the window came more than a frame late: the sender's clock runs
+            // slower than the relay's. Follow it.
+            if a.least_late_us > duration_us {
+                a.offset_us += a.least_late_us;
+            }
+            a.window_from_us = at_us;
+            a.least_late_us = i64::MAX;
+        }
+        capture + a.offset_us
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FRAME: i64 = 20_000;
+
+    #[test]
+    fn a_stall_and_its_burst_keep_their_places() {
+        let mut p = Placement::default();
+        let capture0 = 1_700_000_000_000_000u64;
+        // Frames arrive 30 ms after their capture starts (20 ms frame + 10 ms network).
+        let mut places = Vec::new();
+        for k in 0..100i64 {
+            let capture = capture0 + (k * FRAME) as u64;
+            // Frames 40..65 are held up (the sender froze) and come at once at 1.33 s.
+            let at = if (40..65).contains(&k) {
+                1_330_000
+            } else {
+                k * FRAME + 30_000
+            };
+            places.push(p.place(Some(7), capture, at, FRAME));
+        }
+        for (k, w) in places.windows(2).enumerate() {
+            assert_eq!(w[1] - w[0], FRAME, "frame {k}: {places:?}");
+        }
+        assert_eq!(places[0], 10_000);
+    }
+
+    #[test]
+    fn a_clock_change_on_the_sender_moves_nothing_after_the_anchor() {
+        let mut p = Placement::default();
+        // Two senders with clocks an hour apart, anchored by their first frames.
+        let a = p.place(Some(1), 5_000_000_000, 1_000_000, FRAME);
+        let b = p.place(Some(2), 5_000_000_000 + 3_600_000_000, 1_000_000, FRAME);
+        assert_eq!(a, b);
+        let a2 = p.place(Some(1), 5_000_000_000 + 500_000, 1_500_000, FRAME);
+        assert_eq!(a2 - a, 500_000);
+    }
+
+    #[test]
+    fn a_sender_whose_clock_runs_slow_is_followed() {
+        let mut p = Placement::default();
+        // The sender's clock runs 0.1 % slow: its 20 ms frames take 20.02 ms of the relay's.
+        let mut last = 0;
+        for k in 0..3_000i64 {
+            let capture = (k * FRAME) as u64;
+            let at = k * 20_020 + FRAME;
+            last = p.place(Some(3), capture, at, FRAME);
+        }
+        let arrived = 2_999 * 20_020;
+        assert!(
+            (arrived - last).abs() <= 2 * FRAME,
+            "placed {last}, arrived {arrived}"
+        );
+        // And one whose clock runs fast is followed at once.
+        let mut p = Placement::default();
+        for k in 0..3_000i64 {
+            let capture = (k * FRAME) as u64;
+            let at = k * 19_980 + FRAME;
+            last = p.place(Some(3), capture, at, FRAME);
+        }
+        let arrived = 2_999 * 19_980;
+        assert!(
+            (arrived - last).abs() <= FRAME,
+            "placed {last}, arrived {arrived}"
+        );
     }
 }

@@ -57,9 +57,10 @@ pub enum Outbound {
 /// One channel's queue and counters.
 pub struct Fanout {
     tx: broadcast::Sender<Bytes>,
-    /// Next outbound sequence number. The lock also keeps frames of one channel in sequence
-    /// order on the queue when two sources meet at a handover.
-    seq: Mutex<u32>,
+    /// Next outbound sequence number, and who sent from which number on. The lock also keeps
+    /// frames of one channel in sequence order on the queue when two sources meet at a
+    /// handover.
+    seq: Mutex<Sequence>,
     pub listeners: AtomicU32,
     /// The last frame's levels as sent by its booth or floor: RMS << 8 | peak (-dBFS bytes).
     level: AtomicU32,
@@ -69,6 +70,19 @@ pub struct Fanout {
     pub frames_delivered: AtomicU64,
     pub frames_skipped: AtomicU64,
 }
+
+/// A channel's outbound sequence numbers and the senders behind them.
+#[derive(Default)]
+struct Sequence {
+    next: u32,
+    /// (first sequence number, sending session) of the latest [`SENDER_CHANGES`] senders.
+    senders: VecDeque<(u32, Session)>,
+}
+
+/// Sender changes remembered per channel, for [`Relay::sender_of`]. A recording reads a
+/// frame within the channel's queue of [`CHANNEL_QUEUE`] frames of its sending; more changes
+/// than this within that many frames (a handover every frame) is not a real channel.
+pub const SENDER_CHANGES: usize = 16;
 
 impl Fanout {
     /// Receivers of the channel's queue now: listeners, engineers, consoles hearing it as
@@ -172,7 +186,7 @@ impl Relay {
         let channels = (0..event.channels.len())
             .map(|_| Fanout {
                 tx: broadcast::channel(CHANNEL_QUEUE).0,
-                seq: Mutex::new(0),
+                seq: Mutex::new(Sequence::default()),
                 listeners: AtomicU32::new(0),
                 level: AtomicU32::new(0),
                 level_at_us: AtomicU64::new(0),
@@ -563,7 +577,13 @@ impl Relay {
             .expect("rules lock poisoned")
             .console_frame(session);
         if let Some(ch) = channel {
-            self.fan_out(ch, Source::Interpreter, &header, &frame[HEADER_LEN..]);
+            self.fan_out(
+                ch,
+                session,
+                Source::Interpreter,
+                &header,
+                &frame[HEADER_LEN..],
+            );
         }
         Ok(())
     }
@@ -601,36 +621,66 @@ impl Relay {
             self.send(s, m);
         }
         for ch in targets {
-            self.fan_out(ch, Source::Floor, &header, &frame[HEADER_LEN..]);
+            self.fan_out(ch, session, Source::Floor, &header, &frame[HEADER_LEN..]);
         }
         Ok(())
     }
 
     /// Stamps the frame for `channel` and puts it on the channel's queue: one allocation per
-    /// channel, shared by every listener.
-    fn fan_out(&self, channel: u16, source: Source, from: &FrameHeader, opus: &[u8]) {
+    /// channel, shared by every listener. `sender` is the session it came from.
+    fn fan_out(
+        &self,
+        channel: u16,
+        sender: Session,
+        source: Source,
+        from: &FrameHeader,
+        opus: &[u8],
+    ) {
         let fan = &self.channels[channel as usize];
         fan.frames_in.fetch_add(1, Ordering::Relaxed);
         fan.level
             .store((from.rms as u32) << 8 | from.peak as u32, Ordering::Relaxed);
         fan.level_at_us.store(unix_micros(), Ordering::Relaxed);
         let mut seq = fan.seq.lock().expect("sequence lock poisoned");
+        if seq.senders.back().map(|s| s.1) != Some(sender) {
+            if seq.senders.len() == SENDER_CHANGES {
+                seq.senders.pop_front();
+            }
+            let next = seq.next;
+            seq.senders.push_back((next, sender));
+        }
         let frame = FrameHeader {
             source,
             channel,
-            sequence: *seq,
+            sequence: seq.next,
             capture_us: from.capture_us,
             relay_us: unix_micros(),
             rms: from.rms,
             peak: from.peak,
         }
         .frame(opus);
-        *seq = seq.wrapping_add(1);
+        seq.next = seq.next.wrapping_add(1);
         if let Some(c) = self.cluster.get() {
             c.publish_frame(channel, &frame);
         }
         // No receiver is not an error: a channel nobody listens to still runs.
         let _ = fan.tx.send(frame);
+    }
+
+    /// The session that sent `channel`'s frame number `sequence` (a recent one: the last
+    /// [`SENDER_CHANGES`] senders are remembered). Recordings place each sender's frames on
+    /// that sender's own clock.
+    pub fn sender_of(&self, channel: u16, sequence: u32) -> Option<Session> {
+        let seq = self.channels[channel as usize]
+            .seq
+            .lock()
+            .expect("sequence lock poisoned");
+        // Newest first: the first change at or before `sequence` (modulo wrapping).
+        seq.senders
+            .iter()
+            .rev()
+            .find(|(from, _)| sequence.wrapping_sub(*from) < 1 << 31)
+            .map(|(_, s)| *s)
     }
 
     /// A frame stamped by the node deciding for the event, for this node's receivers of
@@ -645,6 +695,13 @@ impl Relay {
             fan.level_at_us.store(unix_micros(), Ordering::Relaxed);
         }
         fan.frames_in.fetch_add(1, Ordering::Relaxed);
+        // Its sender is another node's: what this node knew of the channel's senders no
+        // longer holds (a recording here places these frames by their arrival).
+        fan.seq
+            .lock()
+            .expect("sequence lock poisoned")
+            .senders
+            .clear();
         let _ = fan.tx.send(frame);
     }
 
@@ -652,7 +709,7 @@ impl Relay {
     pub fn next_sequences(&self) -> Vec<u32> {
         self.channels
             .iter()
-            .map(|f| *f.seq.lock().expect("sequence lock poisoned"))
+            .map(|f| f.seq.lock().expect("sequence lock poisoned").next)
             .collect()
     }
 
@@ -662,8 +719,8 @@ impl Relay {
     pub fn advance_sequence(&self, channel: u16, next: u32) {
         if let Some(fan) = self.channels.get(channel as usize) {
             let mut seq = fan.seq.lock().expect("sequence lock poisoned");
-            if (next.wrapping_sub(*seq) as i32) > 0 {
-                *seq = next;
+            if (next.wrapping_sub(seq.next) as i32) > 0 {
+                seq.next = next;
             }
         }
     }

@@ -264,6 +264,24 @@ pub async fn run(
         .route("/metrics", get(metrics))
         .route("/join", get(join))
         .route("/qr.svg", get(qr_svg))
+        .route(
+            "/listen/{room}/{file}",
+            get(
+                |State(s): State<AppState>,
+                 ConnectInfo(peer): ConnectInfo<SocketAddr>,
+                 ticket: Option<axum::Extension<Ticket>>,
+                 axum::extract::Path((room, file)): axum::extract::Path<(String, String)>,
+                 headers: axum::http::HeaderMap| {
+                    let cx = crate::stream::Context {
+                        relay: s.relay,
+                        shutdown: s.shutdown,
+                        gate: s.gate,
+                        attempts: s.attempts,
+                    };
+                    crate::stream::listen(cx, peer, ticket.map(|t| t.0), room, file, headers)
+                },
+            ),
+        )
         .route("/console", get(page_file))
         .fallback(page_file)
         .with_state(state);

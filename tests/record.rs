@@ -353,3 +353,157 @@ async fn the_engineer_sees_levels_and_starts_and_stops_recording() {
     );
     relay.stop().await;
 }
+
+/// Sends `signal` to process `pid`.
+fn signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) with a child's process id.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, signal) }, 0);
+}
+
+/// Where the clicks of a click track start, in seconds (a click: the first sample above 0.1
+/// after half a second of quiet).
+fn clicks(pcm: &[f32]) -> Vec<f64> {
+    let mut out = Vec::new();
+    let mut loud_at: Option<usize> = None;
+    for (i, s) in pcm.iter().enumerate() {
+        if s.abs() > 0.1 {
+            if loud_at.is_none_or(|l| i - l >= 24_000) {
+                out.push(i as f64 / 48_000.0);
+            }
+            loud_at = Some(i);
+        }
+    }
+    out
+}
+
+/// The spread (max - min) of the clicks' phases within their 1 s period, in ms, taken
+/// circularly around the first.
+fn phase_spread(clicks: &[f64], reference: f64) -> f64 {
+    let phases: Vec<f64> = clicks
+        .iter()
+        .map(|c| {
+            let d = (c - reference).rem_euclid(1.0);
+            if d > 0.5 {
+                d - 1.0
+            } else {
+                d
+            }
+        })
+        .collect();
+    let base = phases[0];
+    let rel: Vec<f64> = phases
+        .iter()
+        .map(|p| {
+            let d = (p - base + 0.5).rem_euclid(1.0) - 0.5;
+            d * 1000.0
+        })
+        .collect();
+    let max = rel.iter().cloned().fold(f64::MIN, f64::max);
+    let min = rel.iter().cloned().fold(f64::MAX, f64::min);
+    max - min
+}
+
+#[test]
+fn a_booth_frozen_then_bursting_stays_aligned_with_the_floor_in_the_recording() {
+    let dir = tmpdir("frozen");
+    // The floor and the booth each play a click a second.
+    let track = dir.join("clicks.wav");
+    let ok = Command::new("sox")
+        .args(["-n", "-r", "48000"])
+        .arg(&track)
+        .args([
+            "synth", "0.01", "sine", "1000", "vol", "0.5", "pad", "0", "0.99",
+        ])
+        .args(["repeat", "11"])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let config = dir.join("event.toml");
+    std::fs::write(&config, proc::EVENT).unwrap();
+    let rec = dir.join("rec");
+    let (relay, url) = Proc::relay(
+        Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .arg("--record")
+            .arg(&rec)
+            .stderr(Stdio::null()),
+        Duration::from_secs(10),
+    );
+    let mut floor = Proc::spawn(
+        Command::new(BIN)
+            .args([
+                "floor",
+                "--server",
+                &url,
+                "--secret",
+                "floor-secret",
+                "--input-file",
+            ])
+            .arg(&track)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    floor.wait_for("\"type\":\"welcome\"", Duration::from_secs(10));
+    let mut booth = Proc::spawn(
+        Command::new(BIN)
+            .args([
+                "booth",
+                "--server",
+                &url,
+                "--booth",
+                "en",
+                "--live",
+                "--input-file",
+            ])
+            .arg(&track)
+            .env("BOOTHCAST_SECRET", "secret-en")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    booth.wait_for("\"live\":\"plenary/en\"", Duration::from_secs(10));
+    // Four seconds in, the booth's process is frozen for half a second; when it goes on, it
+    // sends what it owes at once.
+    std::thread::sleep(Duration::from_secs(4));
+    signal(booth.id(), libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(500));
+    signal(booth.id(), libc::SIGCONT);
+    booth.finish(Duration::from_secs(30));
+    floor.finish(Duration::from_secs(30));
+    signal(relay.id(), libc::SIGINT);
+    drop(relay);
+
+    let session = std::fs::read_dir(&rec)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let floor_clicks = clicks(&ffmpeg_decode(&session.join("plenary-floor.opus")));
+    // The English channel carried the floor (auto-floor) until the booth went live, within
+    // its first half second: the booth's clicks are those after it.
+    let en_clicks: Vec<f64> = clicks(&ffmpeg_decode(&session.join("plenary-en.opus")))
+        .into_iter()
+        .filter(|t| *t > 0.5)
+        .collect();
+    println!("floor clicks at {floor_clicks:.3?}\nen clicks at {en_clicks:.3?}");
+    assert_eq!(
+        floor_clicks.len(),
+        12,
+        "every click of the floor is in its file"
+    );
+    assert_eq!(en_clicks.len(), 11, "every click of the booth after it");
+    let floor_spread = phase_spread(&floor_clicks, floor_clicks[0]);
+    let en_spread = phase_spread(&en_clicks, floor_clicks[0]);
+    println!(
+        "recording: the floor's clicks within {floor_spread:.1} ms of their period, the booth's (frozen 0.5 s at 4 s) within {en_spread:.1} ms relative to the floor"
+    );
+    assert!(
+        floor_spread <= 20.0,
+        "the floor's file: {floor_spread:.1} ms"
+    );
+    assert!(
+        en_spread <= 20.0,
+        "the booth's file drifted {en_spread:.1} ms against the floor's"
+    );
+}

@@ -72,6 +72,11 @@ impl Proc {
         (relay, format!("ws://{addr}"))
     }
 
+    /// The child's process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Writes a line to the child's standard input (spawned with `Stdio::piped()`).
     pub fn send(&mut self, line: &str) {
         use std::io::Write;
