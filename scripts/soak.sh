@@ -29,7 +29,7 @@ for m in $modes; do
     esac
 done
 cargo build --release --locked -q
-bin=target/release/boothcast
+bin=${CARGO_TARGET_DIR:-target}/release/boothcast
 port=${SOAK_PORT:-18200}
 out=${SOAK_OUT:-${TMPDIR:-/tmp}/boothcast-soak}
 mkdir -p "$out"
