@@ -91,7 +91,8 @@ pub async fn listen(
             Err(r) => return busy(StatusCode::SERVICE_UNAVAILABLE, r.reason().to_string()),
         },
     };
-    let client = crate::admission::client_addr(peer.ip(), &headers, &gate);
+    let client =
+        crate::admission::host_key(crate::admission::client_addr(peer.ip(), &headers, &gate));
     let event = relay.event().clone();
     let Some(lang) = file.strip_suffix(".opus") else {
         return refuse(
@@ -105,7 +106,7 @@ pub async fn listen(
     };
     if let Some(code) = &event.access_code {
         let now = Instant::now();
-        if let Err(wait) = attempts.check(client, now) {
+        if let Err(wait) = attempts.check(client, "access code", now) {
             return busy(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!(
@@ -115,7 +116,9 @@ pub async fn listen(
             );
         }
         match basic_password(&headers) {
-            Some(given) if secret_matches(code, &given) => attempts.succeeded(client),
+            Some(given) if secret_matches(code, &given) => {
+                attempts.succeeded(client, "access code")
+            }
             given => {
                 if given.is_some() {
                     attempts.failed(client, "access code", now);
