@@ -134,7 +134,7 @@ impl Decoding {
 
     /// The next block of 48 kHz mono samples; `None` at the end (an end that comes early
     /// is warned about, once).
-    fn next(&mut self) -> Option<Vec<f32>> {
+    pub(super) fn next(&mut self) -> Option<Vec<f32>> {
         loop {
             let packet = match self.format.next_packet() {
                 Ok(Some(p)) => p,
