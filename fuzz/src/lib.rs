@@ -290,7 +290,7 @@ pub const INPUT_MAX_SAMPLES: usize = 10 * 48_000;
 /// - A file it refuses is refused by name, saying what it is and what would be accepted.
 pub fn input_file(data: &[u8]) {
     // symphonia-format-mkv 0.6.1 can loop for ever in `next_packet` on a damaged Matroska file
-    // (tests/fuzz-seeds/known-hangs/): until it is fixed upstream, Matroska stays out of this
+    // (tests/fuzz-seeds/known-upstream/): until it is fixed upstream, Matroska stays out of this
     // target, so that a time-bounded run finds what else there is.
     if data.windows(4).any(|w| w == EBML_MAGIC) {
         return;
