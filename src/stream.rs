@@ -105,7 +105,9 @@ pub async fn listen(
     };
     if let Some(code) = &event.access_code {
         let now = Instant::now();
-        if let Err(wait) = attempts.check(client, now) {
+        // Counted as the WebSocket hello counts them: per host (an IPv6 /64) and target.
+        let host = crate::admission::host_key(client);
+        if let Err(wait) = attempts.check(host, "access code", now) {
             return busy(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!(
@@ -115,10 +117,10 @@ pub async fn listen(
             );
         }
         match basic_password(&headers) {
-            Some(given) if secret_matches(code, &given) => attempts.succeeded(client),
+            Some(given) if secret_matches(code, &given) => attempts.succeeded(host, "access code"),
             given => {
                 if given.is_some() {
-                    attempts.failed(client, "access code", now);
+                    attempts.failed(host, "access code", now);
                 }
                 relay.stats.refused_auth.fetch_add(1, Ordering::Relaxed);
                 let why = if given.is_some() {
@@ -157,7 +159,7 @@ pub async fn listen(
     };
     let (tx, rx) = mpsc::channel::<Bytes>(BODY_QUEUE);
     let subscription = Subscription::new(relay.clone(), channel);
-    tracing::info!(peer = %client, channel = %ch.id, "stream listener");
+    tracing::debug!(peer = %client, channel = %ch.id, "stream listener");
     tokio::spawn(async move {
         run(subscription, writer, tx, shutdown).await;
         // The listener's place in the gate is given back with its stream.
