@@ -91,7 +91,8 @@ pub async fn listen(
             Err(r) => return busy(StatusCode::SERVICE_UNAVAILABLE, r.reason().to_string()),
         },
     };
-    let client = crate::admission::client_addr(peer.ip(), &headers, &gate);
+    let client =
+        crate::admission::host_key(crate::admission::client_addr(peer.ip(), &headers, &gate));
     let event = relay.event().clone();
     let Some(lang) = file.strip_suffix(".opus") else {
         return refuse(

@@ -83,6 +83,17 @@ fn event_seeds() {
 }
 
 #[test]
+fn input_file_seeds() {
+    run("input_file", checks::input_file);
+    // The seeds are real files of every kind of container: each decodes to sound.
+    for entry in std::fs::read_dir(dir(&["fuzz", "seeds", "input_file"])).unwrap() {
+        let path = entry.unwrap().path();
+        let samples = boothcast::input::decode_file(&path, checks::INPUT_MAX_SAMPLES).unwrap();
+        assert!(samples.len() > 480, "{}: {}", path.display(), samples.len());
+    }
+}
+
+#[test]
 fn wav_seeds() {
     run("wav", checks::wav);
 }
@@ -155,4 +166,44 @@ fn figures_read_back_exactly() {
         }],
     };
     assert_eq!(ServerMessage::parse(&sent.to_json()).unwrap(), sent);
+}
+
+/// Damaged files on which symphonia 0.6.1 fails, upstream: a Matroska file on which
+/// `next_packet` loops for ever (`floor --input-file` would send nothing and spin a core; the
+/// `input_file` fuzz target leaves Matroska out until it is fixed), and a WAV header whose
+/// block size overflows (a panic in debug builds, wrapping arithmetic in release builds).
+/// Run with `--run-ignored only` to see whether a new symphonia fixes them.
+#[test]
+#[ignore = "symphonia 0.6.1 hangs or overflows on these inputs"]
+fn damaged_files_that_symphonia_fails_on_end() {
+    for name in [
+        "input_file-mkv-next-packet",
+        "input_file-wav-block-align-overflow",
+    ] {
+        let path = dir(&["tests", "fuzz-seeds", "known-upstream", name]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ =
+                tx.send(boothcast::input::decode_file(&path, checks::INPUT_MAX_SAMPLES).is_ok());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{name}: decoding does not end: {e:?}"));
+    }
+}
+
+/// A damaged MP4 file whose demuxer reported the same damage for ever: the input looped on it
+/// (`floor --input-file` sent nothing and spun a core). It now ends after 1,000 damaged
+/// packets in a row, with what it had read.
+#[test]
+fn endless_damage_ends_the_input() {
+    let path = dir(&["tests", "fuzz-seeds", "input_file", "mp4-endless-damage"]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx
+            .send(boothcast::input::decode_file(&path, checks::INPUT_MAX_SAMPLES).map(|s| s.len()));
+    });
+    let decoded = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("decoding ends within 10 s");
+    assert!(decoded.is_ok(), "{decoded:?}");
 }

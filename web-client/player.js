@@ -190,7 +190,9 @@ class Player {
     // means "unknown", and a typical figure stands in.
     let latency = output > 0 ? reported : reported + ASSUMED_OUTPUT_MS;
     let source = output > 0 ? 'context' : 'assumed';
-    const ts = this.context.getOutputTimestamp ? this.context.getOutputTimestamp() : null;
+    // Only where the output stage is reported: WebKit's timestamp implies the context's time as
+    // its latency, which passes for plausible during the first second of playing.
+    const ts = output > 0 && this.context.getOutputTimestamp ? this.context.getOutputTimestamp() : null;
     if (ts && Number.isFinite(ts.performanceTime) && ts.performanceTime > 0 && Number.isFinite(ts.contextTime)) {
       const implied = ts.performanceTime - now + (ct - ts.contextTime) * 1000;
       if (implied >= reported - LATENCY_SLACK_MS && implied <= MAX_OUTPUT_LATENCY_MS) {

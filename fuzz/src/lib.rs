@@ -7,6 +7,7 @@
 
 use boothcast::audio;
 use boothcast::config::{self, Event};
+use boothcast::input;
 use boothcast::ogg;
 use boothcast::protocol::{
     ClientMessage, FrameError, FrameHeader, MessageError, ServerMessage, Source, HEADER_LEN,
@@ -275,20 +276,63 @@ fn check_event(ev: &Event) {
     }
 }
 
-/// A WAV file as `boothcast floor` / `booth --input-file` read it (`audio::read_wav`).
+/// The first bytes of a Matroska (EBML) file.
+const EBML_MAGIC: [u8; 4] = [0x1a, 0x45, 0xdf, 0xa3];
+
+/// At most this much sound is decoded from one input of the `input_file` target: 10 s.
+pub const INPUT_MAX_SAMPLES: usize = 10 * 48_000;
+
+/// A sound file as `boothcast floor` / `booth --input-file` decode it (`input::decode_file`:
+/// symphonia's demuxers and decoders, libopus for Ogg Opus, the resampler to 48 kHz mono).
+///
+/// - Never panics, whatever the bytes, and never hands out more than asked for.
+/// - A file it decodes gives finite samples.
+/// - A file it refuses is refused by name, saying what it is and what would be accepted.
+pub fn input_file(data: &[u8]) {
+    // symphonia-format-mkv 0.6.1 can loop for ever in `next_packet` on a damaged Matroska file
+    // (tests/fuzz-seeds/known-upstream/): until it is fixed upstream, Matroska stays out of this
+    // target, so that a time-bounded run finds what else there is.
+    if data.windows(4).any(|w| w == EBML_MAGIC) {
+        return;
+    }
+    let path = temp_file(data);
+    let result = input::decode_file(&path, INPUT_MAX_SAMPLES);
+    let _ = std::fs::remove_file(&path);
+    match result {
+        Ok(samples) => {
+            assert!(samples.len() <= INPUT_MAX_SAMPLES);
+            assert!(samples.iter().all(|s| s.is_finite()));
+        }
+        Err(e @ input::Error::Unsupported { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains(&*path.to_string_lossy()), "{text}");
+            assert!(text.contains(input::ACCEPTED), "{text}");
+        }
+        Err(e) => panic!("a file that exists is opened: {e}"),
+    }
+}
+
+/// Writes `data` to a temporary file of its own (no extension: the format is told from the
+/// bytes), for readers that take a path as the command line gives it.
+fn temp_file(data: &[u8]) -> std::path::PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "boothcast-fuzz-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&path, data).expect("a temporary file");
+    path
+}
+
+/// A WAV file as `audio::read_wav` reads it (the library's WAV reader; the clients' input
+/// files go through `input`, fuzzed by `input_file`).
 ///
 /// - Never panics, whatever the bytes.
 /// - A file it reads gives finite samples in `-1.0..=1.0`, exactly as many as the file's
 ///   whole frames last at 48 kHz, so never more than its bytes could hold.
 pub fn wav(data: &[u8]) {
-    // read_wav takes a path, as the command line gives it: the bytes go through a file.
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let path = std::env::temp_dir().join(format!(
-        "boothcast-fuzz-{}-{}.wav",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::write(&path, data).expect("a temporary file");
+    let path = temp_file(data);
     let result = audio::read_wav(&path);
     let _ = std::fs::remove_file(&path);
     let samples = match result {

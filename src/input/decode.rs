@@ -134,8 +134,16 @@ impl Decoding {
 
     /// The next block of 48 kHz mono samples; `None` at the end (an end that comes early
     /// is warned about, once).
-    fn next(&mut self) -> Option<Vec<f32>> {
+    pub(super) fn next(&mut self) -> Option<Vec<f32>> {
+        // Damaged data is skipped, but a demuxer may report the same damage again and again
+        // without moving on (or a packet table may list endless undecodable packets): after
+        // this many failures in a row the input ends instead of spinning.
+        let mut failures = 0;
         loop {
+            if failures == MAX_FAILURES {
+                tracing::warn!(file = %self.path.display(), "reading stopped: {MAX_FAILURES} damaged packets in a row; played what was read");
+                return self.end(false);
+            }
             let packet = match self.format.next_packet() {
                 Ok(Some(p)) => p,
                 Ok(None) => return self.end(false),
@@ -144,6 +152,7 @@ impl Decoding {
                 }
                 Err(SymError::DecodeError(reason)) => {
                     tracing::debug!(file = %self.path.display(), reason, "damaged data skipped");
+                    failures += 1;
                     continue;
                 }
                 Err(e) => {
@@ -163,7 +172,10 @@ impl Decoding {
                         downmix(&self.interleaved, channels)
                     }
                     // A damaged packet: the ones after it still decode.
-                    Err(SymError::DecodeError(_) | SymError::IoError(_)) => continue,
+                    Err(SymError::DecodeError(_) | SymError::IoError(_)) => {
+                        failures += 1;
+                        continue;
+                    }
                     Err(e) => {
                         tracing::warn!(file = %self.path.display(), error = %e, "decoding stopped: played what was decoded");
                         return self.end(false);
@@ -172,7 +184,10 @@ impl Decoding {
                 Codec::Opus { decoder, skip } => {
                     let mut pcm = match decoder.decode(&packet.data) {
                         Ok(pcm) => pcm,
-                        Err(_) => continue,
+                        Err(_) => {
+                            failures += 1;
+                            continue;
+                        }
                     };
                     self.decoded += pcm.len() as u64;
                     let cut = (*skip).min(pcm.len());
@@ -216,6 +231,9 @@ impl Decoding {
         (!tail.is_empty()).then_some(tail)
     }
 }
+
+/// Damaged packets in a row after which an input ends (see [`Decoding::next`]).
+const MAX_FAILURES: u32 = 1000;
 
 /// Frames (at the input's rate) a complete file may decode short of what its container says:
 /// two MP3 packets, as containers count whole packets and decoders trim the codec's delay.

@@ -124,6 +124,21 @@ fn shown(path: &Path) -> PathBuf {
     }
 }
 
+/// Decodes the regular file at `path` as [`open`] does, but at once instead of paced: its
+/// sound as 48 kHz mono samples, at most `max_samples` of them (decoding stops there). For
+/// tests and fuzzing.
+///
+/// Errors: [`Error::Open`], [`Error::Unsupported`] (with what the file is).
+pub fn decode_file(path: &Path, max_samples: usize) -> Result<Vec<f32>, Error> {
+    let mut decoding = Decoding::open(path, Kind::File)?;
+    let mut out = Vec::new();
+    while out.len() < max_samples {
+        let Some(block) = decoding.next() else { break };
+        out.extend_from_slice(&block[..block.len().min(max_samples - out.len())]);
+    }
+    Ok(out)
+}
+
 /// Opens `path` (a file, a FIFO, or `-` for standard input), checks that it decodes, and
 /// starts reading it on its own thread. `frame` is the samples per frame (at 48 kHz).
 ///

@@ -12,6 +12,7 @@
 //
 //   node tests/browser/sound.mjs firefox
 
+import { execFileSync } from 'node:child_process';
 import * as s from './support.mjs';
 import * as engines from './engines.mjs';
 import * as sink from './sink.mjs';
@@ -80,7 +81,8 @@ async function measure(page, out, listener, path) {
   return fig;
 }
 
-async function hears(freq, out, what) {
+async function hears(freq, out, what, page = null) {
+  let last = null;
   await s.waitFor(
     `${what} (${freq} Hz) at the sink`,
     async () => {
@@ -89,11 +91,29 @@ async function hears(freq, out, what) {
       const got = await rec.stop();
       if (got.samples.length < 4800) return false;
       const tail = got.samples.subarray(Math.max(0, got.samples.length - 9600));
-      return dominant(tail) === freq;
+      last = dominant(tail);
+      return last === freq;
     },
     15000,
     50,
-  );
+  ).catch(async (e) => {
+    // What the page and the sound server say, to tell a silent page from a stream elsewhere.
+    const st = page
+      ? await page
+          .evaluate(() => ({
+            state: document.body.dataset.state,
+            status: document.getElementById('status').textContent,
+            context: window.boothcast.player && window.boothcast.player.context.state,
+            stats: window.boothcast.player && window.boothcast.player.stats(),
+          }))
+          .catch((err) => String(err))
+      : null;
+    let streams = '';
+    try {
+      streams = execFileSync('pactl', ['list', 'short', 'sink-inputs']).toString();
+    } catch {}
+    throw new Error(`${e.message} (last heard: ${last} Hz); the page: ${JSON.stringify(st)}; streams (sink ${out.name}):\n${streams}`);
+  });
 }
 
 // Which of the test's tones is strongest in a stretch of samples.
@@ -140,14 +160,17 @@ await s.run(
       ['main', '/'],
       ['fallback', '/?fallback=1'],
     ]) {
+      s.step(`${path}: open the page`);
       const page = await browser.newPage();
       await listen(page, relay.http + query, 'plenary/floor');
-      await hears(sink.MARK_FREQ, out, 'the floor');
+      s.step(`${path}: listening`);
+      await hears(sink.MARK_FREQ, out, 'the floor', page);
       // The list and a switch there and back, heard at the sink.
       await page.click('.channel[data-id="plenary/en"]');
-      await hears(EN_FREQ, out, 'English');
+      await hears(EN_FREQ, out, 'English', page);
       await page.click('.channel[data-id="plenary/floor"]');
-      await hears(sink.MARK_FREQ, out, 'the floor again');
+      await hears(sink.MARK_FREQ, out, 'the floor again', page);
+      s.step(`${path}: measure`);
       let fig = await measure(page, out, listener, path);
       if (fig.per_second === null || fig.per_second > 1) {
         // Once more: a test machine busy with other work can starve any browser's audio for a
@@ -164,18 +187,21 @@ await s.run(
         failures.push(`${path}: the page shows ${fig.delay_shown_ms} ms, the sink says ${fig.delay_at_sink_ms} ms`);
       if (path === 'fallback') {
         // The relay restarts on the same port: the page comes back by itself.
+        s.step('restart the relay');
         const port = relay.addr.split(':').pop();
         listener.close();
         await relay.kill();
         await s.waitFor('the page to notice the relay is gone', () => page.evaluate(() => document.body.dataset.state === 'reconnecting'), 5000);
         await s.startRelay({ port, realtime: true });
-        await hears(sink.MARK_FREQ, out, 'the floor after the relay restarted');
+        await hears(sink.MARK_FREQ, out, 'the floor after the relay restarted', page);
       }
+      s.step(`${path}: close the page`);
       await page.close();
     }
     s.assert(failures.length === 0, failures.join('\n'));
 
     // An event with an access code: the page asks for it, then plays.
+    s.step('an event with an access code');
     const coded = await s.startRelay({ env: { BOOTHCAST_ACCESS_CODE: CODE } });
     s.startFloor(coded, undefined, { wav: sink.markedTone() });
     const page = await browser.newPage();
@@ -187,9 +213,10 @@ await s.run(
     await page.click('#code-form button[type="submit"]');
     await s.waitFor('the channel list after the code', () => page.evaluate(() => !!document.querySelector('.channel[data-id="plenary/floor"]')), 10000);
     await page.click('.channel[data-id="plenary/floor"]');
-    await hears(sink.MARK_FREQ, out, 'the floor after the access code');
+    await hears(sink.MARK_FREQ, out, 'the floor after the access code', page);
     // The system suspends the sound: the page says so, the channel is named to the media
     // controls, and a tap brings the sound back.
+    s.step('a pause by the system');
     const media = await page.evaluate(() => navigator.mediaSession && navigator.mediaSession.metadata && navigator.mediaSession.metadata.title);
     s.assert(media === 'Floor (original)', `Media Session metadata: ${media}`);
     await page.evaluate(() => window.boothcast.player.context.suspend());
@@ -197,7 +224,7 @@ await s.run(
     await page.click('#event');
     await s.waitFor('the sound back after a tap', () =>
       page.evaluate(() => window.boothcast.player.context.state === 'running' && document.getElementById('paused').hidden), 3000);
-    await hears(sink.MARK_FREQ, out, 'the floor after the tap');
+    await hears(sink.MARK_FREQ, out, 'the floor after the tap', page);
     s.assert(page.errors.length === 0, `errors in the page: ${page.errors.join('; ')}`);
     await page.close();
   },

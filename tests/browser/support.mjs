@@ -149,12 +149,30 @@ export function figure(obj) {
 
 export async function waitFor(what, check, timeoutMs = 10000, everyMs = 20) {
   const end = Date.now() + timeoutMs;
+  const fail = () => new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
   for (;;) {
-    const v = await check();
+    // A check that itself hangs (a browser that stopped answering) times out too.
+    let timer;
+    const late = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(fail()), Math.max(0, end - Date.now()) + 1000);
+    });
+    let v;
+    try {
+      v = await Promise.race([check(), late]);
+    } finally {
+      clearTimeout(timer);
+    }
     if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    if (Date.now() > end) throw fail();
     await new Promise((r) => setTimeout(r, everyMs));
   }
+}
+
+const started = Date.now();
+// Notes a step of a long test on standard error, with the seconds since the start: the last
+// ones say where a test that failed or hung was.
+export function step(text) {
+  console.error(`[${((Date.now() - started) / 1000).toFixed(1)} s] ${text}`);
 }
 
 export function assert(cond, message) {
