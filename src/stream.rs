@@ -106,7 +106,9 @@ pub async fn listen(
     };
     if let Some(code) = &event.access_code {
         let now = Instant::now();
-        if let Err(wait) = attempts.check(client, "access code", now) {
+        // Counted as the WebSocket hello counts them: per host (an IPv6 /64) and target.
+        let host = crate::admission::host_key(client);
+        if let Err(wait) = attempts.check(host, "access code", now) {
             return busy(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!(
@@ -116,12 +118,10 @@ pub async fn listen(
             );
         }
         match basic_password(&headers) {
-            Some(given) if secret_matches(code, &given) => {
-                attempts.succeeded(client, "access code")
-            }
+            Some(given) if secret_matches(code, &given) => attempts.succeeded(host, "access code"),
             given => {
                 if given.is_some() {
-                    attempts.failed(client, "access code", now);
+                    attempts.failed(host, "access code", now);
                 }
                 relay.stats.refused_auth.fetch_add(1, Ordering::Relaxed);
                 let why = if given.is_some() {
@@ -160,7 +160,7 @@ pub async fn listen(
     };
     let (tx, rx) = mpsc::channel::<Bytes>(BODY_QUEUE);
     let subscription = Subscription::new(relay.clone(), channel);
-    tracing::info!(peer = %client, channel = %ch.id, "stream listener");
+    tracing::debug!(peer = %client, channel = %ch.id, "stream listener");
     tokio::spawn(async move {
         run(subscription, writer, tx, shutdown).await;
         // The listener's place in the gate is given back with its stream.

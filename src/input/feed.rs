@@ -61,6 +61,7 @@ impl Feed {
         frame: usize,
         overruns: Arc<AtomicU64>,
     ) -> Feed {
+        let start = Instant::now();
         Feed {
             rx,
             kind,
@@ -69,8 +70,11 @@ impl Feed {
             pos: 0,
             ended: false,
             tail: TAIL_FRAMES,
-            anchor: None,
-            start: Instant::now(),
+            // A file is a microphone that started with the feed: its sample 0 is captured at
+            // `start` (what `start_us` says), and what passes while the sender connects is
+            // skipped like any outage. A stream's timeline is set by its first sound.
+            anchor: (kind == Kind::File).then_some(start),
+            start,
             start_us: unix_micros(),
             skip_to: 0,
             overruns,
@@ -163,7 +167,6 @@ impl Feed {
             self.bound_backlog();
         }
         let end = self.pos + frame as u64;
-        // A file's first frame is due now.
         let anchor = *self.anchor.get_or_insert_with(|| back(now, end));
         let due = self.due(anchor, end);
         if now < due {
