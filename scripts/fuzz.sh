@@ -29,23 +29,39 @@ cargo fuzz build -s none
 echo "fuzz: built in $(( $(date +%s) - start )) s"
 
 mkdir -p fuzz/target/logs
-failed=()
-for target in $(cargo fuzz list); do
+# As many targets at a time as there are cores: each still fuzzes on a core of its own.
+parallel=$(nproc 2>/dev/null || echo 1)
+
+run_target() {
+    local target=$1
     mkdir -p "fuzz/corpus/$target"
-    dirs=("fuzz/corpus/$target" "fuzz/seeds/$target")
+    local dirs=("fuzz/corpus/$target" "fuzz/seeds/$target")
     [ -d "tests/fuzz-seeds/$target" ] && dirs+=("tests/fuzz-seeds/$target")
-    flags=(-max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048)
+    local flags=(-max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048)
     [ -f "fuzz/dicts/$target.dict" ] && flags+=(-dict="fuzz/dicts/$target.dict")
-    log="fuzz/target/logs/$target.log"
+    local log="fuzz/target/logs/$target.log"
     if cargo fuzz run -s none "$target" "${dirs[@]}" -- "${flags[@]}" >"$log" 2>&1; then
         echo "fuzz: $target: $(grep -o 'Done [0-9]* runs in [0-9]* second(s)' "$log" || echo done)"
     else
         echo "fuzz: $target FAILED (input in fuzz/artifacts/$target/); the end of $log:" >&2
         tail -n 40 "$log" >&2
-        failed+=("$target")
+        touch "fuzz/target/logs/$target.failed"
     fi
-done
+}
 
+rm -f fuzz/target/logs/*.failed
+for target in $(cargo fuzz list); do
+    while [ "$(jobs -rp | wc -l)" -ge "$parallel" ]; do
+        wait -n || true
+    done
+    run_target "$target" &
+done
+wait
+
+failed=()
+for f in fuzz/target/logs/*.failed; do
+    [ -e "$f" ] && failed+=("$(basename "$f" .failed)")
+done
 if [ ${#failed[@]} -gt 0 ]; then
     echo "fuzz: failed: ${failed[*]}" >&2
     exit 1
