@@ -247,6 +247,7 @@ async fn relay_consoles_hear_the_channel_they_chose_and_the_list_shows_the_chain
     let mut en = Client::console(&relay.url, "en", "1").await;
     en.pump(b'E', 80);
     en.text(json!({"type": "live"}));
+    en.console_state(|s| s.live.is_some()).await;
     // The Arabic booth does not understand the speaker: it takes English as its relay.
     let mut ar = Client::console(&relay.url, "ar", "1").await;
     ar.pump(b'A', 80);
@@ -263,6 +264,8 @@ async fn relay_consoles_hear_the_channel_they_chose_and_the_list_shows_the_chain
         .await;
     assert!(!frames.is_empty());
     ar.text(json!({"type": "live"}));
+    // Commands of different connections are taken in no set order: wait for this one.
+    ar.console_state(|s| s.live.is_some()).await;
     // Russian works from Arabic: a relay of a relay.
     let ru = Client::console(&relay.url, "ru", "1").await;
     ru.text(json!({"type": "input", "channel": "plenary/ar"}));
