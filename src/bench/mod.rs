@@ -559,6 +559,9 @@ async fn handshake(
 }
 
 /// A client text frame (clients must mask; the key may be anything, here zero).
+/// A masked, empty WebSocket pong: the answer to the relay's pings to listeners.
+const PONG: [u8; 6] = [0x8A, 0x80, 0, 0, 0, 0];
+
 fn masked_text(payload: &[u8]) -> Vec<u8> {
     let mut out = vec![0x81];
     if payload.len() < 126 {
@@ -580,6 +583,7 @@ fn take_frames(
     last_seq: &mut Option<u32>,
     shared: &RefCell<Shared>,
     probe: bool,
+    pings: &mut usize,
 ) -> bool {
     let mut at = 0;
     let mut open = true;
@@ -623,6 +627,10 @@ fn take_frames(
             }
         } else if opcode == 0x8 {
             open = false;
+        } else if opcode == 0x9 {
+            // The relay pings its listeners (every 5 s, an empty payload) and closes one that
+            // does not answer within 15 s: the caller answers with `PONG`.
+            *pings += 1;
         }
         at += head + len;
     }
@@ -635,9 +643,16 @@ async fn listen(mut s: TcpStream, mut buf: Vec<u8>, shared: Rc<RefCell<Shared>>)
     let mut last_seq = None;
     let mut chunk = vec![0u8; 8192];
     loop {
-        if !take_frames(&mut buf, &mut last_seq, &shared, true) {
+        let mut pings = 0;
+        if !take_frames(&mut buf, &mut last_seq, &shared, true, &mut pings) {
             shared.borrow_mut().dropped += 1;
             return;
+        }
+        for _ in 0..pings {
+            if s.write_all(&PONG).await.is_err() {
+                shared.borrow_mut().dropped += 1;
+                return;
+            }
         }
         match s.read(&mut chunk).await {
             Ok(0) | Err(_) => {
@@ -681,7 +696,12 @@ async fn poll_bulk(bulk: Rc<RefCell<Vec<Bulk>>>, shared: Rc<RefCell<Shared>>) {
                 }
             }
             if c.open {
-                c.open = take_frames(&mut c.buf, &mut c.last_seq, &shared, false);
+                let mut pings = 0;
+                c.open = take_frames(&mut c.buf, &mut c.last_seq, &shared, false, &mut pings);
+                for _ in 0..pings {
+                    // A few bytes into a socket whose send buffer is empty: it fits.
+                    let _ = std::io::Write::write(&mut c.socket, &PONG);
+                }
             }
             if !c.open {
                 shared.borrow_mut().dropped += 1;
