@@ -51,6 +51,11 @@ trap cleanup EXIT
 
 for mode in $modes; do
     echo "== $mode: ${seconds} s; $(uptime | sed 's/.*load/load/')"
+    # Another relay on the port would take this run's clients (and another run's too).
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        echo "port $port is already in use: another soak or relay is running (SOAK_PORT=N picks another)" >&2
+        exit 1
+    fi
     taskset -c "${RELAY_CPU:-0}" "$bin" serve --config config/bench.toml --listen "127.0.0.1:$port" \
         --threads 1 >/dev/null 2>"$out/relay-$mode.log" &
     relay=$!
