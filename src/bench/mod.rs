@@ -11,6 +11,7 @@
 
 pub mod icecast;
 pub mod soak;
+pub mod ws;
 
 use crate::protocol::{FrameHeader, Source, CHANNEL_UNSET};
 use crate::relay::unix_micros;
@@ -474,105 +475,40 @@ async fn connect_listeners(
     Ok(h)
 }
 
-/// Connects to `addr`; to a relay on loopback, from a loopback address of the listener's
-/// own (127.2.0.1 onwards, one per listener), as phones on a venue LAN each have theirs, so
-/// that the relay's per-address bounds see what they would see in a hall.
-async fn connect_from_own_address(addr: &str, index: usize) -> std::io::Result<TcpStream> {
-    let target: std::net::SocketAddr = match tokio::net::lookup_host(addr).await?.next() {
-        Some(a) => a,
-        None => return Err(std::io::Error::other(format!("{addr} names no address"))),
-    };
-    if !target.ip().is_loopback() || !target.is_ipv4() {
-        return TcpStream::connect(target).await;
-    }
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    // Linux: choose the port at connect time instead of by a scan at bind time (thousands of
-    // bound sockets make that scan slow). Harmless where unsupported.
-    {
-        use std::os::fd::AsRawFd;
-        let one: libc::c_int = 1;
-        // SAFETY: a valid socket and a pointer to a c_int of the given size.
-        unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_BIND_ADDRESS_NO_PORT,
-                &one as *const libc::c_int as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-    }
-    let n = index as u32 + 1;
-    let source = std::net::Ipv4Addr::new(127, 2, (n >> 8) as u8, (n & 0xff) as u8);
-    socket.bind(std::net::SocketAddr::new(source.into(), 0))?;
-    socket.connect(target).await
-}
-
-/// The WebSocket handshake and hello by hand; returns the stream and any bytes read past the
-/// response head.
+/// Connects to `addr`, upgrades to a WebSocket and says hello as a listener of `channel`;
+/// returns the stream and any bytes read past the response head. To a relay on loopback each
+/// listener comes from a loopback address of its own (127.2.0.1 onwards), as phones on a venue
+/// LAN each have theirs, so that the relay's per-address bounds see what they would in a hall.
 async fn handshake(
     addr: &str,
     channel: &str,
     relaxed: bool,
     index: usize,
 ) -> Result<(TcpStream, Vec<u8>), String> {
-    let mut s = connect_from_own_address(addr, index)
+    let target = tokio::net::lookup_host(addr)
         .await
-        .map_err(|e| e.to_string())?;
-    s.set_nodelay(true).map_err(|e| e.to_string())?;
-    let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    s.write_all(req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    let end = loop {
-        let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("closed during the handshake".into());
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or_else(|| format!("{addr} names no address"))?;
+    let mut s = if target.ip().is_loopback() && target.is_ipv4() {
+        let n = index as u32 + 1;
+        let from = std::net::Ipv4Addr::new(127, 2, (n >> 8) as u8, (n & 0xff) as u8);
+        ws::connect_from(from, target).await
+    } else {
+        match TcpStream::connect(target).await {
+            Ok(s) => s.set_nodelay(true).map(|_| s),
+            Err(e) => Err(e),
         }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p + 4;
-        }
-        if buf.len() > 8192 {
-            return Err("handshake response too long".into());
-        }
-    };
-    if !buf.starts_with(b"HTTP/1.1 101") {
-        return Err(format!(
-            "upgrade refused: {}",
-            String::from_utf8_lossy(&buf[..end.min(80)])
-        ));
     }
-    let rest = buf[end..].to_vec();
+    .map_err(|e| e.to_string())?;
+    let rest = ws::upgrade(&mut s, target).await?;
     let delivery = if relaxed { "relaxed" } else { "live" };
     let hello = serde_json::json!({"type": "hello", "role": "listener", "channel": channel, "delivery": delivery})
         .to_string();
-    s.write_all(&masked_text(hello.as_bytes()))
+    s.write_all(&ws::masked(ws::opcode::TEXT, hello.as_bytes()))
         .await
         .map_err(|e| e.to_string())?;
     Ok((s, rest))
-}
-
-/// A client text frame (clients must mask; the key may be anything, here zero).
-/// A masked, empty WebSocket pong: the answer to the relay's pings to listeners.
-const PONG: [u8; 6] = [0x8A, 0x80, 0, 0, 0, 0];
-
-fn masked_text(payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x81];
-    if payload.len() < 126 {
-        out.push(0x80 | payload.len() as u8);
-    } else {
-        out.push(0x80 | 126);
-        out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    }
-    out.extend_from_slice(&[0, 0, 0, 0]);
-    out.extend_from_slice(payload);
-    out
 }
 
 /// Takes every complete WebSocket frame off the front of `buf`, recording each audio frame's
@@ -588,51 +524,43 @@ fn take_frames(
     let mut at = 0;
     let mut open = true;
     loop {
-        let avail = &buf[at..];
-        if avail.len() < 2 {
-            break;
-        }
-        let opcode = avail[0] & 0x0F;
-        let (len, head) = match avail[1] & 0x7F {
-            126 if avail.len() >= 4 => (u16::from_be_bytes([avail[2], avail[3]]) as usize, 4),
-            127 if avail.len() >= 10 => (
-                u64::from_be_bytes(avail[2..10].try_into().expect("8 bytes")) as usize,
-                10,
-            ),
-            126 | 127 => break,
-            n => (n as usize, 2),
+        let (frame, len) = match ws::next_frame(&buf[at..]) {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            // Not the relay's: count the connection as gone.
+            Err(_) => {
+                open = false;
+                break;
+            }
         };
-        if avail.len() < head + len {
-            break;
-        }
-        let payload = &avail[head..head + len];
-        if opcode == 0x2 {
-            if let Ok(h) = FrameHeader::parse(payload) {
-                let now = unix_micros();
-                let mut sh = shared.borrow_mut();
-                if sh.measuring {
-                    sh.frames += 1;
-                    if probe {
-                        sh.delay.record(now.saturating_sub(h.relay_us));
-                        sh.probe_frames += 1;
-                    }
-                    if let Some(l) = *last_seq {
-                        let gap = h.sequence.wrapping_sub(l).wrapping_sub(1);
-                        if gap > 0 && gap < 1 << 20 {
-                            sh.lost += gap as u64;
+        match frame {
+            ws::Frame::Binary(payload) => {
+                if let Ok(h) = FrameHeader::parse(payload) {
+                    let now = unix_micros();
+                    let mut sh = shared.borrow_mut();
+                    if sh.measuring {
+                        sh.frames += 1;
+                        if probe {
+                            sh.delay.record(now.saturating_sub(h.relay_us));
+                            sh.probe_frames += 1;
+                        }
+                        if let Some(l) = *last_seq {
+                            let gap = h.sequence.wrapping_sub(l).wrapping_sub(1);
+                            if gap > 0 && gap < 1 << 20 {
+                                sh.lost += gap as u64;
+                            }
                         }
                     }
+                    *last_seq = Some(h.sequence);
                 }
-                *last_seq = Some(h.sequence);
             }
-        } else if opcode == 0x8 {
-            open = false;
-        } else if opcode == 0x9 {
-            // The relay pings its listeners (every 5 s, an empty payload) and closes one that
-            // does not answer within 15 s: the caller answers with `PONG`.
-            *pings += 1;
+            ws::Frame::Close(_) => open = false,
+            // The relay pings its listeners (every 5 s) and closes one that does not answer
+            // within 15 s: the caller answers with a pong.
+            ws::Frame::Ping(_) => *pings += 1,
+            _ => {}
         }
-        at += head + len;
+        at += len;
     }
     buf.drain(..at);
     open
@@ -649,7 +577,10 @@ async fn listen(mut s: TcpStream, mut buf: Vec<u8>, shared: Rc<RefCell<Shared>>)
             return;
         }
         for _ in 0..pings {
-            if s.write_all(&PONG).await.is_err() {
+            if s.write_all(&ws::masked(ws::opcode::PONG, &[]))
+                .await
+                .is_err()
+            {
                 shared.borrow_mut().dropped += 1;
                 return;
             }
@@ -700,7 +631,8 @@ async fn poll_bulk(bulk: Rc<RefCell<Vec<Bulk>>>, shared: Rc<RefCell<Shared>>) {
                 c.open = take_frames(&mut c.buf, &mut c.last_seq, &shared, false, &mut pings);
                 for _ in 0..pings {
                     // A few bytes into a socket whose send buffer is empty: it fits.
-                    let _ = std::io::Write::write(&mut c.socket, &PONG);
+                    let _ =
+                        std::io::Write::write(&mut c.socket, &ws::masked(ws::opcode::PONG, &[]));
                 }
             }
             if !c.open {
