@@ -430,21 +430,7 @@ fn a_booth_frozen_then_bursting_stays_aligned_with_the_floor_in_the_recording() 
             .stderr(Stdio::null()),
         Duration::from_secs(10),
     );
-    let mut floor = Proc::spawn(
-        Command::new(BIN)
-            .args([
-                "floor",
-                "--server",
-                &url,
-                "--secret",
-                "floor-secret",
-                "--input-file",
-            ])
-            .arg(&track)
-            .stdin(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    floor.wait_for("\"type\":\"welcome\"", Duration::from_secs(10));
+    let floor = Proc::floor(&url, &track);
     let mut booth = Proc::spawn(
         Command::new(BIN)
             .args([

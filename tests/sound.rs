@@ -556,21 +556,7 @@ fn an_http_stream_follows_its_channel_from_the_floor_to_the_interpreter_and_back
         );
     }
     let (_relay, url) = serve(&dir, proc::EVENT);
-    let mut floor = Proc::spawn(
-        Command::new(BIN)
-            .args([
-                "floor",
-                "--server",
-                &url,
-                "--secret",
-                "floor-secret",
-                "--input-file",
-            ])
-            .arg(&floor_wav)
-            .stdin(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    floor.wait_for("\"type\":\"welcome\"", Duration::from_secs(10));
+    let _floor = Proc::floor(&url, &floor_wav);
     let mut booth = Proc::spawn(
         Command::new(BIN)
             .args([

@@ -72,6 +72,21 @@ impl Proc {
         (relay, format!("ws://{addr}"))
     }
 
+    /// Starts `boothcast floor` sending `file` to the relay at `url` with the floor secret of
+    /// [`EVENT`], and waits for its welcome.
+    pub fn floor(url: &str, file: &std::path::Path) -> Proc {
+        let mut floor = Proc::spawn(
+            Command::new(env!("CARGO_BIN_EXE_boothcast"))
+                .args(["floor", "--server", url, "--secret", "floor-secret"])
+                .arg("--input-file")
+                .arg(file)
+                .stdin(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        floor.wait_for("\"type\":\"welcome\"", Duration::from_secs(10));
+        floor
+    }
+
     /// The child's process id.
     pub fn id(&self) -> u32 {
         self.child.id()
