@@ -6,7 +6,7 @@ mod proc;
 mod support;
 
 use boothcast::protocol::{ConsoleState, ServerMessage};
-use proc::Proc;
+use proc::{tmpdir, tone, Proc};
 use serde_json::json;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -46,13 +46,6 @@ secret = "secret-en2"
 
 /// The 3 s within which listeners must hear their channel again after a node dies.
 const BOUND: Duration = Duration::from_secs(3);
-
-fn tmpdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("boothcast-cluster-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -418,19 +411,6 @@ async fn without_nats_each_node_serves_its_own_and_rejoins() {
     println!("NATS back: heard across nodes again after {far_back:?}");
     hear(&mut near, 3, 10).await;
     assert!(far_back < Duration::from_secs(10), "{far_back:?}");
-}
-
-/// Two seconds of a 440 Hz tone: a booth process's microphone.
-fn tone(dir: &Path) -> PathBuf {
-    let path = dir.join("tone.wav");
-    let status = Command::new("sox")
-        .args(["-n", "-r", "48000", "-c", "1", "-b", "16"])
-        .arg(&path)
-        .args(["synth", "2", "sine", "440", "vol", "0.5"])
-        .status()
-        .expect("sox is installed (scripts/test.sh installs it)");
-    assert!(status.success());
-    path
 }
 
 /// The first output line containing `then` that comes after one containing `first`.

@@ -9,11 +9,11 @@ mod support;
 use boothcast::protocol::{Carrying, ChannelInfo, ServerMessage, Source};
 use boothcast::relay::unix_micros;
 use boothcast::server::SENDER_DEADLINE;
-use proc::Proc;
+use proc::{tmpdir, tone, Proc};
 use serde_json::{json, Value};
 use std::cell::Cell;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::shaper::{NewConnections, Shaper};
@@ -22,27 +22,6 @@ use support::{marker, Client, TestRelay};
 const BIN: &str = env!("CARGO_BIN_EXE_boothcast");
 /// How long a process may take for an expected line.
 const LIMIT: Duration = Duration::from_secs(12);
-
-fn tmpdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("boothcast-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Two seconds of a 440 Hz tone at half scale: a whole number of periods, so it loops without
-/// a click.
-fn tone(dir: &Path) -> PathBuf {
-    let path = dir.join("tone.wav");
-    let status = Command::new("sox")
-        .args(["-n", "-r", "48000", "-c", "1", "-b", "16"])
-        .arg(&path)
-        .args(["synth", "2", "sine", "440", "vol", "0.5"])
-        .status()
-        .expect("sox is installed (scripts/test.sh installs it)");
-    assert!(status.success());
-    path
-}
 
 /// `boothcast serve` on an ephemeral port, the floor sending a looped tone straight to it (not
 /// through any shaper); returns both and the relay's address.

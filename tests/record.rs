@@ -5,20 +5,13 @@ mod proc;
 mod support;
 
 use boothcast::audio::{self, align};
-use proc::Proc;
-use std::path::{Path, PathBuf};
+use proc::{tmpdir, Proc};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_boothcast");
-
-fn tmpdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("boothcast-rec-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn speak(text: &str, path: &Path) {
     let ok = Command::new("espeak-ng")

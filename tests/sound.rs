@@ -6,19 +6,12 @@
 mod proc;
 
 use boothcast::audio::{self, align, SAMPLE_RATE};
-use proc::Proc;
+use proc::{tmpdir, Proc};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_boothcast");
-
-fn tmpdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("boothcast-sound-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// Runs a tool to its end; it must succeed.
 fn tool(cmd: &mut Command) {

@@ -4,20 +4,13 @@
 mod proc;
 
 use boothcast::audio::{self, align, SAMPLE_RATE};
-use proc::Proc;
+use proc::{tmpdir, Proc};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_boothcast");
-
-fn tmpdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("boothcast-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn speak(text: &str, voice: &str, path: &Path) {
     let status = Command::new("espeak-ng")

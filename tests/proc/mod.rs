@@ -29,6 +29,29 @@ languages = ["en"]
 secret = "secret-en"
 "#;
 
+/// A new empty directory for a test's files, `boothcast-NAME-PID` in the system's temporary
+/// directory (each test runs in a process of its own).
+pub fn tmpdir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("boothcast-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Two seconds of a 440 Hz tone at half scale in `dir/tone.wav`, made by sox: a whole number of
+/// periods, so it loops without a click.
+pub fn tone(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("tone.wav");
+    let status = Command::new("sox")
+        .args(["-n", "-r", "48000", "-c", "1", "-b", "16"])
+        .arg(&path)
+        .args(["synth", "2", "sine", "440", "vol", "0.5"])
+        .status()
+        .expect("sox is installed (scripts/test.sh installs it)");
+    assert!(status.success());
+    path
+}
+
 pub struct Proc {
     child: Child,
     lines: std::sync::mpsc::Receiver<String>,
