@@ -309,27 +309,17 @@ impl Gate {
         let shared_room = self.limits.max_open - self.limits.reserve;
         let reserved = if !full && state.shared < shared_room {
             false
-        } else if let Some(v) = oldest_pending(&mut state.pending) {
-            release(
-                &mut state,
-                &v,
-                &mut v.state.lock().expect("slot lock poisoned"),
-            );
+        } else if let Some(v) = evict_oldest(&mut state, false) {
             victim = Some(v);
             false
         } else if !trusted && reserve_here >= RESERVE_PER_ADDRESS {
             return refused(Refused::Full);
         } else if !full && state.reserved < self.limits.reserve {
             true
-        } else if let Some(v) = oldest_pending(&mut state.reserve_pending) {
+        } else if let Some(v) = evict_oldest(&mut state, true) {
             // The reserve is full of connections that have not said who they are: the oldest
             // gives its place, so that whoever holds places by reconnecting cannot keep a
             // booth out.
-            release(
-                &mut state,
-                &v,
-                &mut v.state.lock().expect("slot lock poisoned"),
-            );
             victim = Some(v);
             true
         } else {
@@ -397,6 +387,23 @@ fn oldest_pending(queue: &mut VecDeque<Weak<Slot>>) -> Option<Arc<Slot>> {
         }
     }
     None
+}
+
+/// Takes the place of the oldest pending connection past [`MIN_PENDING_AGE`], in the reserve
+/// or in the shared room: its counts are given back now, the caller wakes its tasks.
+fn evict_oldest(state: &mut State, reserve: bool) -> Option<Arc<Slot>> {
+    let queue = if reserve {
+        &mut state.reserve_pending
+    } else {
+        &mut state.pending
+    };
+    let victim = oldest_pending(queue)?;
+    release(
+        state,
+        &victim,
+        &mut victim.state.lock().expect("slot lock poisoned"),
+    );
+    Some(victim)
 }
 
 /// Gives back a connection's counts (once: on eviction or when it closes).
