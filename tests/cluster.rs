@@ -358,6 +358,8 @@ async fn killing_any_node_leaves_the_channel_heard_within_3_s() {
     wait_metric(&d, "boothcast_cluster_nodes 2").await;
     console.stop_pump();
     console.text(json!({"type": "mute"}));
+    // Console 2 asks once the decider has muted console 1; sooner it is refused `partner_live`.
+    console.console_state(|s| s.live.is_none()).await;
     let mut on_d = Client::console(&d.ws, "en", "2").await;
     live(&mut on_d).await;
     on_d.pump(6, 60);
