@@ -99,6 +99,8 @@ pub struct Stats {
     pub refused_auth: AtomicU64,
     pub refused_frames: AtomicU64,
     pub refused_messages: AtomicU64,
+    /// Control messages that came faster than `server::CONTROL_RATE` and waited their turn.
+    pub paced_messages: AtomicU64,
     pub slow_closed: AtomicU64,
     /// Hellos refused because the address must wait after wrong secrets.
     pub refused_attempts: AtomicU64,
@@ -1063,6 +1065,11 @@ impl Relay {
                 "boothcast_refused_messages_total",
                 &self.stats.refused_messages,
                 "Connections closed for a malformed control message.",
+            ),
+            (
+                "boothcast_paced_messages_total",
+                &self.stats.paced_messages,
+                "Control messages read late because their client sent more than 20 a second.",
             ),
             (
                 "boothcast_recording_bytes_total",

@@ -775,7 +775,7 @@ async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr, ticket
     let (stop_reading, stop) = watch::channel(false);
     let mut reader = tokio::spawn(read_loop(
         stream,
-        conn.relay.clone(),
+        (conn.relay.clone(), state.quiet.clone()),
         conn.session,
         conn.peer.clone(),
         addr,
@@ -1426,30 +1426,43 @@ pub const FRAME_BURST: f64 = 100.0;
 /// Sustained frames a second a sender may send: one per 2.5 ms, the shortest Opus frame.
 pub const FRAME_RATE: f64 = 400.0;
 
-/// A token bucket of frames.
-struct FrameBudget {
+/// Control messages (text, and WebSocket pings and pongs) a client may send at once: far
+/// more than any page or console sends after waking from a phone's sleep.
+pub const CONTROL_BURST: f64 = 40.0;
+/// Sustained control messages a second a client is read at: a person presses a key, a page
+/// pings once a second. Past it the relay reads the connection at this pace, so a flood backs
+/// up in the client's own socket instead of costing every listener's frames.
+pub const CONTROL_RATE: f64 = 20.0;
+
+/// A token bucket: `burst` at once, `rate` a second sustained.
+struct Budget {
     tokens: f64,
+    burst: f64,
+    rate: f64,
     last: std::time::Instant,
 }
 
-impl FrameBudget {
-    fn new() -> FrameBudget {
-        FrameBudget {
-            tokens: FRAME_BURST,
+impl Budget {
+    fn new(burst: f64, rate: f64) -> Budget {
+        Budget {
+            tokens: burst,
+            burst,
+            rate,
             last: std::time::Instant::now(),
         }
     }
 
-    fn take(&mut self) -> bool {
+    /// Takes a token; `Err` with how long until the next one when there is none.
+    fn take(&mut self) -> Result<(), Duration> {
         let now = std::time::Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * FRAME_RATE;
-        self.tokens = (self.tokens + refill).min(FRAME_BURST);
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.burst);
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            true
+            Ok(())
         } else {
-            false
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
         }
     }
 }
@@ -1458,14 +1471,15 @@ impl FrameBudget {
 /// frames go straight to the relay, control messages to the connection's task.
 async fn read_loop(
     mut stream: futures_util::stream::SplitStream<WebSocket>,
-    relay: Arc<Relay>,
+    (relay, quiet): (Arc<Relay>, Arc<crate::admission::Quiet>),
     session: Session,
     peer: Peer,
     addr: SocketAddr,
     tx: mpsc::Sender<Incoming>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut budget = FrameBudget::new();
+    let mut frames = Budget::new(FRAME_BURST, FRAME_RATE);
+    let mut control = Budget::new(CONTROL_BURST, CONTROL_RATE);
     let deadline = match peer {
         Peer::Console { .. } | Peer::Floor => SENDER_DEADLINE,
         Peer::Listener | Peer::Engineer => LISTENER_DEADLINE,
@@ -1506,9 +1520,39 @@ async fn read_loop(
             Some(Err(e)) => break input_error(e),
             None => break None,
         };
+        if !matches!(msg, Message::Binary(_)) {
+            let mut paced = false;
+            while let Err(wait) = control.take() {
+                // Paced, not dropped: the message waits its turn, and while it does nothing
+                // more is read from this client.
+                if !paced {
+                    paced = true;
+                    relay.stats.paced_messages.fetch_add(1, Ordering::Relaxed);
+                    if quiet.allow(
+                        crate::admission::host_key(addr.ip()),
+                        "paced",
+                        std::time::Instant::now(),
+                    ) {
+                        tracing::warn!(peer = %addr.ip(), session, rate = CONTROL_RATE, "control messages faster than a person sends them: read at that pace");
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.changed() => {
+                        drain(&mut stream).await;
+                        return;
+                    }
+                }
+            }
+            if paced {
+                silence
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + deadline);
+            }
+        }
         match msg {
             Message::Binary(frame) => {
-                if !budget.take() {
+                if frames.take().is_err() {
                     relay.stats.refused_frames.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(peer = %addr, session, "frames faster than real time");
                     break Some(Ending::new(

@@ -680,3 +680,73 @@ async fn squatting_the_senders_reserve_does_not_keep_a_booth_out() {
     }
     relay.stop().await;
 }
+
+/// A delegate sending valid `ping`s as fast as its connection takes them is read at
+/// `CONTROL_RATE` a second after a burst of `CONTROL_BURST`: it keeps its connection and gets
+/// every answer in turn, while a delegate on another channel loses no frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_flood_is_read_at_a_persons_pace() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let relay = TestRelay::start().await;
+    let floor = Client::floor(&relay.url).await;
+    floor.pump(FLOOR, 80);
+    let mut playing = Client::listener(&relay.url, "en").await;
+    let first = playing.frame().await.0.sequence;
+
+    let (ws, _) = tokio_tungstenite::connect_async(&relay.url).await.unwrap();
+    let (mut wr, mut rd) = ws.split();
+    let hello = json!({"type": "hello", "role": "listener", "channel": "fr"});
+    wr.send(Message::Text(hello.to_string().into()))
+        .await
+        .unwrap();
+    let sent = 2_000u64;
+    let flood = tokio::spawn(async move {
+        for t in 0..sent {
+            let ping = json!({"type": "ping", "t": t}).to_string();
+            if wr.feed(Message::Text(ping.into())).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.flush().await;
+        wr
+    });
+    let (mut pongs, mut last_t) = (0u64, None);
+    let t0 = Instant::now();
+    let window = Duration::from_secs(2);
+    while let Ok(Some(m)) = tokio::time::timeout_at((t0 + window).into(), rd.next()).await {
+        match m.expect("the flooding connection stays open") {
+            Message::Text(t) if t.contains("\"pong\"") => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                let t = v["t"].as_u64().unwrap();
+                assert_eq!(
+                    t,
+                    last_t.map_or(0, |l: u64| l + 1),
+                    "pongs in order, none skipped"
+                );
+                last_t = Some(t);
+                pongs += 1;
+            }
+            Message::Close(c) => panic!("the flooding delegate was closed: {c:?}"),
+            _ => {}
+        }
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let bound = server::CONTROL_BURST + server::CONTROL_RATE * elapsed + 2.0;
+    println!("{sent} pings sent at once: {pongs} answered in {elapsed:.2} s (bound {bound:.0})");
+    assert!(pongs as f64 >= server::CONTROL_BURST, "{pongs} answered");
+    assert!(
+        (pongs as f64) <= bound,
+        "{pongs} answered in {elapsed:.2} s"
+    );
+
+    // The delegate on English lost no frame meanwhile.
+    let end = unix_micros();
+    let mut frames = vec![playing.frame().await];
+    frames.extend(playing.frames_until(|h, _| h.relay_us >= end).await);
+    assert_eq!(frames[0].0.sequence, first + 1);
+    assert_contiguous(&frames);
+    assert!(metric(&relay.metrics().await, "boothcast_paced_messages_total") >= 1);
+    flood.abort();
+    relay.stop().await;
+}
