@@ -910,6 +910,7 @@ pub async fn floor(opts: FloorOptions) -> Result<(), Error> {
         room: opts.room,
         client: Some("boothcast floor".into()),
         delivery: None,
+        floor_under: false,
     };
     run_sender(
         relays,
@@ -955,6 +956,7 @@ pub async fn booth(opts: BoothOptions) -> Result<(), Error> {
         room: None,
         client: Some("boothcast booth".into()),
         delivery: None,
+        floor_under: false,
     };
     let live = opts.live.then(|| ClientMessage::Live {
         channel: opts.lang.clone(),
@@ -1364,6 +1366,7 @@ pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
         room: None,
         client: Some("boothcast listen".into()),
         delivery: None,
+        floor_under: false,
     };
     let mut retry = Retry::default();
     // Until a relay first welcomes it, a listener gives up once every address refused to connect.

@@ -221,6 +221,18 @@ impl Event {
             .map(|i| i as u16)
     }
 
+    /// The floor of the room that channel `index` belongs to, unless it is that floor itself.
+    pub fn floor_under(&self, index: u16) -> Option<u16> {
+        let ch = self.channels.get(index as usize)?;
+        if ch.is_floor {
+            return None;
+        }
+        self.channels
+            .iter()
+            .position(|c| c.is_floor && c.room == ch.room)
+            .map(|i| i as u16)
+    }
+
     /// Resolves what a user typed: a full id (`plenary/en`) or, where unique, a language
     /// code (`en`) or `floor`.
     pub fn resolve_channel(&self, name: &str) -> Option<u16> {

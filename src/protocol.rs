@@ -214,9 +214,19 @@ pub enum ClientMessage {
         /// For listeners: how frames are written (default `live`: each as it comes).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         delivery: Option<Delivery>,
+        /// For listeners and engineers: also receive the floor of `channel`'s room, to play
+        /// quietly under the interpretation (as in `subscribe`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        floor_under: bool,
     },
-    /// Listen to a channel (listeners and engineers); switches if already listening.
-    Subscribe { channel: String },
+    /// Listen to a channel (listeners and engineers); switches if already listening. With
+    /// `floor_under`, the frames of the floor of the channel's room come on the same connection
+    /// too, told apart by the channel index in each frame's header (none for a floor channel).
+    Subscribe {
+        channel: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        floor_under: bool,
+    },
     /// Stop listening.
     Unsubscribe,
     /// Go live on a channel of the console's booth (default: the booth's first language).
@@ -272,8 +282,13 @@ pub enum ServerMessage {
     Channels { channels: Vec<ChannelInfo> },
     /// Listener counts per channel id (consoles and engineers; at most once a second).
     Audience { listeners: Vec<(String, u32)> },
-    /// The channel this connection now receives audio frames of (`null`: none).
-    Subscribed { channel: Option<String> },
+    /// The channel this connection now receives audio frames of (`null`: none), and the floor
+    /// it receives under it, if it asked for one and the channel is not a floor.
+    Subscribed {
+        channel: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        floor_under: Option<String>,
+    },
     /// The state of this console (interpreters), after each change.
     Console(ConsoleState),
     /// A partner offered the microphone (to the booth's other consoles).

@@ -596,6 +596,10 @@ struct Connection {
     addr: SocketAddr,
     /// The channel this connection hears, with its place in the channel's queue.
     audio: Option<(u16, broadcast::Receiver<Bytes>)>,
+    /// Whether the floor of the heard channel's room is wanted too (`floor_under`).
+    wants_floor_under: bool,
+    /// That floor, with its place in the floor's queue (none while a floor is heard).
+    under: Option<(u16, broadcast::Receiver<Bytes>)>,
     skipped: u64,
     delivered: u64,
     write_timeout: Duration,
@@ -606,14 +610,20 @@ struct Connection {
 
 impl Connection {
     fn hear(&mut self, channel: Option<u16>) {
-        if self.audio.as_ref().map(|(c, _)| *c) == channel {
-            return;
+        if self.audio.as_ref().map(|(c, _)| *c) != channel {
+            if let Some((old, _)) = self.audio.take() {
+                self.relay.unsubscribe(old, self.counted());
+            }
+            if let Some(ch) = channel {
+                self.audio = Some((ch, self.relay.subscribe(ch, self.counted())));
+            }
         }
-        if let Some((old, _)) = self.audio.take() {
-            self.relay.unsubscribe(old, self.counted());
-        }
-        if let Some(ch) = channel {
-            self.audio = Some((ch, self.relay.subscribe(ch, self.counted())));
+        // The floor under it follows the channel heard; it never counts in an audience.
+        let under = channel
+            .filter(|_| self.wants_floor_under)
+            .and_then(|ch| self.relay.event().floor_under(ch));
+        if self.under.as_ref().map(|(c, _)| *c) != under {
+            self.under = under.map(|f| (f, self.relay.subscribe(f, false)));
         }
     }
 
@@ -648,6 +658,17 @@ impl Connection {
         self.audio
             .as_ref()
             .map(|(c, _)| self.relay.event().channels[*c as usize].id.clone())
+    }
+
+    /// What `subscribed` says: the channel heard and the floor under it.
+    fn subscribed(&self) -> ServerMessage {
+        ServerMessage::Subscribed {
+            channel: self.channel_id(),
+            floor_under: self
+                .under
+                .as_ref()
+                .map(|(c, _)| self.relay.event().channels[*c as usize].id.clone()),
+        }
     }
 }
 
@@ -711,7 +732,7 @@ async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr, ticket
         }
     };
     let accepted = hello.and_then(|h| admit(&state, &ticket, addr, session, h));
-    let ((peer, first_channel), delivery) = match accepted {
+    let ((peer, first_channel), (delivery, floor_under)) = match accepted {
         Ok(p) => p,
         Err(ending) => {
             match ending.code {
@@ -761,6 +782,8 @@ async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr, ticket
         peer,
         addr,
         audio: None,
+        wants_floor_under: floor_under,
+        under: None,
         skipped: 0,
         delivered: 0,
         write_timeout: state.write_timeout,
@@ -928,6 +951,10 @@ fn too_many_attempts(wait: Duration) -> Ending {
     )
 }
 
+/// Who a hello made the connection and the channel it hears first; how its frames are written
+/// and whether the floor comes under that channel.
+type Admitted = ((Peer, Option<u16>), (Delivery, bool));
+
 /// Checks a hello; takes the connection's place in the gate by its role; registers the
 /// console or floor with the rules.
 fn admit(
@@ -936,7 +963,7 @@ fn admit(
     addr: SocketAddr,
     session: Session,
     hello: ClientMessage,
-) -> Result<((Peer, Option<u16>), Delivery), Ending> {
+) -> Result<Admitted, Ending> {
     let relay = &state.relay;
     let ClientMessage::Hello {
         role,
@@ -946,6 +973,7 @@ fn admit(
         channel,
         room,
         delivery,
+        floor_under,
         ..
     } = hello
     else {
@@ -995,7 +1023,7 @@ fn admit(
                     Ending::new(ErrorCode::TooManyConnections, d.to_string())
                 }
             })?;
-            Ok(((Peer::Listener, channel), delivery))
+            Ok(((Peer::Listener, channel), (delivery, floor_under)))
         }
         Role::Engineer => {
             check_secret(
@@ -1007,7 +1035,7 @@ fn admit(
                 "wrong or missing engineer secret",
             )?;
             ticket.sender();
-            Ok(((Peer::Engineer, channel), delivery))
+            Ok(((Peer::Engineer, channel), (delivery, floor_under)))
         }
         Role::Floor => {
             let room = match room {
@@ -1026,7 +1054,7 @@ fn admit(
             )?;
             ticket.sender();
             relay.floor_connect(session, room);
-            Ok(((Peer::Floor, None), delivery))
+            Ok(((Peer::Floor, None), (delivery, false)))
         }
         Role::Interpreter => {
             let Some(booth) = booth else {
@@ -1063,7 +1091,7 @@ fn admit(
             }
             ticket.sender();
             relay.console_connect(session, index, &console)?;
-            Ok(((Peer::Console { booth, console }, None), delivery))
+            Ok(((Peer::Console { booth, console }, None), (delivery, false)))
         }
     }
 }
@@ -1167,9 +1195,7 @@ async fn serve(
     }
     if first_channel.is_some() {
         conn.hear(first_channel);
-        let msg = ServerMessage::Subscribed {
-            channel: conn.channel_id(),
-        };
+        let msg = conn.subscribed();
         if send_text(ws, msg.to_json().into()).await.is_err() {
             return None;
         }
@@ -1179,15 +1205,22 @@ async fn serve(
         tokio::select! {
             // Audio first: it is what every wake-up is for, nearly always.
             biased;
-            n = next_frames(&mut conn.audio, &mut batch, &mut relaxed) => {
-                let (delivered, skipped) = n;
+            n = next_frames(&mut conn.audio, &mut conn.under, &mut batch, &mut relaxed) => {
+                let Taken { delivered, skipped, under, under_skipped } = n;
                 if skipped > 0 {
                     conn.skipped += skipped;
                     if let Some((ch, _)) = &conn.audio {
                         relay.fanout(*ch).frames_skipped.fetch_add(skipped, Ordering::Relaxed);
                     }
                 }
-                if delivered > 0 {
+                if let Some((floor, _)) = conn.under.as_ref().filter(|_| under + under_skipped > 0) {
+                    let fan = relay.fanout(*floor);
+                    fan.frames_skipped.fetch_add(under_skipped, Ordering::Relaxed);
+                    fan.frames_delivered.fetch_add(under, Ordering::Relaxed);
+                    conn.skipped += under_skipped;
+                }
+                let delivered_all = delivered + under;
+                if delivered_all > 0 {
                     let write = async {
                         for frame in batch.drain(..) {
                             ws.feed(Message::Binary(frame)).await?;
@@ -1206,7 +1239,7 @@ async fn serve(
                             ));
                         }
                     }
-                    conn.delivered += delivered;
+                    conn.delivered += delivered_all;
                     if let Some((ch, _)) = &conn.audio {
                         relay.fanout(*ch).frames_delivered.fetch_add(delivered, Ordering::Relaxed);
                     }
@@ -1313,52 +1346,97 @@ async fn next_log(log: &mut Option<broadcast::Receiver<Bytes>>) -> Option<Bytes>
     }
 }
 
-/// Waits for the next frame of the channel heard, then takes what else is queued (up to
-/// `MAX_BACKLOG`), skipping to live if the listener is further behind than that. A listener of
-/// the relaxed class waits instead for the next tick of `relaxed` (every [`RELAXED_EVERY`],
-/// one timer for all of them) and takes what came meanwhile (up to `RELAXED_BACKLOG`). Returns
-/// (frames in `batch`, frames skipped). Pending forever when no channel is heard.
+/// What [`next_frames`] put in the batch: frames of the channel heard and of the floor under
+/// it, and frames of each skipped to stay live.
+struct Taken {
+    delivered: u64,
+    skipped: u64,
+    under: u64,
+    under_skipped: u64,
+}
+
+/// Waits for the next frame of the channel heard (or of the floor under it), then takes what
+/// else is queued (up to `MAX_BACKLOG` of each), skipping to live if the listener is further
+/// behind than that. A listener of the relaxed class waits instead for the next tick of
+/// `relaxed` (every [`RELAXED_EVERY`], one timer for all of them) and takes what came
+/// meanwhile (up to `RELAXED_BACKLOG` of each). The channel's frames come first in `batch`,
+/// then the floor's. Pending forever when no channel is heard.
 async fn next_frames(
     audio: &mut Option<(u16, broadcast::Receiver<Bytes>)>,
+    under: &mut Option<(u16, broadcast::Receiver<Bytes>)>,
     batch: &mut Vec<Bytes>,
     relaxed: &mut Option<watch::Receiver<()>>,
-) -> (u64, u64) {
+) -> Taken {
     let Some((_, rx)) = audio else {
         return std::future::pending().await;
     };
-    let mut skipped = 0u64;
-    batch.clear();
-    let backlog = match relaxed {
+    let mut taken = Taken {
+        delivered: 0,
+        skipped: 0,
+        under: 0,
+        under_skipped: 0,
+    };
+    let mut first = None;
+    let mut first_under = None;
+    let (backlog, keep) = match relaxed {
         Some(tick) => {
             if tick.changed().await.is_err() {
                 return std::future::pending().await;
             }
-            RELAXED_BACKLOG
+            (RELAXED_BACKLOG, RELAXED_KEEP)
         }
         None => {
-            let first = loop {
-                match rx.recv().await {
-                    Ok(f) => break f,
-                    // Lagging is never fatal: the queue moved on without us; count and go on.
-                    Err(broadcast::error::RecvError::Lagged(n)) => skipped += n,
-                    Err(broadcast::error::RecvError::Closed) => {
+            // Lagging is never fatal: the queue moved on without us; count and go on.
+            while first.is_none() && first_under.is_none() {
+                let (got, is_under) = match under {
+                    None => (rx.recv().await, false),
+                    Some((_, floor)) => tokio::select! {
+                        biased;
+                        f = rx.recv() => (f, false),
+                        f = floor.recv() => (f, true),
+                    },
+                };
+                match (got, is_under) {
+                    (Ok(f), false) => first = Some(f),
+                    (Ok(f), true) => first_under = Some(f),
+                    (Err(broadcast::error::RecvError::Lagged(n)), false) => taken.skipped += n,
+                    (Err(broadcast::error::RecvError::Lagged(n)), true) => taken.under_skipped += n,
+                    (Err(broadcast::error::RecvError::Closed), _) => {
                         return std::future::pending().await
                     }
                 }
-            };
-            batch.push(first);
-            MAX_BACKLOG
+            }
+            (MAX_BACKLOG, LIVE_KEEP)
         }
     };
-    if rx.len() + batch.len() > backlog {
+    batch.clear();
+    batch.extend(first);
+    taken.skipped += take_queued(rx, batch, 0, backlog, keep);
+    taken.delivered = batch.len() as u64;
+    if let Some((_, floor)) = under {
+        let at = batch.len();
+        batch.extend(first_under);
+        taken.under_skipped += take_queued(floor, batch, at, backlog, keep);
+        taken.under = (batch.len() - at) as u64;
+    }
+    taken
+}
+
+/// Appends what `rx` has queued to `batch` (whose frames from `start` on are this queue's),
+/// up to `backlog` of them; past `backlog` the frames are dropped but the newest `keep`.
+/// Returns the frames skipped.
+fn take_queued(
+    rx: &mut broadcast::Receiver<Bytes>,
+    batch: &mut Vec<Bytes>,
+    start: usize,
+    backlog: usize,
+    keep: usize,
+) -> u64 {
+    let mut skipped = 0u64;
+    if rx.len() + batch.len() - start > backlog {
         // Too far behind to be live: keep the newest frames only.
-        let keep = if relaxed.is_some() {
-            RELAXED_KEEP
-        } else {
-            LIVE_KEEP
-        };
-        skipped += batch.len() as u64;
-        batch.clear();
+        skipped += (batch.len() - start) as u64;
+        batch.truncate(start);
         let drop = rx.len().saturating_sub(keep);
         for _ in 0..drop {
             match rx.try_recv() {
@@ -1368,14 +1446,14 @@ async fn next_frames(
             }
         }
     }
-    while batch.len() < backlog {
+    while batch.len() - start < backlog {
         match rx.try_recv() {
             Ok(f) => batch.push(f),
             Err(broadcast::error::TryRecvError::Lagged(n)) => skipped += n,
             Err(_) => break,
         }
     }
-    (batch.len() as u64, skipped)
+    skipped
 }
 
 /// How often frames are written to listeners of the relaxed class.
@@ -1653,7 +1731,10 @@ fn control(conn: &mut Connection, msg: ClientMessage) -> Result<Option<ServerMes
                 message: "hello was already accepted on this connection".into(),
             })
         }
-        ClientMessage::Subscribe { channel } => {
+        ClientMessage::Subscribe {
+            channel,
+            floor_under,
+        } => {
             if matches!(conn.peer, Peer::Floor | Peer::Console { .. }) {
                 return Err(Refusal {
                     code: ErrorCode::Forbidden,
@@ -1661,18 +1742,17 @@ fn control(conn: &mut Connection, msg: ClientMessage) -> Result<Option<ServerMes
                 });
             }
             let ch = resolve(&channel)?;
+            conn.wants_floor_under = floor_under;
             conn.hear(Some(ch));
-            tracing::debug!(peer = %conn.addr, channel = %channel, "subscribed");
-            return Ok(Some(ServerMessage::Subscribed {
-                channel: conn.channel_id(),
-            }));
+            tracing::debug!(peer = %conn.addr, channel = %channel, floor_under, "subscribed");
+            return Ok(Some(conn.subscribed()));
         }
         ClientMessage::Unsubscribe => {
             if is_console {
                 return Err(forbid("unsubscribe"));
             }
             conn.hear(None);
-            return Ok(Some(ServerMessage::Subscribed { channel: None }));
+            return Ok(Some(conn.subscribed()));
         }
         ClientMessage::Record { .. } => {
             return Err(Refusal {

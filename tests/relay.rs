@@ -796,3 +796,99 @@ async fn a_relaxed_listener_gets_every_frame_a_tenth_of_a_second_at_a_time() {
     );
     relay.stop().await;
 }
+
+/// A delegate asking for the floor under English gets both on one connection, each frame
+/// marked with its own channel and each stream whole; the floor's audience does not count
+/// them; asking without it, or for the floor itself, brings one stream again.
+#[tokio::test]
+async fn the_floor_comes_under_the_interpretation_when_asked() {
+    use boothcast::protocol::ServerMessage;
+    let relay = TestRelay::start().await;
+    let floor = Client::floor(&relay.url).await;
+    floor.pump(FLOOR, 80);
+    let mut en = Client::console(&relay.url, "en", "1").await;
+    en.pump(b'E', 80);
+    en.text(json!({"type": "live"}));
+    en.console_state(|s| s.live.is_some()).await;
+    let mut listener = Client::connect(
+        &relay.url,
+        json!({"type": "hello", "role": "listener", "channel": "plenary/en", "floor_under": true}),
+    )
+    .await;
+    let under = listener
+        .wait_text("subscribed", |m| match m {
+            ServerMessage::Subscribed {
+                channel,
+                floor_under,
+            } => Some((channel.clone(), floor_under.clone())),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        under,
+        (Some("plenary/en".into()), Some("plenary/floor".into()))
+    );
+    // Once the interpreter is heard, both streams come, each in sequence.
+    listener.frames_until(|_, b| marker(b) == b'E').await;
+    let mut by_marker: std::collections::HashMap<u8, Vec<_>> = Default::default();
+    for _ in 0..60 {
+        let (h, b) = listener.frame().await;
+        by_marker.entry(marker(&b)).or_default().push((h, b));
+    }
+    let (e, f) = (&by_marker[&b'E'], &by_marker[&FLOOR]);
+    assert_eq!(by_marker.len(), 2, "only the two streams");
+    assert!(
+        e.len() >= 20 && f.len() >= 20,
+        "{} and {}",
+        e.len(),
+        f.len()
+    );
+    assert!(e.iter().all(|(h, _)| h.source == Source::Interpreter));
+    assert!(f.iter().all(|(h, _)| h.source == Source::Floor));
+    assert_ne!(e[0].0.channel, f[0].0.channel);
+    assert_contiguous(e);
+    assert_contiguous(f);
+    // The delegate counts once, on English.
+    let counts = en
+        .wait_text("audience", |m| match m {
+            ServerMessage::Audience { listeners } => {
+                let n = |id: &str| listeners.iter().find(|(c, _)| c == id).map(|(_, n)| *n);
+                (n("plenary/en") == Some(1)).then(|| n("plenary/floor"))
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(counts, Some(0));
+
+    // Without it: English alone again.
+    listener.text(json!({"type": "subscribe", "channel": "plenary/en"}));
+    listener
+        .wait_text("subscribed without the floor", |m| match m {
+            ServerMessage::Subscribed {
+                floor_under: None, ..
+            } => Some(()),
+            _ => None,
+        })
+        .await;
+    listener.seen.clear();
+    let mut markers = Vec::new();
+    for _ in 0..30 {
+        markers.push(marker(&listener.frame().await.1));
+    }
+    // Frames already on the way may still be the floor's; then only English.
+    let last_floor = markers.iter().rposition(|m| *m == FLOOR).unwrap_or(0);
+    assert!(last_floor < 10, "{markers:?}");
+    // The floor itself has no floor under it.
+    listener.text(json!({"type": "subscribe", "channel": "plenary/floor", "floor_under": true}));
+    let under = listener
+        .wait_text("subscribed to the floor", |m| match m {
+            ServerMessage::Subscribed {
+                channel,
+                floor_under,
+            } => Some((channel.clone(), floor_under.clone())),
+            _ => None,
+        })
+        .await;
+    assert_eq!(under, (Some("plenary/floor".into()), None));
+    relay.stop().await;
+}
