@@ -28,12 +28,19 @@
 //! the secrets; a node whose event differs is refused at start) and each node's session
 //! prefix (`boothcast-nodes`), which makes session numbers unique across the cluster.
 //!
+//! Recording runs on one node at a time (`recording.rs`): the node that records holds a
+//! claim in `boothcast-record`, and moving the recording asks the holder to stop first.
+//!
 //! When NATS cannot be reached for longer than the lease, a node decides for its own
 //! consoles and listeners alone ("isolated": said in the log, the event log and `/metrics`)
 //! and follows the cluster again once NATS is back.
 
+mod recording;
+
+pub use recording::{RECORD_MARGIN, RECORD_RENEW, RECORD_TTL};
+
 use crate::config::Event;
-use crate::protocol::{ConsoleState, LogKind, ServerMessage};
+use crate::protocol::{ClusterNode, ConsoleState, LogKind, NodeHealth, ServerMessage};
 use crate::relay::{Outbound, Relay};
 use crate::rules::{Command, Session};
 use async_nats::jetstream::kv;
@@ -43,7 +50,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 /// How long the decider's lease lasts without renewal. A decider that dies is replaced within
 /// about this plus [`RENEW_EVERY`] (under the 3 s the event can bear); a NATS hiccup shorter
@@ -209,6 +216,19 @@ pub struct NodeState {
     pub isolated: bool,
     /// Listeners per channel, in the event's channel order.
     pub listeners: Vec<u32>,
+    /// The recording this node runs, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording: Option<RecordingAt>,
+}
+
+/// A node's recording, as its heartbeat tells it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordingAt {
+    /// The session directory, on that node's disk.
+    pub dir: String,
+    /// When it started, milliseconds since the Unix epoch on that node's clock (should two
+    /// nodes say they record for a moment while it moves, the later start is shown).
+    pub since_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -255,6 +275,12 @@ pub struct Link {
     /// Decider: the other nodes' senders it knows, and when each node (by session prefix) was
     /// last heard from. Bounded by the senders an event can have and the nodes of a cluster.
     remote: Mutex<(HashMap<Session, ()>, HashMap<u16, Instant>)>,
+    /// The recording this node runs, if any.
+    recording: Mutex<Option<RecordingAt>>,
+    /// Where the cluster records: this node's part.
+    recorder: Arc<recording::Coordinator>,
+    /// The nodes as engineers see them (`ServerMessage::Cluster`), once a second.
+    view_tx: watch::Sender<Bytes>,
     pub counters: Counters,
 }
 
@@ -274,6 +300,186 @@ impl Link {
     /// This node's name.
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// Whether this node reaches NATS now.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// The relay's recorder, which this node records with; `start` (`serve --record`):
+    /// record from now on, unless another node of the cluster records already.
+    pub fn attach_recorder(
+        self: &Arc<Self>,
+        relay: &Arc<Relay>,
+        recorder: crate::record::Recorder,
+        start: bool,
+    ) {
+        self.recorder.attach(recorder);
+        if start {
+            self.recorder.request(
+                self.clone(),
+                relay.clone(),
+                None,
+                recording::Request::Start { take: false },
+            );
+        }
+    }
+
+    /// An engineer (`session`) asked to start recording on this node (moving it here from the
+    /// node that records, if any), or to stop it wherever it runs. Carried out in a task of
+    /// its own; a refusal goes to the engineer, the new state to every engineer
+    /// (`recording`).
+    pub fn record(self: &Arc<Self>, relay: &Arc<Relay>, session: Session, start: bool) {
+        let req = if start {
+            recording::Request::Start { take: true }
+        } else {
+            recording::Request::Stop
+        };
+        self.recorder
+            .request(self.clone(), relay.clone(), Some(session), req);
+    }
+
+    /// Stops this node's recording, if any (every file closed), and gives up its claim.
+    pub async fn stop_recording_here(&self, relay: &Arc<Relay>) {
+        self.recorder.shutdown(relay).await;
+    }
+
+    /// This node's recorder started (`Some(dir)`) or stopped: the other nodes are told at
+    /// once, and this node's engineers where the cluster records.
+    pub fn local_recording(&self, relay: &Relay, dir: Option<String>) {
+        *self.recording.lock().expect("recording lock poisoned") = dir.map(|dir| RecordingAt {
+            dir,
+            since_ms: crate::relay::unix_micros() / 1000,
+        });
+        self.beat(relay);
+        self.refresh_recording(relay);
+    }
+
+    /// Tells this node's engineers where the cluster records: this node, or the node heard
+    /// within [`NODE_STALE`] that says it does (the latest to start, should two say so).
+    fn refresh_recording(&self, relay: &Relay) {
+        let mine = self
+            .recording
+            .lock()
+            .expect("recording lock poisoned")
+            .clone()
+            .map(|r| (r, self.node.clone()));
+        let best = {
+            let nodes = self.nodes.lock().expect("nodes lock poisoned");
+            nodes
+                .iter()
+                .filter(|(n, (at, _))| **n != self.node && at.elapsed() <= NODE_STALE)
+                .filter_map(|(n, (_, s))| s.recording.clone().map(|r| (r, n.clone())))
+                .chain(mine)
+                .max_by_key(|(r, _)| r.since_ms)
+        };
+        match best {
+            Some((r, node)) => relay.show_recording(Some(r.dir), Some(node)),
+            None => relay.show_recording(None, None),
+        }
+    }
+
+    /// This node's heartbeat, to the others.
+    fn beat(&self, relay: &Relay) {
+        let state = NodeState {
+            node: self.node.clone(),
+            prefix: self.prefix,
+            url: self.url.clone(),
+            deciding: self.leading(),
+            isolated: self.isolated(),
+            listeners: relay.local_audience().into_iter().map(|(_, n)| n).collect(),
+            recording: self
+                .recording
+                .lock()
+                .expect("recording lock poisoned")
+                .clone(),
+        };
+        self.queue(
+            NODES.to_string(),
+            Bytes::from(serde_json::to_vec(&state).expect("serializable")),
+        );
+    }
+
+    /// Every node known here: this one first, then the others by name; one not heard from
+    /// within [`NODE_STALE`] is `silent`, and left out after ten times that.
+    pub fn nodes_view(&self, relay: &Relay) -> Vec<ClusterNode> {
+        let recording = self
+            .recording
+            .lock()
+            .expect("recording lock poisoned")
+            .is_some();
+        let mut out = vec![ClusterNode {
+            node: self.node.clone(),
+            url: self.url.clone(),
+            health: if self.isolated() {
+                NodeHealth::Isolated
+            } else if self.leading() {
+                NodeHealth::Deciding
+            } else {
+                NodeHealth::Following
+            },
+            connected: self.connected(),
+            heard_ms: 0,
+            here: true,
+            recording,
+            listeners: relay.local_audience(),
+        }];
+        let nodes = self.nodes.lock().expect("nodes lock poisoned");
+        for (name, (at, s)) in nodes.iter() {
+            let heard = at.elapsed();
+            if *name == self.node || heard > NODE_STALE * 10 {
+                continue;
+            }
+            let fresh = heard <= NODE_STALE;
+            out.push(ClusterNode {
+                node: name.clone(),
+                url: s.url.clone(),
+                health: if !fresh {
+                    NodeHealth::Silent
+                } else if s.isolated {
+                    NodeHealth::Isolated
+                } else if s.deciding {
+                    NodeHealth::Deciding
+                } else {
+                    NodeHealth::Following
+                },
+                connected: fresh && !s.isolated,
+                heard_ms: heard.as_millis() as u64,
+                here: false,
+                recording: fresh && s.recording.is_some(),
+                listeners: self
+                    .event
+                    .channels
+                    .iter()
+                    .zip(s.listeners.iter().chain(std::iter::repeat(&0)))
+                    .map(|(c, n)| (c.id.clone(), *n))
+                    .collect(),
+            });
+        }
+        out
+    }
+
+    /// The nodes as engineers see them ([`ServerMessage::Cluster`] as JSON), renewed once a
+    /// second; empty until the first.
+    pub fn view_watch(&self) -> watch::Receiver<Bytes> {
+        self.view_tx.subscribe()
+    }
+
+    fn publish_view(&self, relay: &Relay) {
+        let json = Bytes::from(
+            ServerMessage::Cluster {
+                nodes: self.nodes_view(relay),
+            }
+            .to_json(),
+        );
+        self.view_tx.send_if_modified(|now| {
+            let changed = *now != json;
+            if changed {
+                *now = json;
+            }
+            changed
+        });
     }
 
     fn queue(&self, subject: String, payload: Bytes) {
@@ -475,7 +681,7 @@ impl Link {
     }
 
     /// The cluster's metrics in the Prometheus text format.
-    pub fn metrics(&self, out: &mut String) {
+    pub fn metrics(&self, relay: &Relay, out: &mut String) {
         use std::fmt::Write;
         let node = &self.node;
         let _ = writeln!(
@@ -499,18 +705,69 @@ impl Link {
             "# HELP boothcast_cluster_nodes Nodes heard from within 3 s, this one included.\n# TYPE boothcast_cluster_nodes gauge\nboothcast_cluster_nodes {}",
             peers.len() + 1
         );
+        let view = self.nodes_view(relay);
         let _ = writeln!(
             out,
-            "# HELP boothcast_cluster_node_listeners Listeners per node and channel, as each node last said.\n# TYPE boothcast_cluster_node_listeners gauge"
+            "# HELP boothcast_cluster_node_info A node known here (this one included), with its public address and health: deciding, following, isolated, or silent (not heard from within 3 s).\n# TYPE boothcast_cluster_node_info gauge"
         );
-        for p in &peers {
-            for (c, n) in self.event.channels.iter().zip(&p.listeners) {
+        for n in &view {
+            let _ = writeln!(
+                out,
+                "boothcast_cluster_node_info{{node=\"{}\",url=\"{}\",health=\"{}\"}} 1",
+                n.node,
+                n.url.replace('\\', "\\\\").replace('"', "\\\""),
+                serde_json::to_value(n.health)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP boothcast_cluster_node_heard_seconds Seconds since this node last heard the node's heartbeat (0 for itself).\n# TYPE boothcast_cluster_node_heard_seconds gauge"
+        );
+        for n in &view {
+            let _ = writeln!(
+                out,
+                "boothcast_cluster_node_heard_seconds{{node=\"{}\"}} {:.3}",
+                n.node,
+                n.heard_ms as f64 / 1000.0
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP boothcast_cluster_node_recording 1 for the node that records, as its heartbeats say.\n# TYPE boothcast_cluster_node_recording gauge"
+        );
+        for n in &view {
+            let _ = writeln!(
+                out,
+                "boothcast_cluster_node_recording{{node=\"{}\"}} {}",
+                n.node,
+                u8::from(n.recording)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP boothcast_cluster_node_listeners Listeners per node and channel: this node's own, the others' as they last said.\n# TYPE boothcast_cluster_node_listeners gauge"
+        );
+        for n in view.iter().filter(|n| n.health != NodeHealth::Silent) {
+            for (c, count) in &n.listeners {
                 let _ = writeln!(
                     out,
-                    "boothcast_cluster_node_listeners{{node=\"{}\",channel=\"{}\"}} {n}",
-                    p.node, c.id
+                    "boothcast_cluster_node_listeners{{node=\"{}\",channel=\"{c}\"}} {count}",
+                    n.node
                 );
             }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP boothcast_cluster_listeners Listeners per channel over the cluster (the nodes heard from within 3 s), as in audience.\n# TYPE boothcast_cluster_listeners gauge"
+        );
+        for (c, count) in relay.audience() {
+            let _ = writeln!(
+                out,
+                "boothcast_cluster_listeners{{channel=\"{c}\"}} {count}"
+            );
         }
         for (name, v, help) in [
             (
@@ -850,6 +1107,7 @@ pub async fn join(relay: Arc<Relay>, options: Options) -> Result<Arc<Link>, Erro
     }
 
     let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
+    let recorder = Arc::new(recording::Coordinator::new(client.clone()));
     let link = Arc::new(Link {
         node: options.node.clone(),
         url: options.public_url.clone(),
@@ -865,6 +1123,9 @@ pub async fn join(relay: Arc<Relay>, options: Options) -> Result<Arc<Link>, Erro
         decider: Mutex::new(None),
         known_seqs: Mutex::new(vec![(0, Instant::now()); event.channels.len()]),
         remote: Mutex::new((HashMap::new(), HashMap::new())),
+        recording: Mutex::new(None),
+        recorder: recorder.clone(),
+        view_tx: watch::channel(Bytes::new()).0,
         counters: Counters::default(),
     });
     relay.set_cluster(link.clone(), ((prefix as u64) << SESSION_BITS) | 1);
@@ -882,6 +1143,12 @@ pub async fn join(relay: Arc<Relay>, options: Options) -> Result<Arc<Link>, Erro
         prefix,
     ));
     drop(lease_kv);
+    tokio::spawn(recording::renew(
+        recorder.clone(),
+        relay.clone(),
+        link.clone(),
+    ));
+    tokio::spawn(recording::inbox(recorder, relay.clone(), link.clone()));
     tokio::spawn(lease(client, relay, link.clone()));
     tracing::info!(node = %options.node, nats = %servers, prefix, "joined the cluster");
     Ok(link)
@@ -991,11 +1258,19 @@ async fn state_inbox(client: async_nats::Client, relay: Arc<Relay>, link: Arc<Li
                     continue;
                 };
                 link.heard(s.prefix);
-                let mut nodes = link.nodes.lock().expect("nodes lock poisoned");
-                // Bounded: names of nodes not heard from for a while are forgotten.
-                nodes.retain(|_, (at, _)| at.elapsed() < NODE_STALE * 10);
-                if nodes.len() < 256 || nodes.contains_key(&s.node) {
-                    nodes.insert(s.node.clone(), (Instant::now(), s));
+                let recording_changed = {
+                    let mut nodes = link.nodes.lock().expect("nodes lock poisoned");
+                    // Bounded: names of nodes not heard from for a while are forgotten.
+                    nodes.retain(|_, (at, _)| at.elapsed() < NODE_STALE * 10);
+                    let before = nodes.get(&s.node).map(|(_, old)| old.recording.clone());
+                    let changed = before != Some(s.recording.clone());
+                    if nodes.len() < 256 || nodes.contains_key(&s.node) {
+                        nodes.insert(s.node.clone(), (Instant::now(), s));
+                    }
+                    changed
+                };
+                if recording_changed {
+                    link.refresh_recording(&relay);
                 }
             }
         }
@@ -1074,18 +1349,10 @@ async fn heartbeat(
     loop {
         tick.tick().await;
         n += 1;
-        let state = NodeState {
-            node: link.node.clone(),
-            prefix: link.prefix,
-            url: link.url.clone(),
-            deciding: link.leading(),
-            isolated: link.isolated(),
-            listeners: relay.local_audience().into_iter().map(|(_, n)| n).collect(),
-        };
-        link.queue(
-            NODES.to_string(),
-            Bytes::from(serde_json::to_vec(&state).expect("serializable")),
-        );
+        link.beat(&relay);
+        // A recording node gone silent no longer records, as far as engineers here can tell.
+        link.refresh_recording(&relay);
+        link.publish_view(&relay);
         if n.is_multiple_of(5) && !link.isolated() {
             // Made again if NATS came back without them (memory storage).
             let _ = tokio::time::timeout(Duration::from_secs(1), async {

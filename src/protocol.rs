@@ -301,9 +301,16 @@ pub enum ServerMessage {
     /// Whether every channel is being recorded, and where (engineers; on connect and change).
     Recording {
         active: bool,
+        /// The session directory, on the recording node's disk.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         dir: Option<String>,
+        /// In a cluster: the node that records (one at a time). Absent from a relay alone.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
     },
+    /// In a cluster (engineers; on connect, then on change, at most once a second): every
+    /// node this one knows of, itself first, then by name. Never sent by a relay alone.
+    Cluster { nodes: Vec<ClusterNode> },
     /// The event log (engineers): the latest entries on connect, then each new one.
     Log { entries: Vec<LogEntry> },
     /// Answer to `ping`.
@@ -337,6 +344,42 @@ pub struct SenderHealth {
     /// frames stopped shows here first, before its deadline closes it.
     #[serde(default)]
     pub silent_ms: Option<u64>,
+}
+
+/// One relay of a cluster as the node the engineer is connected to sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterNode {
+    /// Its name (`serve --node`).
+    pub node: String,
+    /// Its public base address (`ws://HOST:PORT/`), as `welcome`'s `relays`.
+    pub url: String,
+    pub health: NodeHealth,
+    /// Whether it reaches NATS: this node's own link; another node's while its heartbeats
+    /// come (it sends them through NATS).
+    pub connected: bool,
+    /// Milliseconds since its last heartbeat was heard here (0 for this node itself).
+    pub heard_ms: u64,
+    /// This is the node the engineer is connected to.
+    pub here: bool,
+    /// It records (see `recording`).
+    pub recording: bool,
+    /// Its own delegates per channel id, in the event's channel order (the cluster's sums are
+    /// in `audience`).
+    pub listeners: Vec<(String, u32)>,
+}
+
+/// How a node of a cluster is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeHealth {
+    /// It holds the lease: it decides for the whole event.
+    Deciding,
+    /// It follows the deciding node.
+    Following,
+    /// It cannot reach NATS and serves its own booths and listeners alone.
+    Isolated,
+    /// Not heard from for over 3 s: gone, or cut off from NATS (the others cannot tell).
+    Silent,
 }
 
 /// One entry of the event log.

@@ -23,9 +23,9 @@
 //! packet), so a killed relay leaves files that play up to its last moments.
 
 use crate::ogg;
-use crate::protocol::{FrameHeader, HEADER_LEN};
+use crate::protocol::{ErrorCode, FrameHeader, HEADER_LEN};
 use crate::relay::{unix_micros, Relay};
-use crate::rules::Session;
+use crate::rules::{Refusal, Session};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::io::BufWriter;
@@ -113,11 +113,7 @@ struct Track {
 pub fn start(relay: Arc<Relay>, root: &Path) -> Result<Recording, Error> {
     let start_us = unix_micros();
     let start = Instant::now();
-    let dir = root.join(format!("session-{}", start_us / 1_000_000));
-    std::fs::create_dir_all(&dir).map_err(|source| Error::Dir {
-        dir: dir.display().to_string(),
-        source,
-    })?;
+    let dir = session_dir(root, start_us / 1_000_000)?;
     let event = relay.event().clone();
     let mut tracks = Vec::new();
     for (i, ch) in event.channels.iter().enumerate() {
@@ -179,6 +175,36 @@ pub fn start(relay: Arc<Relay>, root: &Path) -> Result<Recording, Error> {
     })
 }
 
+/// A new directory `session-SECONDS` under `root` (made if missing), or `session-SECONDS-N`
+/// when a session started in the same second already has that name: a recording started
+/// again at once never writes over the one before.
+fn session_dir(root: &Path, seconds: u64) -> Result<PathBuf, Error> {
+    let err = |dir: &Path, source| Error::Dir {
+        dir: dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(root).map_err(|e| err(root, e))?;
+    for n in 1..=100u32 {
+        let dir = match n {
+            1 => root.join(format!("session-{seconds}")),
+            n => root.join(format!("session-{seconds}-{n}")),
+        };
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(err(&dir, e)),
+        }
+    }
+    let dir = root.join(format!("session-{seconds}"));
+    Err(err(
+        &dir,
+        std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "100 sessions started in this second already",
+        ),
+    ))
+}
+
 impl Recording {
     /// Stops: pads every file to the same end, closes the streams, writes the index.
     pub async fn stop(mut self) -> Result<Summary, Error> {
@@ -211,6 +237,85 @@ impl Drop for Recording {
         for t in &self.tasks {
             t.abort();
         }
+    }
+}
+
+/// The recording of a relay (at most one at a time), shared by the engineers' connections
+/// and, in a cluster, by the node's part in choosing where the cluster records.
+#[derive(Clone)]
+pub struct Recorder {
+    dir: Option<PathBuf>,
+    current: Arc<tokio::sync::Mutex<Option<Recording>>>,
+}
+
+impl Recorder {
+    /// A recorder writing session directories under `dir`; without one, it refuses to start.
+    pub fn new(dir: Option<PathBuf>) -> Recorder {
+        Recorder {
+            dir,
+            current: Arc::new(tokio::sync::Mutex::new(None)),
+        }
+    }
+
+    /// Whether it has a directory to record into.
+    pub fn can_record(&self) -> bool {
+        self.dir.is_some()
+    }
+
+    /// Whether a recording runs here now.
+    pub async fn is_recording(&self) -> bool {
+        self.current.lock().await.is_some()
+    }
+
+    /// Starts or stops recording (nothing if it already is as asked), and tells the relay
+    /// ([`Relay::set_recording`]). Stopping returns once every file is closed.
+    ///
+    /// # Errors
+    /// A refusal (`forbidden`) saying why: no directory (`serve --record DIR`), a file that
+    /// cannot be created, or a write that failed while recording.
+    pub async fn set(&self, relay: &Arc<Relay>, start: bool) -> Result<(), Refusal> {
+        let mut current = self.current.lock().await;
+        match (start, current.is_some()) {
+            (true, false) => {
+                let Some(dir) = &self.dir else {
+                    return Err(Refusal {
+                        code: ErrorCode::Forbidden,
+                        message: "recording is not set up: start the relay with --record DIR"
+                            .into(),
+                    });
+                };
+                let recording = self::start(relay.clone(), dir).map_err(|e| Refusal {
+                    code: ErrorCode::Forbidden,
+                    message: e.to_string(),
+                })?;
+                relay.set_recording(Some(recording.dir.display().to_string()));
+                *current = Some(recording);
+            }
+            (false, true) => {
+                let recording = current.take().expect("checked");
+                let stopped = recording.stop().await;
+                // Told once every file is closed: a recording said to be stopped is whole.
+                relay.set_recording(None);
+                match stopped {
+                    Ok(summary) => tracing::info!(
+                        dir = %summary.dir.display(),
+                        seconds = summary.seconds,
+                        files = summary.files.len(),
+                        "recording stopped"
+                    ),
+                    Err(e) => {
+                        tracing::error!(error = %e, "recording stopped with an error");
+                        return Err(Refusal {
+                            code: ErrorCode::Forbidden,
+                            message: e.to_string(),
+                        });
+                    }
+                }
+            }
+            // Already in the state asked for.
+            _ => {}
+        }
+        Ok(())
     }
 }
 
@@ -484,6 +589,18 @@ mod tests {
     use super::*;
 
     const FRAME: i64 = 20_000;
+
+    #[test]
+    fn a_session_started_in_the_same_second_gets_a_directory_of_its_own() {
+        let root =
+            std::env::temp_dir().join(format!("boothcast-session-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let first = session_dir(&root, 1_700_000_000).unwrap();
+        let second = session_dir(&root, 1_700_000_000).unwrap();
+        assert_eq!(first, root.join("session-1700000000"));
+        assert_eq!(second, root.join("session-1700000000-2"));
+        let _ = std::fs::remove_dir_all(&root);
+    }
 
     #[test]
     fn a_stall_and_its_burst_keep_their_places() {

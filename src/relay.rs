@@ -214,6 +214,7 @@ impl Relay {
                 ServerMessage::Recording {
                     active: false,
                     dir: None,
+                    node: None,
                 }
                 .to_json(),
             ))
@@ -845,21 +846,42 @@ impl Relay {
         self.recording_tx.subscribe()
     }
 
-    /// Publishes the recording state to engineers.
+    /// This relay's recorder started (`Some(dir)`) or stopped. Alone, engineers are told at
+    /// once; in a cluster, the link tells the other nodes, and engineers learn where the
+    /// cluster records ([`Relay::show_recording`]).
     pub fn set_recording(&self, dir: Option<String>) {
-        self.log(
-            LogKind::Recording,
-            match &dir {
-                Some(d) => format!("recording started in {d}"),
-                None => "recording stopped".to_string(),
-            },
-        );
-        let json = ServerMessage::Recording {
-            active: dir.is_some(),
-            dir,
+        match self.cluster.get() {
+            Some(c) => c.local_recording(self, dir),
+            None => self.show_recording(dir, None),
         }
-        .to_json();
-        self.recording_tx.send_replace(Bytes::from(json));
+    }
+
+    /// Tells engineers whether a recording runs, in which directory, and on which node of a
+    /// cluster (`None` alone); logged when it changes.
+    pub fn show_recording(&self, dir: Option<String>, node: Option<String>) {
+        let text = match (&dir, &node) {
+            (Some(d), None) => format!("recording started in {d}"),
+            (Some(d), Some(n)) => format!("recording on node {n} in {d}"),
+            (None, _) => "recording stopped".to_string(),
+        };
+        let json = Bytes::from(
+            ServerMessage::Recording {
+                active: dir.is_some(),
+                dir,
+                node,
+            }
+            .to_json(),
+        );
+        let changed = self.recording_tx.send_if_modified(|now| {
+            let changed = *now != json;
+            if changed {
+                *now = json;
+            }
+            changed
+        });
+        if changed {
+            self.log(LogKind::Recording, text);
+        }
     }
 
     /// Each channel's levels (RMS, peak in -dBFS): those of its last frame, or silence (127)
@@ -1110,7 +1132,7 @@ impl Relay {
             );
         }
         if let Some(c) = self.cluster.get() {
-            c.metrics(&mut out);
+            c.metrics(self, &mut out);
         }
         out
     }

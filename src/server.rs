@@ -19,6 +19,7 @@ use crate::protocol::{
     ClientMessage, Delivery, ErrorCode, LogKind, Role, ServerMessage, MAX_CONTROL_LEN,
     MAX_FRAME_LEN,
 };
+use crate::record::Recorder;
 use crate::relay::{Outbound, Relay};
 use crate::rules::{Command, Refusal, Session};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -86,59 +87,6 @@ pub struct Options {
     /// Connection bounds (default: from the open-file limit and the event, see
     /// [`Limits::for_event`]).
     pub limits: Option<Limits>,
-}
-
-/// The recording in progress, if any, shared by the engineers' connections.
-#[derive(Clone)]
-struct Recorder {
-    dir: Option<PathBuf>,
-    current: Arc<tokio::sync::Mutex<Option<crate::record::Recording>>>,
-}
-
-impl Recorder {
-    /// Starts or stops recording; the refusal says why it cannot.
-    async fn set(&self, relay: &Arc<Relay>, start: bool) -> Result<(), Refusal> {
-        let mut current = self.current.lock().await;
-        match (start, current.is_some()) {
-            (true, false) => {
-                let Some(dir) = &self.dir else {
-                    return Err(Refusal {
-                        code: ErrorCode::Forbidden,
-                        message: "recording is not set up: start the relay with --record DIR"
-                            .into(),
-                    });
-                };
-                let recording = crate::record::start(relay.clone(), dir).map_err(|e| Refusal {
-                    code: ErrorCode::Forbidden,
-                    message: e.to_string(),
-                })?;
-                relay.set_recording(Some(recording.dir.display().to_string()));
-                *current = Some(recording);
-            }
-            (false, true) => {
-                let recording = current.take().expect("checked");
-                relay.set_recording(None);
-                match recording.stop().await {
-                    Ok(summary) => tracing::info!(
-                        dir = %summary.dir.display(),
-                        seconds = summary.seconds,
-                        files = summary.files.len(),
-                        "recording stopped"
-                    ),
-                    Err(e) => {
-                        tracing::error!(error = %e, "recording stopped with an error");
-                        return Err(Refusal {
-                            code: ErrorCode::Forbidden,
-                            message: e.to_string(),
-                        });
-                    }
-                }
-            }
-            // Already in the state asked for.
-            _ => {}
-        }
-        Ok(())
-    }
 }
 
 impl Default for Options {
@@ -216,11 +164,11 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(relay.clone().run_timers(stop_rx.clone()));
-    let recorder = Recorder {
-        dir: options.record_dir.clone(),
-        current: Arc::new(tokio::sync::Mutex::new(None)),
-    };
-    if options.record_at_start {
+    let recorder = Recorder::new(options.record_dir.clone());
+    if let Some(link) = relay.cluster() {
+        // In a cluster one node records at a time: the cluster link chooses.
+        link.attach_recorder(&relay, recorder.clone(), options.record_at_start);
+    } else if options.record_at_start {
         recorder
             .set(&relay, true)
             .await
@@ -302,8 +250,14 @@ pub async fn run(
     while relay.session_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // A recording still running is closed properly: every file ends, the index is written.
-    let _ = recorder.set(&relay, false).await;
+    // A recording still running is closed properly: every file ends, the index is written
+    // (and in a cluster, its claim is given up, so another node may record at once).
+    match relay.cluster() {
+        Some(link) => link.stop_recording_here(&relay).await,
+        None => {
+            let _ = recorder.set(&relay, false).await;
+        }
+    }
     Ok(())
 }
 
@@ -1143,6 +1097,11 @@ async fn serve(
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut recording = relay.recording_watch();
+    // In a cluster, engineers see its nodes.
+    let mut nodes = relay
+        .cluster()
+        .filter(|_| is_engineer)
+        .map(|c| c.view_watch());
     let (booth, console) = match &conn.peer {
         Peer::Console { booth, console } => (Some(booth.clone()), Some(console.clone())),
         _ => (None, None),
@@ -1174,6 +1133,12 @@ async fn serve(
         let json = recording.borrow_and_update().clone();
         if send_bytes_text(ws, json).await.is_err() {
             return None;
+        }
+        if let Some(nodes) = nodes.as_mut() {
+            let json = nodes.borrow_and_update().clone();
+            if !json.is_empty() && send_bytes_text(ws, json).await.is_err() {
+                return None;
+            }
         }
         let (entries, rx) = relay.log_subscribe();
         log = Some(rx);
@@ -1270,7 +1235,15 @@ async fn serve(
                     let reply = match *msg {
                         ClientMessage::Record { start } if is_engineer => {
                             tracing::info!(peer = %conn.addr, start, "recording asked");
-                            conn.recorder.set(&relay, start).await.map(|_| None)
+                            match relay.cluster() {
+                                // Moving a recording may wait on another node: the answer
+                                // (a refusal, or `recording` from wherever it runs) comes later.
+                                Some(link) => {
+                                    link.record(&relay, conn.session, start);
+                                    Ok(None)
+                                }
+                                None => conn.recorder.set(&relay, start).await.map(|_| None),
+                            }
                         }
                         msg => control(conn, msg),
                     };
@@ -1316,6 +1289,9 @@ async fn serve(
                 let json = recording.borrow_and_update().clone();
                 if send_bytes_text(ws, json).await.is_err() { return None; }
             }
+            json = next_change(&mut nodes) => {
+                if !json.is_empty() && send_bytes_text(ws, json).await.is_err() { return None; }
+            }
             entry = next_log(&mut log) => {
                 if let Some(json) = entry {
                     if send_bytes_text(ws, json).await.is_err() { return None; }
@@ -1331,6 +1307,18 @@ async fn serve(
             }
         }
     }
+}
+
+/// The next value of a watch, when there is one to follow; pending forever otherwise (and
+/// once the watch's sender is gone).
+async fn next_change(watch: &mut Option<watch::Receiver<Bytes>>) -> Bytes {
+    let Some(w) = watch else {
+        return std::future::pending().await;
+    };
+    if w.changed().await.is_err() {
+        return std::future::pending().await;
+    }
+    w.borrow_and_update().clone()
 }
 
 /// The next event-log entry for an engineer (`None` after skipping entries it was too slow

@@ -5,7 +5,7 @@
 mod proc;
 mod support;
 
-use boothcast::protocol::{ConsoleState, ServerMessage};
+use boothcast::protocol::{ClusterNode, ConsoleState, NodeHealth, ServerMessage};
 use proc::{tmpdir, tone, Proc};
 use serde_json::json;
 use std::net::{SocketAddr, TcpListener};
@@ -124,6 +124,11 @@ struct Node {
 }
 
 fn node(dir: &Path, event: &str, nats: &Nats, name: &str) -> Node {
+    node_with(dir, event, nats, name, &[])
+}
+
+/// A node started with `extra` arguments of `serve`.
+fn node_with(dir: &Path, event: &str, nats: &Nats, name: &str, extra: &[&std::ffi::OsStr]) -> Node {
     let config = dir.join(format!("event-{name}.toml"));
     std::fs::write(&config, event).unwrap();
     let (proc, base) = Proc::relay(
@@ -131,6 +136,7 @@ fn node(dir: &Path, event: &str, nats: &Nats, name: &str) -> Node {
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(&config)
             .args(["--cluster", &nats.url(), "--node", name])
+            .args(extra)
             .stderr(Stdio::null()),
         Duration::from_secs(10),
     );
@@ -523,4 +529,312 @@ async fn clients_given_several_relays_move_on_when_their_node_dies() {
     listener
         .frames_until(|h, _| h.source == boothcast::protocol::Source::Interpreter)
         .await;
+}
+
+async fn engineer(url: &str) -> Client {
+    let mut c = Client::connect(
+        url,
+        json!({"type": "hello", "role": "engineer", "secret": "engineer-secret"}),
+    )
+    .await;
+    c.welcome().await;
+    c
+}
+
+/// Waits for `recording` saying it runs (`Some(node)`) on that node, or that it does not.
+async fn recording_on(engineer: &mut Client, want: Option<&str>) -> Option<String> {
+    engineer
+        .wait_text(&format!("recording on {want:?}"), |m| match m {
+            ServerMessage::Recording { active, dir, node } if node.as_deref() == want => {
+                assert_eq!(*active, want.is_some(), "{m:?}");
+                Some(dir.clone())
+            }
+            _ => None,
+        })
+        .await
+}
+
+/// A recording session directory closed properly: every file read by opusinfo without a
+/// warning (an end-of-stream page, whole pages) and by ffprobe; returns the session's start
+/// and stop, µs since the epoch, from its index.
+fn closed_session(session: &Path) -> (u64, u64) {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(session.join("index.json")).unwrap()).unwrap();
+    let stopped = index["stopped_unix_us"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{} was not closed: {index}", session.display()));
+    let files: Vec<PathBuf> = index["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| session.join(c["file"].as_str().unwrap()))
+        .collect();
+    assert_eq!(files.len(), 3, "the floor, en and fr");
+    for file in &files {
+        let out = Command::new("opusinfo").arg(file).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !text.contains("WARNING") && !text.contains("ERROR"),
+            "opusinfo on {}:\n{text}",
+            file.display()
+        );
+        let probe = Command::new("ffprobe")
+            .args(["-v", "error", "-show_entries", "format=duration"])
+            .args(["-of", "csv=p=0"])
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(probe.status.success(), "ffprobe refused {}", file.display());
+        let seconds: f64 = String::from_utf8_lossy(&probe.stdout)
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(seconds > 0.0, "{} is empty", file.display());
+    }
+    (index["started_unix_us"].as_u64().unwrap(), stopped)
+}
+
+/// The session directories under `root`.
+fn sessions(root: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(root)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recording_runs_on_one_node_moves_when_started_elsewhere_and_stops_from_any() {
+    let dir = tmpdir("record");
+    let nats = Nats::start(&dir);
+    let a = node(&dir, EVENT, &nats, "a");
+    wait_metric(&a, "boothcast_cluster_deciding{node=\"a\"} 1").await;
+    let (rec_b, rec_c) = (dir.join("rec-b"), dir.join("rec-c"));
+    // Both may record; the first to start records (serve --record), the other stands by.
+    let b = node_with(
+        &dir,
+        EVENT,
+        &nats,
+        "b",
+        &["--record".as_ref(), rec_b.as_os_str()],
+    );
+    let c = node_with(
+        &dir,
+        EVENT,
+        &nats,
+        "c",
+        &["--record".as_ref(), rec_c.as_os_str()],
+    );
+    for n in [&a, &b, &c] {
+        wait_metric(n, "boothcast_cluster_nodes 3").await;
+    }
+    // Something to record: a booth on a, live on English.
+    let mut console = Client::console(&a.ws, "en", "1").await;
+    live(&mut console).await;
+    console.pump(4, 60);
+    let mut on_b = engineer(&b.ws).await;
+    let mut on_c = engineer(&c.ws).await;
+    let at_start = on_b
+        .wait_text("the recording started with the cluster", |m| match m {
+            ServerMessage::Recording { active: true, .. } => Some(m.clone()),
+            _ => None,
+        })
+        .await;
+    let ServerMessage::Recording {
+        node: Some(first), ..
+    } = &at_start
+    else {
+        panic!("{at_start:?}");
+    };
+    assert!(first == "b" || first == "c", "{at_start:?}");
+    on_b.seen.push(at_start);
+    let one = |root: &Path| sessions(root).len();
+    assert_eq!(one(&rec_b) + one(&rec_c), 1, "both nodes recorded at start");
+
+    // The engineer on b records there.
+    on_b.text(json!({"type": "record", "start": true}));
+    recording_on(&mut on_b, Some("b")).await;
+    recording_on(&mut on_c, Some("b")).await;
+    wait_metric(&a, "boothcast_cluster_node_recording{node=\"b\"} 1").await;
+    let mut listener = Client::listener(&b.ws, "plenary/en").await;
+    hear(&mut listener, 4, 25).await;
+
+    // The engineer on c starts it there: b stops, its files closed; c records.
+    on_c.text(json!({"type": "record", "start": true}));
+    let dir_c = recording_on(&mut on_c, Some("c"))
+        .await
+        .expect("a directory");
+    recording_on(&mut on_b, Some("c")).await;
+    assert!(
+        Path::new(&dir_c).starts_with(&rec_c),
+        "{dir_c} is not under c's recording directory"
+    );
+    let b_sessions = sessions(&rec_b);
+    assert!(!b_sessions.is_empty(), "b never recorded");
+    let mut spans: Vec<(u64, u64, PathBuf)> = b_sessions
+        .iter()
+        .map(|s| {
+            let (start, stop) = closed_session(s);
+            (start, stop, s.clone())
+        })
+        .collect();
+    hear(&mut listener, 4, 25).await;
+
+    // Stopped from b, where it no longer runs: c stops. (While it moved, nothing recorded
+    // for a moment, and the engineers were told: that is behind us.)
+    on_b.seen.clear();
+    on_c.seen.clear();
+    on_b.text(json!({"type": "record", "start": false}));
+    recording_on(&mut on_b, None).await;
+    recording_on(&mut on_c, None).await;
+    for s in sessions(&rec_c) {
+        let (start, stop) = closed_session(&s);
+        spans.push((start, stop, s));
+    }
+    assert!(
+        spans.iter().any(|(_, _, s)| s == Path::new(&dir_c)),
+        "{dir_c} not among {spans:?}"
+    );
+    // Never two copies at once: no two sessions, on any node, overlap in time.
+    spans.sort();
+    for w in spans.windows(2) {
+        assert!(
+            w[0].1 <= w[1].0,
+            "{} (until {}) overlaps {} (from {})",
+            w[0].2.display(),
+            w[0].1,
+            w[1].2.display(),
+            w[1].0
+        );
+    }
+    println!(
+        "recording moved from b to c: {} µs between b's stop and c's start",
+        spans.windows(2).map(|w| w[1].0 - w[0].1).min().unwrap_or(0)
+    );
+}
+
+fn listeners_of(n: &ClusterNode, channel: &str) -> Option<u32> {
+    n.listeners
+        .iter()
+        .find(|(c, _)| c == channel)
+        .map(|(_, count)| *count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engineer_sees_every_node_its_health_and_its_listeners() {
+    // A relay alone says nothing of a cluster: its engineer's first messages go from
+    // `recording` (no node) to the log with no `cluster` between, and /metrics has none.
+    let alone = support::TestRelay::start_with(EVENT, &|_| None).await;
+    let mut e = engineer(&alone.url).await;
+    e.wait_text("the log", |m| {
+        matches!(m, ServerMessage::Log { .. }).then_some(())
+    })
+    .await;
+    assert!(
+        e.seen.iter().any(|m| matches!(
+            m,
+            ServerMessage::Recording {
+                active: false,
+                node: None,
+                ..
+            }
+        )),
+        "{:?}",
+        e.seen
+    );
+    assert!(
+        !e.seen
+            .iter()
+            .any(|m| matches!(m, ServerMessage::Cluster { .. })),
+        "{:?}",
+        e.seen
+    );
+    assert!(!alone.metrics().await.contains("boothcast_cluster_"));
+    alone.stop().await;
+
+    let dir = tmpdir("view");
+    let (_nats, a, b, c) = cluster(&dir).await;
+    let _on_b = [
+        Client::listener(&b.ws, "plenary/en").await,
+        Client::listener(&b.ws, "plenary/en").await,
+    ];
+    let _on_c = Client::listener(&c.ws, "plenary/fr").await;
+    let mut on_c = engineer(&c.ws).await;
+    let nodes = on_c
+        .wait_text("the three nodes with their listeners", |m| match m {
+            ServerMessage::Cluster { nodes }
+                if nodes.len() == 3
+                    && nodes
+                        .iter()
+                        .any(|n| n.node == "b" && listeners_of(n, "plenary/en") == Some(2)) =>
+            {
+                Some(nodes.clone())
+            }
+            _ => None,
+        })
+        .await;
+    let names: Vec<&str> = nodes.iter().map(|n| n.node.as_str()).collect();
+    assert_eq!(names, ["c", "a", "b"], "this node first, then by name");
+    let (here, na, nb) = (&nodes[0], &nodes[1], &nodes[2]);
+    assert!(here.here && !na.here && !nb.here);
+    assert_eq!(na.health, NodeHealth::Deciding, "{na:?}");
+    assert_eq!(nb.health, NodeHealth::Following, "{nb:?}");
+    assert_eq!(here.health, NodeHealth::Following, "{here:?}");
+    assert!(nodes.iter().all(|n| n.connected), "{nodes:?}");
+    assert!(na.heard_ms < 3000 && here.heard_ms == 0, "{nodes:?}");
+    assert_eq!(na.url, format!("ws://{}/", a.http));
+    assert_eq!(listeners_of(here, "plenary/fr"), Some(1));
+    assert_eq!(listeners_of(here, "plenary/en"), Some(0));
+    assert_eq!(listeners_of(na, "plenary/en"), Some(0));
+    // The sums over the cluster, in `audience` as in /metrics.
+    on_c.wait_text("the cluster's audience", |m| match m {
+        ServerMessage::Audience { listeners } => listeners
+            .iter()
+            .any(|(ch, n)| ch == "plenary/en" && *n == 2)
+            .then_some(()),
+        _ => None,
+    })
+    .await;
+    let text = support::http_get(c.http, "/metrics").await;
+    for line in [
+        "boothcast_cluster_listeners{channel=\"plenary/en\"} 2",
+        "boothcast_cluster_listeners{channel=\"plenary/fr\"} 1",
+        "boothcast_cluster_node_listeners{node=\"b\",channel=\"plenary/en\"} 2",
+        "boothcast_cluster_node_listeners{node=\"c\",channel=\"plenary/fr\"} 1",
+        "boothcast_cluster_node_heard_seconds{node=\"c\"} 0.000",
+        &format!(
+            "boothcast_cluster_node_info{{node=\"a\",url=\"ws://{}/\",health=\"deciding\"}} 1",
+            a.http
+        ),
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+    }
+
+    // A node killed: another decides, and the killed one goes silent on the console.
+    let t = Instant::now();
+    drop(a);
+    on_c.wait_text("another node deciding", |m| match m {
+        ServerMessage::Cluster { nodes } => nodes
+            .iter()
+            .any(|n| n.node != "a" && n.health == NodeHealth::Deciding)
+            .then_some(()),
+        _ => None,
+    })
+    .await;
+    let nodes = on_c
+        .wait_text("a silent", |m| match m {
+            ServerMessage::Cluster { nodes }
+                if nodes
+                    .iter()
+                    .any(|n| n.node == "a" && n.health == NodeHealth::Silent) =>
+            {
+                Some(nodes.clone())
+            }
+            _ => None,
+        })
+        .await;
+    println!("deciding node killed: shown silent after {:?}", t.elapsed());
+    let a_now = nodes.iter().find(|n| n.node == "a").unwrap();
+    assert!(!a_now.connected && a_now.heard_ms > 3000, "{a_now:?}");
 }

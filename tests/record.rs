@@ -297,7 +297,9 @@ async fn the_engineer_sees_levels_and_starts_and_stops_recording() {
     engineer.text(json!({"type": "record", "start": true}));
     let session = engineer
         .wait_text("recording started", |m| match m {
-            ServerMessage::Recording { active: true, dir } => dir.clone(),
+            ServerMessage::Recording {
+                active: true, dir, ..
+            } => dir.clone(),
             _ => None,
         })
         .await;
