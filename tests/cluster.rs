@@ -5,6 +5,7 @@
 mod proc;
 mod support;
 
+use boothcast::cluster::RECORD_TTL;
 use boothcast::protocol::{ClusterNode, ConsoleState, NodeHealth, ServerMessage};
 use proc::{tmpdir, tone, Proc};
 use serde_json::json;
@@ -652,6 +653,19 @@ async fn recording_runs_on_one_node_moves_when_started_elsewhere_and_stops_from_
     let one = |root: &Path| sessions(root).len();
     assert_eq!(one(&rec_b) + one(&rec_c), 1, "both nodes recorded at start");
 
+    // A node without a recording directory says so.
+    let mut on_a = engineer(&a.ws).await;
+    on_a.text(json!({"type": "record", "start": true}));
+    let (code, message, fatal) = on_a.error().await;
+    assert_eq!(
+        (code.as_str(), message.as_str(), fatal),
+        (
+            "forbidden",
+            "recording is not set up on node a: start it with --record DIR",
+            false
+        )
+    );
+
     // The engineer on b records there.
     on_b.text(json!({"type": "record", "start": true}));
     recording_on(&mut on_b, Some("b")).await;
@@ -711,6 +725,40 @@ async fn recording_runs_on_one_node_moves_when_started_elsewhere_and_stops_from_
     println!(
         "recording moved from b to c: {} µs between b's stop and c's start",
         spans.windows(2).map(|w| w[1].0 - w[0].1).min().unwrap_or(0)
+    );
+
+    // The recording node killed: started on b, the recording waits for c's claim to run out
+    // (c cannot say it stopped), then runs on b.
+    on_c.text(json!({"type": "record", "start": true}));
+    recording_on(&mut on_b, Some("c")).await;
+    let t = Instant::now();
+    drop(c);
+    on_b.seen.clear();
+    on_b.text(json!({"type": "record", "start": true}));
+    let limit = RECORD_TTL + Duration::from_secs(5);
+    loop {
+        match on_b.recv().await {
+            support::In::Text(ServerMessage::Recording {
+                active: true,
+                node: Some(n),
+                ..
+            }) if n == "b" => break,
+            support::In::Text(m) => on_b.seen.push(m),
+            _ => {}
+        }
+        assert!(t.elapsed() < limit, "b not recording after {limit:?}");
+    }
+    println!(
+        "recording node killed: recording on another node after {:?}",
+        t.elapsed()
+    );
+    assert!(
+        on_b.seen
+            .iter()
+            .any(|m| matches!(m, ServerMessage::Log { entries }
+            if entries.iter().any(|e| e.text.starts_with("node c does not answer")))),
+        "the engineer was not told why it waits: {:?}",
+        on_b.seen
     );
 }
 

@@ -330,9 +330,12 @@ impl Coordinator {
                 relay.log(LogKind::Recording, r.message);
             }
         }
-        if let (Some((rev, _)), Some(kv)) = (held, &st.kv) {
-            let _ =
-                tokio::time::timeout(KV_TIMEOUT, kv.delete_expect_revision(KEY, Some(rev))).await;
+        if let Some((rev, _)) = held {
+            // Only this node's own claim is deleted: one that moved on has another revision.
+            if let Some(kv) = self.store(st).await {
+                let _ = tokio::time::timeout(KV_TIMEOUT, kv.delete_expect_revision(KEY, Some(rev)))
+                    .await;
+            }
         }
         was
     }
