@@ -1,6 +1,6 @@
 // The sound engineer's console: every channel's state, level meters, listeners, the senders'
-// connection health, monitoring, force-mute, recording and the event log, over one engineer
-// WebSocket (docs/PROTOCOL.md, role "engineer").
+// connection health, monitoring, force-mute, recording, the event log and, in a cluster of
+// relays, its nodes, over one engineer WebSocket (docs/PROTOCOL.md, role "engineer").
 
 const SECRET_KEY = 'boothcast.engineer-secret';
 // The relay keeps the last 200 log entries; the page shows as many.
@@ -20,6 +20,7 @@ const SILENT_RELAY_MS = 6000;
 const $ = (id) => document.getElementById(id);
 const el = {
   event: $('event'), conn: $('conn'), recBtn: $('rec-btn'), recState: $('rec-state'), rec: $('rec'),
+  recHere: $('rec-here'), clusterSection: $('cluster-section'), cluster: $('cluster').tBodies[0],
   monState: $('mon-state'), volume: $('volume'), signOut: $('sign-out'), login: $('login'),
   secret: $('secret'), refusal: $('refusal'), desk: $('desk'), channels: $('channels').tBodies[0],
   health: $('health').tBodies[0], log: $('log'), notice: $('notice'),
@@ -33,6 +34,7 @@ const state = {
   holds: new Map(),      // channel id -> { db, until } peak hold
   monitored: null,       // channel id being monitored, or null
   recording: { active: false },
+  nodes: null,           // the cluster's nodes from `cluster` (null: a relay alone)
   roomNames: new Map(),  // room id -> the hall's name (from /join)
 };
 
@@ -55,6 +57,7 @@ const stats = {
   channels: 0,           // `channels` messages applied
   frames: 0,             // monitored frames handed to the player
   connects: 0,
+  cluster: 0,            // `cluster` messages applied
   shownAt: new Map(),    // channel id -> Date.now() when its live console was last rendered
 };
 window.boothcast = { state, stats };
@@ -161,6 +164,7 @@ function handle(m) {
     case 'levels': renderLevels(m.levels); break;
     case 'health': renderHealth(m.senders); break;
     case 'recording': renderRecording(m); break;
+    case 'cluster': renderCluster(m.nodes); break;
     case 'log': renderLog(m.entries); break;
     case 'subscribed': renderMonitor(m.channel); break;
     case 'pong': setConn('connected', `connected · ${Math.max(0, Date.now() - m.t)} ms`); break;
@@ -350,6 +354,19 @@ function renderAudience(list) {
     const r = state.rows.get(id);
     if (r) r.listeners.textContent = String(n);
   }
+  titleListeners();
+}
+
+// In a cluster the count is the sum over the nodes; each node's share is in the tooltip.
+function titleListeners() {
+  for (const [id, r] of state.rows) {
+    r.listeners.title = state.nodes
+      ? 'per relay: ' + state.nodes
+        .filter((n) => n.health !== 'silent')
+        .map((n) => `${n.node} ${(n.listeners.find(([c]) => c === id) || [id, 0])[1]}`)
+        .join(' · ')
+      : '';
+  }
 }
 
 function forceMute(id) {
@@ -459,15 +476,86 @@ function renderRecording(m) {
   el.recBtn.textContent = m.active ? 'Stop recording' : 'Start recording';
   // The session directory's name is what tells sessions apart; the whole path is in the tooltip.
   const base = (dir) => dir.split(/[\\/]/).pop();
+  // In a cluster, the node that records: its disk holds the files.
+  const on = m.node ? ` on ${m.node}` : '';
   el.recState.textContent = m.active
-    ? `● REC ${base(m.dir)}`
+    ? `● REC${on} ${base(m.dir)}`
     : (last ? `stopped · ${base(last)}` : 'not recording');
-  el.recState.title = m.active ? m.dir : (last || '');
+  el.recState.title = m.active ? (m.node ? `node ${m.node}: ${m.dir}` : m.dir) : (last || '');
+  renderRecordHere();
+}
+
+// "Record here": in a cluster, while another node records, moves the recording to this one.
+function renderRecordHere() {
+  const here = state.nodes && state.nodes.find((n) => n.here);
+  el.recHere.hidden = !(here && state.recording.active && state.recording.node
+    && state.recording.node !== here.node);
+  if (here) el.recHere.textContent = `Record on ${here.node}`;
 }
 
 el.recBtn.addEventListener('click', () => {
   send({ type: 'record', start: !state.recording.active });
 });
+
+el.recHere.addEventListener('click', () => {
+  send({ type: 'record', start: true });
+});
+
+// ---------------------------------------------------------------- cluster
+
+const HEALTH = {
+  deciding: 'deciding', following: 'following', isolated: 'isolated (no NATS)', silent: 'silent',
+};
+
+function shortChannel(id) {
+  // One hall: the language code says it; several: the whole id.
+  const rooms = new Set(state.channels.map((c) => c.room));
+  return rooms.size > 1 ? id : id.split('/').pop();
+}
+
+function renderCluster(nodes) {
+  stats.cluster += 1;
+  state.nodes = nodes;
+  el.clusterSection.hidden = false;
+  const rows = nodes.map((n) => {
+    const tr = document.createElement('tr');
+    tr.dataset.node = n.node;
+    tr.dataset.health = n.health;
+    tr.dataset.connected = n.connected ? 'true' : 'false';
+    tr.classList.toggle('here', n.here);
+    const cell = (cls) => { const td = tr.insertCell(); if (cls) td.className = cls; return td; };
+    const name = cell('node');
+    name.textContent = n.node;
+    if (n.here) {
+      const here = document.createElement('span');
+      here.className = 'here';
+      here.textContent = '(this relay)';
+      name.append(here);
+    }
+    if (n.recording) {
+      const rec = document.createElement('span');
+      rec.className = 'badge rec';
+      rec.textContent = 'REC';
+      name.append(rec);
+    }
+    const st = cell('state');
+    st.textContent = HEALTH[n.health] || n.health;
+    if (!n.connected && n.health !== 'silent' && n.health !== 'isolated') {
+      st.textContent += ' · NATS lost';
+      st.classList.add('warn');
+    }
+    cell('num heard').textContent = n.here ? 'now' : `${(n.heard_ms / 1000).toFixed(1)} s ago`;
+    cell('url').textContent = n.url;
+    const total = n.listeners.reduce((sum, [, count]) => sum + count, 0);
+    cell('num listeners').textContent = n.health === 'silent' ? '—' : String(total);
+    cell('per').textContent = n.listeners.filter(([, count]) => count > 0)
+      .map(([id, count]) => `${shortChannel(id)} ${count}`).join(' · ');
+    return tr;
+  });
+  el.cluster.replaceChildren(...rows);
+  titleListeners();
+  renderRecordHere();
+}
 
 // ---------------------------------------------------------------- log
 

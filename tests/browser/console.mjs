@@ -7,10 +7,13 @@
 // repeated toggles); force-mute from the page takes the console off air; meters move (the
 // update rate is measured); relay and cough show; recording stops and starts from the page and
 // its files appear; monitoring plays the chosen channel; the log lists what happened, newest
-// first; the page comes back by itself after the relay restarts.
+// first; the page comes back by itself after the relay restarts; a relay alone shows no cluster,
+// and on a node of a cluster of two the page shows the relays and which one records.
 // Figures are printed as JSON lines: node tests/browser/console.mjs [--toggles N]
 
+import { spawn } from 'node:child_process';
 import { mkdirSync, readdirSync, statSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
 import * as s from './support.mjs';
 
@@ -98,6 +101,9 @@ await s.run('console', async ({ launch }) => {
   s.assert(!(await page.isVisible('#login')), 'the secret form is still shown after connecting');
   s.assert(!urls.some((u) => u.includes(ENGINEER)), 'the secret appeared in a URL');
   s.figure({ check: 'channels listed', channels: rows });
+  // A relay alone: no relays' panel, no "record here".
+  s.assert(!(await page.isVisible('#cluster-section')), 'a relay alone shows a cluster');
+  s.assert(!(await page.isVisible('#rec-here')), 'a relay alone offers to record "here"');
 
   // A delegate tunes in to English: the listener count follows (audience comes once a second).
   await page.evaluate((url) => {
@@ -246,6 +252,48 @@ await s.run('console', async ({ launch }) => {
     CHANNELS.length,
   );
   s.figure({ check: 'reconnects by itself', shown_meanwhile: lost });
+  s.assert(await page.evaluate(() => window.boothcast.stats.cluster) === 0, 'a relay alone sent `cluster`');
+
+  // A cluster: nodes a and b on a NATS server of the test's own, b recording (--record); the
+  // page on b lists both relays, a deciding, and says the recording runs on b.
+  const natsPort = await new Promise((resolve) => {
+    const srv = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+  const nats = spawn('nats-server', ['-a', '127.0.0.1', '-p', String(natsPort), '-js', '-sd', join(s.tmp(), 'nats')],
+    { stdio: 'ignore' });
+  s.atExit(() => nats.kill('SIGKILL'));
+  await s.waitFor('nats-server to listen', () => new Promise((resolve) => {
+    const c = connect(natsPort, '127.0.0.1', () => { c.destroy(); resolve(true); });
+    c.on('error', () => resolve(false));
+  }), WAIT, 50);
+  const member = (node, flags = []) => s.startRelay({
+    env: { BOOTHCAST_ENGINEER_SECRET: ENGINEER },
+    flags: ['--cluster', `nats://127.0.0.1:${natsPort}`, '--node', node, ...flags],
+  });
+  const a = await member('a');
+  const clusterDir = join(s.tmp(), 'cluster-recordings');
+  const b = await member('b', ['--record', clusterDir]);
+  const onB = await browser.newPage({ viewport: { width: 1366, height: 768 }, colorScheme: 'dark' });
+  onB.setDefaultTimeout(WAIT);
+  onB.on('pageerror', (e) => errors.push(String(e)));
+  await onB.goto(`${b.http}/console`);
+  await onB.fill('#secret', ENGINEER);
+  await onB.click('#login button[type=submit]');
+  await onB.waitForFunction(() => document.querySelectorAll('#cluster tbody tr').length === 2);
+  const relays = await onB.$$eval('#cluster tbody tr', (trs) => trs.map((tr) => ({
+    node: tr.dataset.node, health: tr.dataset.health, text: tr.innerText,
+  })));
+  s.assert(relays[0].node === 'b' && /this relay/.test(relays[0].text), `this relay first: ${JSON.stringify(relays)}`);
+  s.assert(relays[1].node === 'a' && relays[1].health === 'deciding', `a deciding: ${JSON.stringify(relays)}`);
+  s.assert(relays[1].text.includes(a.addr), `a's address shown: ${relays[1].text}`);
+  await onB.waitForFunction(() => /REC on b/.test(document.querySelector('#rec-state').textContent));
+  s.assert(!(await onB.isVisible('#rec-here')), 'offers to record here where it records');
+  const clusterShot = join(s.SCREENSHOTS, 'console-cluster.png');
+  await onB.screenshot({ path: clusterShot });
+  s.figure({ check: 'cluster on the console', relays, screenshot: clusterShot });
 
   s.assert(errors.length === 0, `errors in the page: ${errors.join('; ')}`);
 });
