@@ -382,6 +382,17 @@ impl Link {
         }
     }
 
+    /// A node heard from within [`NODE_STALE`] whose heartbeat says it records.
+    fn recording_peer(&self) -> Option<String> {
+        let nodes = self.nodes.lock().expect("nodes lock poisoned");
+        nodes
+            .iter()
+            .find(|(n, (at, s))| {
+                **n != self.node && at.elapsed() <= NODE_STALE && s.recording.is_some()
+            })
+            .map(|(n, _)| n.clone())
+    }
+
     /// This node's heartbeat, to the others.
     fn beat(&self, relay: &Relay) {
         let state = NodeState {

@@ -674,7 +674,10 @@ async fn recording_runs_on_one_node_moves_when_started_elsewhere_and_stops_from_
     let mut listener = Client::listener(&b.ws, "plenary/en").await;
     hear(&mut listener, 4, 25).await;
 
-    // The engineer on c starts it there: b stops, its files closed; c records.
+    // The engineer on c starts it there: b stops, its files closed; c records. (What came
+    // before, c recording from its start perhaps, is behind us.)
+    on_b.seen.clear();
+    on_c.seen.clear();
     on_c.text(json!({"type": "record", "start": true}));
     let dir_c = recording_on(&mut on_c, Some("c"))
         .await

@@ -214,8 +214,13 @@ impl Coordinator {
         if st.held.is_some() {
             return Ok(());
         }
-        let deadline = Instant::now() + RECORD_TTL + ASK_TIMEOUT;
+        let deadline = Instant::now() + RECORD_TTL + ASK_TIMEOUT * 2;
+        let me = Bytes::from(link.node.clone());
         let mut asked: Vec<String> = Vec::new();
+        let mut answered: Vec<String> = Vec::new();
+        // A node that says it records without holding the claim and does not answer, and when
+        // it was first seen so: it has stopped by `RECORD_TTL` later.
+        let mut unanswered: Option<(String, Instant)> = None;
         let mut waiting_for: Option<String> = None;
         let (rev, sent) = loop {
             if !link.connected() {
@@ -224,45 +229,74 @@ impl Coordinator {
                     link.node
                 )));
             }
-            if let Some(kv) = self.store(&mut st).await {
-                let sent = Instant::now();
-                let me = Bytes::from(link.node.clone());
-                match tokio::time::timeout(KV_TIMEOUT, kv.create(KEY, me.clone())).await {
-                    Ok(Ok(rev)) => break (rev, sent),
-                    Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                        match Self::holder(&kv).await {
-                            // This node's own claim, left from before it restarted: taken back.
-                            Some((node, rev)) if node == link.node => {
-                                if let Ok(Ok(rev)) =
-                                    tokio::time::timeout(KV_TIMEOUT, kv.update(KEY, me, rev)).await
-                                {
-                                    break (rev, sent);
-                                }
-                            }
-                            Some((node, _)) if !take => {
-                                tracing::info!(node = %link.node, recorder = %node, "node {node} records already");
-                                return Ok(());
-                            }
-                            Some((node, _)) => {
-                                if !asked.contains(&node) && asked.len() < MAX_ASKS {
-                                    asked.push(node.clone());
-                                    if self.ask(link, &node, Some(&link.node)).await {
-                                        continue;
-                                    }
-                                    relay.log(
-                                        LogKind::Recording,
-                                        format!(
-                                            "node {node} does not answer: node {} records once its claim runs out (within {} s)",
-                                            link.node,
-                                            RECORD_TTL.as_secs()
-                                        ),
-                                    );
-                                }
-                                waiting_for = Some(node);
-                            }
-                            None => {}
+            let kv = self.store(&mut st).await;
+            // Who records: the claim's holder; else a node whose heartbeat says it records
+            // (NATS restarted without the claim while that node still records).
+            let claim = match &kv {
+                Some(kv) => Self::holder(kv).await,
+                None => None,
+            };
+            let holder = match claim {
+                Some((node, rev)) => Some((node, Some(rev))),
+                None => link
+                    .recording_peer()
+                    .filter(|n| !answered.contains(n))
+                    .map(|n| (n, None)),
+            };
+            let mut may_create = true;
+            match holder {
+                // This node's own claim, left from before it restarted: taken back.
+                Some((node, Some(rev))) if node == link.node => {
+                    if let Some(kv) = &kv {
+                        let sent = Instant::now();
+                        if let Ok(Ok(rev)) =
+                            tokio::time::timeout(KV_TIMEOUT, kv.update(KEY, me.clone(), rev)).await
+                        {
+                            break (rev, sent);
                         }
                     }
+                    may_create = false;
+                }
+                Some((node, _)) if !take => {
+                    tracing::info!(node = %link.node, recorder = %node, "node {node} records already");
+                    return Ok(());
+                }
+                Some((node, claim)) => {
+                    if !asked.contains(&node) && asked.len() < MAX_ASKS {
+                        asked.push(node.clone());
+                        if self.ask(link, &node, Some(&link.node)).await {
+                            answered.push(node);
+                            continue;
+                        }
+                        relay.log(
+                            LogKind::Recording,
+                            format!(
+                                "node {node} does not answer: node {} records once that node's claim runs out (within {} s)",
+                                link.node,
+                                RECORD_TTL.as_secs()
+                            ),
+                        );
+                    }
+                    may_create = match claim {
+                        // Held: `create` succeeds once it has run out.
+                        Some(_) => true,
+                        None => match &unanswered {
+                            Some((n, since)) if *n == node => since.elapsed() >= RECORD_TTL,
+                            _ => {
+                                unanswered = Some((node.clone(), Instant::now()));
+                                false
+                            }
+                        },
+                    };
+                    waiting_for = Some(node);
+                }
+                None => {}
+            }
+            if let (true, Some(kv)) = (may_create, &kv) {
+                let sent = Instant::now();
+                match tokio::time::timeout(KV_TIMEOUT, kv.create(KEY, me.clone())).await {
+                    Ok(Ok(rev)) => break (rev, sent),
+                    Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
                     // Not "taken": the bucket may be gone (NATS restarted).
                     _ => st.kv = None,
                 }
