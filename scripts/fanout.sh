@@ -120,8 +120,8 @@ load_after=$(load)
 
 # The table: one row per server and listener count, from the clients' `result` lines.
 echo
-echo "| Listeners | Server | CPU s per million frames delivered | Ratio to the floor | Resident memory per listener | Frames lost | Delivered of expected | Bytes per frame | Frames per read | Server CPU | Client CPU |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| Listeners | Server | CPU s per million frames delivered | Ratio to the floor | Resident memory per listener | Frames lost | Delivered of expected | Bytes per frame | Frames per read | Server CPU | Server waiting for a CPU | Client CPU |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 for n in "${counts[@]}"; do
     for s in "${servers[@]}"; do
         grep -h '^result ' "$out/$s-$n.txt" | tail -n 1
@@ -136,10 +136,11 @@ for n in "${counts[@]}"; do
                 ratio = (floor != "" && floor != "na" && per != "na") ? sprintf("%.2f", per / floor) : "n/a"
                 listeners = (f[r, "connected"] == n) ? n : sprintf("%s (%s in)", n, f[r, "connected"])
                 expected = f[r, "expected"] > 0 ? f[r, "expected"] : 1
-                printf "| %s | %s | %s | %s | %s KiB | %s | %.2f %% | %s | %s | %.0f %% | %.0f %% |\n",
+                printf "| %s | %s | %s | %s | %s KiB | %s | %.2f %% | %s | %s | %.0f %% | %.1f %% | %.0f %% |\n",
                     listeners, f[r, "server"], per, ratio, f[r, "rss_kib_per_listener"], f[r, "lost"],
                     100 * f[r, "frames"] / expected, f[r, "bytes_per_frame"], f[r, "frames_per_read"],
-                    100 * f[r, "cpu_s"] / f[r, "seconds"], 100 * f[r, "client_cpu_share"]
+                    100 * f[r, "cpu_s"] / f[r, "seconds"], 100 * f[r, "server_wait_share"],
+                    100 * f[r, "client_cpu_share"]
             }
         }'
 done

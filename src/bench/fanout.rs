@@ -174,6 +174,9 @@ pub struct Report {
     pub idle_cpu_share: Option<f64>,
     pub rss_before_kib: Option<u64>,
     pub rss_after_kib: Option<u64>,
+    /// Share of the window the server's threads were runnable but waiting for a CPU held by
+    /// another process (`/proc/PID/task/*/schedstat`): other load on the machine.
+    pub server_wait_share: Option<f64>,
     /// This client's CPU share of its core in the window: near 1, the client may be what
     /// limits delivery.
     pub client_cpu_share: f64,
@@ -204,7 +207,7 @@ impl Report {
         format!(
             "result server={} listeners={} connected={} seconds={:.2} frames={} expected={} \
              lost={} dropped={} bytes_per_frame={:.1} frames_per_read={:.3} cpu_s={} cpu_s_per_million={} \
-             idle_cpu_share={} rss_kib_per_listener={} client_cpu_share={:.3}",
+             idle_cpu_share={} rss_kib_per_listener={} server_wait_share={} client_cpu_share={:.3}",
             self.server,
             self.listeners,
             self.connected,
@@ -219,6 +222,7 @@ impl Report {
             opt(self.cpu_per_million()),
             opt(self.idle_cpu_share),
             opt(self.rss_per_listener_kib()),
+            opt(self.server_wait_share),
             self.client_cpu_share,
         )
     }
@@ -255,10 +259,11 @@ impl std::fmt::Display for Report {
         if let (Some(cpu), Some(per)) = (self.server_cpu, self.cpu_per_million()) {
             writeln!(
                 f,
-                "  server: {cpu:.2} CPU s ({:.0} % of a core; {:.1} % before listeners), \
-                 {per:.2} CPU s per million frames delivered",
+                "  server: {cpu:.2} CPU s ({:.0} % of a core; {:.1} % before listeners; waited for \
+                 a CPU {:.1} % of the time), {per:.2} CPU s per million frames delivered",
                 100.0 * cpu / secs.max(1e-9),
-                100.0 * self.idle_cpu_share.unwrap_or(0.0)
+                100.0 * self.idle_cpu_share.unwrap_or(0.0),
+                100.0 * self.server_wait_share.unwrap_or(0.0)
             )?;
         }
         if let (Some(before), Some(after), Some(per)) = (
@@ -422,6 +427,7 @@ pub async fn run(opts: Options) -> Result<Report, Error> {
 
     tokio::time::sleep(opts.warm_up).await;
     let server_before = opts.server_pid.map(proc).transpose()?;
+    let wait_before = opts.server_pid.and_then(super::soak::run_queue_wait);
     let client_before = proc(std::process::id())?;
     let start = Instant::now();
     phase.store(phase::MEASURING, Ordering::Relaxed);
@@ -429,6 +435,7 @@ pub async fn run(opts: Options) -> Result<Report, Error> {
     phase.store(phase::DRAINING, Ordering::Relaxed);
     let measured = start.elapsed();
     let server_after = opts.server_pid.map(proc).transpose()?;
+    let wait_after = opts.server_pid.and_then(super::soak::run_queue_wait);
     let client_after = proc(std::process::id())?;
     phase.store(phase::STOPPED, Ordering::Relaxed);
     let tally = reader
@@ -459,6 +466,9 @@ pub async fn run(opts: Options) -> Result<Report, Error> {
         idle_cpu_share,
         rss_before_kib,
         rss_after_kib: server_after.map(|a| a.rss_kib),
+        server_wait_share: wait_before
+            .zip(wait_after)
+            .map(|(b, a)| (a - b) / measured.as_secs_f64()),
         client_cpu_share: (client_after.cpu_seconds - client_before.cpu_seconds)
             / measured.as_secs_f64(),
     })
