@@ -15,6 +15,8 @@
 #   SOURCE_CPU    core the ffmpeg sources are pinned to (default: LOAD_CPU, keeping the relay
 #                 core for the relay alone)
 #   BENCH_BIN     load client command (default "target/release/boothcast bench-icecast")
+#   OPUS_VBR      libopus rate control of the speech sample: on (default) or off (constant
+#                 80-byte packets, the size of the relay's bench frames)
 #   KEEP_TMP=1    keep the temp dir (config, logs) for inspection
 set -euo pipefail
 
@@ -150,7 +152,7 @@ Please keep your microphones switched off unless you have the floor. \
 The chair thanks the interpreters and the technical staff for their support."
 espeak-ng -s 150 -w "$TMP/speech.wav" "$TEXT"
 ffmpeg -hide_banner -loglevel error -nostdin -y -i "$TMP/speech.wav" -ar 48000 -ac 1 \
-    -c:a libopus -b:a 32k -frame_duration 20 -application voip "$TMP/speech.opus"
+    -c:a libopus -b:a 32k -vbr "${OPUS_VBR:-on}" -frame_duration 20 -application voip "$TMP/speech.opus"
 
 ice_request() { # path -> response on stdout
     local auth

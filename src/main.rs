@@ -211,6 +211,53 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
     },
+    /// The floor of the fan-out benchmark (scripts/fanout.sh): one thread writing the same Ogg
+    /// page to every HTTP listener every 20 ms, one non-blocking send each; prints what it did
+    /// when stopped (SIGTERM or Ctrl-C).
+    BenchFloor {
+        #[arg(long, default_value = "127.0.0.1:18200")]
+        listen: String,
+        /// Opus packet bytes per page (80 is 32 kbit/s at 20 ms).
+        #[arg(long, default_value_t = 80)]
+        frame_bytes: usize,
+        /// Connections held at most.
+        #[arg(long, default_value_t = 20_000)]
+        max_listeners: usize,
+    },
+    /// Load client of the fan-out benchmark (scripts/fanout.sh): listeners reading every frame
+    /// the same way from the floor (bench-floor), Icecast or the relay (config/bench.toml).
+    BenchFanout {
+        /// floor, icecast or boothcast.
+        #[arg(long)]
+        server: boothcast::bench::fanout::Server,
+        /// The server, http://IP:PORT on loopback.
+        #[arg(long, default_value = "http://127.0.0.1:18200")]
+        url: String,
+        /// Channels l0.. (Icecast mounts /l0.opus..), listeners spread over them.
+        #[arg(long, alias = "mounts", default_value_t = 1)]
+        channels: usize,
+        #[arg(long, default_value_t = 1000)]
+        listeners: usize,
+        /// Seconds measured, after every listener is in and the warm-up.
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 3.0)]
+        warm_up: f64,
+        /// The server's process id, for its CPU time and memory.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// The relay's bench booths: Opus payload bytes per 20 ms frame.
+        #[arg(long, default_value_t = 80)]
+        frame_bytes: usize,
+        /// Secret of the bench booths.
+        #[arg(
+            long,
+            env = "BOOTHCAST_SECRET",
+            hide_env_values = true,
+            default_value = "bench-secret"
+        )]
+        secret: String,
+    },
     /// Load generator: booths and many listeners against a relay serving config/bench.toml.
     Bench {
         /// Relay address, host:port.
@@ -369,7 +416,11 @@ fn main() -> std::process::ExitCode {
     // else on a worker per core (or `serve --threads`).
     let single = matches!(
         cli.command,
-        Cmd::Bench { .. } | Cmd::BenchIcecast { .. } | Cmd::BenchSoak { .. }
+        Cmd::Bench { .. }
+            | Cmd::BenchIcecast { .. }
+            | Cmd::BenchSoak { .. }
+            | Cmd::BenchFloor { .. }
+            | Cmd::BenchFanout { .. }
     );
     let mut builder = if single {
         tokio::runtime::Builder::new_current_thread()
@@ -677,6 +728,61 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 std::fs::write(&path, format!("{value}\n"))
                     .with_context(|| format!("cannot write {}", path.display()))?;
             }
+            Ok(())
+        }
+        Cmd::BenchFloor {
+            listen,
+            frame_bytes,
+            max_listeners,
+        } => {
+            use boothcast::bench::floor;
+            use std::sync::atomic::{AtomicBool, Ordering};
+            let listener = std::net::TcpListener::bind(&listen)
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            let opts = floor::Options {
+                frame_bytes,
+                max_listeners,
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            let mut floor = tokio::task::spawn_blocking({
+                let stop = stop.clone();
+                move || floor::run(listener, &opts, &stop)
+            });
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let counters = tokio::select! {
+                done = &mut floor => done?,
+                _ = term.recv() => { stop.store(true, Ordering::Relaxed); floor.await? }
+                _ = tokio::signal::ctrl_c() => { stop.store(true, Ordering::Relaxed); floor.await? }
+            }?;
+            print!("{counters}");
+            Ok(())
+        }
+        Cmd::BenchFanout {
+            server,
+            url,
+            channels,
+            listeners,
+            seconds,
+            warm_up,
+            server_pid,
+            frame_bytes,
+            secret,
+        } => {
+            let report = boothcast::bench::fanout::run(boothcast::bench::fanout::Options {
+                server,
+                url,
+                channels,
+                listeners,
+                seconds,
+                warm_up: Duration::try_from_secs_f64(warm_up)
+                    .context("--warm-up must be a number of seconds")?,
+                server_pid,
+                secret,
+                frame_bytes,
+            })
+            .await?;
+            print!("{report}");
             Ok(())
         }
         Cmd::BenchIcecast {

@@ -510,14 +510,20 @@ impl Relay {
         let now = Instant::now();
         let who = self.who(session);
         let mut live = None;
+        let mut unchanged = false;
         let result = self.with_rules(|r| {
+            let before = r.console_state(session).map(|s| (s.live, s.input));
             let actions = r.command(session, cmd.clone(), now)?;
-            live = r.console_state(session).and_then(|s| s.live);
+            let after = r.console_state(session).map(|s| (s.live, s.input));
+            unchanged = before == after;
+            live = after.and_then(|s| s.0);
             Ok(actions)
         });
         let channel_name = |c: u16| self.event.channels[c as usize].id.clone();
         let entry = match (&result, cmd) {
             (Err(r), _) => Some((LogKind::Refused, format!("{who}: {}", r.message))),
+            // `live` while live, `mute` while off air, the input already heard: nothing happened.
+            (Ok(()), Command::Live(_) | Command::Mute | Command::Input(_)) if unchanged => None,
             (Ok(()), Command::Live(_)) => Some((
                 LogKind::Live,
                 format!("{who} live on {}", live.as_deref().unwrap_or("?")),

@@ -839,6 +839,10 @@ fn input_error(e: axum::Error) -> Option<Ending> {
                 ErrorCode::BadMessage,
                 format!("message too long: {c} (limit {MAX_CONTROL_LEN} bytes)"),
             )),
+            WsError::Utf8(_) => Some(Ending::new(
+                ErrorCode::BadMessage,
+                "text message is not valid UTF-8",
+            )),
             WsError::Protocol(p) if !matches!(p, tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => {
                 Some(Ending::new(ErrorCode::BadMessage, format!("WebSocket protocol error: {p}")))
             }

@@ -90,3 +90,11 @@ fn sound_at_the_sink_firefox() {
 fn sound_at_the_sink_webkit() {
     run_script_with("sound", &["webkit"]);
 }
+
+/// "Original underneath" in Chromium, at the sink: the floor's tone under the interpretation's
+/// at the level chosen, following a change of level, gone when turned off; kept across a
+/// reconnection and a reload; heard once while the channel is on auto-floor; both paths.
+#[test]
+fn sound_of_the_original_underneath_chromium() {
+    run_script("under");
+}

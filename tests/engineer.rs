@@ -59,9 +59,23 @@ async fn the_event_log_tells_who_went_live_handed_over_chose_a_relay_and_was_ref
     let ru = Client::console(&relay.url, "ru", "1").await;
     ru.text(json!({"type": "input", "channel": "en"}));
     log_entry(&mut eng, LogKind::Input, "ru/1 hears plenary/en (relay)").await;
+    // Asking for what is already so changes nothing, and the log says nothing.
+    ru.text(json!({"type": "input", "channel": "en"}));
     // A refusal by the rules: ru/1 may not go live on English.
     ru.text(json!({"type": "live", "channel": "en"}));
     log_entry(&mut eng, LogKind::Refused, "ru/1:").await;
+    let said = eng
+        .seen
+        .iter()
+        .filter_map(|m| match m {
+            ServerMessage::Log { entries } => Some(entries),
+            _ => None,
+        })
+        .flatten()
+        .filter(|e| e.text.contains("ru/1 hears plenary/en"))
+        .count();
+    // The first entry was taken above; no second one came before the refusal.
+    assert_eq!(said, 0, "the input asked twice is logged once");
     // A wrong secret: logged with the reason, never with the secret.
     let mut intruder = Client::connect(
         &relay.url,
@@ -103,18 +117,33 @@ async fn the_event_log_tells_who_went_live_handed_over_chose_a_relay_and_was_ref
 #[tokio::test]
 async fn the_log_keeps_a_bounded_history() {
     let relay = TestRelay::start().await;
-    let ru = Client::console(&relay.url, "ru", "1").await;
-    let n = boothcast::relay::LOG_KEEP + 20;
-    for i in 0..n {
-        let ch = if i % 2 == 0 { "en" } else { "floor" };
-        ru.text(json!({"type": "input", "channel": ch}));
+    // More entries than the log keeps, from six consoles (each within the control-message
+    // burst, so none is paced): each switches between English and the floor, ending on it.
+    let consoles = [
+        ("ru", "1"),
+        ("ru", "2"),
+        ("ru", "3"),
+        ("ru", "4"),
+        ("fr", "1"),
+        ("fr", "2"),
+    ];
+    let per = 38;
+    assert!(per * consoles.len() >= boothcast::relay::LOG_KEEP + 20);
+    assert!(per as f64 + 1.0 <= boothcast::server::CONTROL_BURST);
+    let mut open = Vec::new();
+    for (booth, console) in consoles {
+        let mut c = Client::console(&relay.url, booth, console).await;
+        for i in 0..per {
+            let ch = if i % 2 == 0 { "en" } else { "floor" };
+            c.text(json!({"type": "input", "channel": ch}));
+        }
+        c.text(json!({"type": "ping", "t": 1}));
+        c.wait_text("pong", |m| {
+            matches!(m, ServerMessage::Pong { t: 1 }).then_some(())
+        })
+        .await;
+        open.push(c);
     }
-    ru.text(json!({"type": "ping", "t": 1}));
-    let mut ru = ru;
-    ru.wait_text("pong", |m| {
-        matches!(m, ServerMessage::Pong { t: 1 }).then_some(())
-    })
-    .await;
     let mut eng = engineer(&relay.url).await;
     let history = eng
         .wait_text("log history", |m| match m {
@@ -124,7 +153,7 @@ async fn the_log_keeps_a_bounded_history() {
         .await;
     assert_eq!(history.len(), boothcast::relay::LOG_KEEP);
     // The newest are kept: the last command chose the floor.
-    assert_eq!(history.last().unwrap().text, "ru/1 hears the floor");
+    assert_eq!(history.last().unwrap().text, "fr/2 hears the floor");
     relay.stop().await;
 }
 

@@ -470,6 +470,24 @@ async fn a_malformed_frame_or_message_closes_only_its_own_connection() {
     let (code, message, _) = l4.error().await;
     assert_eq!(code, "bad_message");
     assert!(message.contains("too long"), "{message}");
+    // A text message that is not UTF-8.
+    use tokio_tungstenite::tungstenite::protocol::frame::{coding, Frame};
+    let mut l5 = Client::listener(&relay.url, "ar").await;
+    l5.raw(tokio_tungstenite::tungstenite::Message::Frame(
+        Frame::message(
+            bytes::Bytes::from_static(b"{\"type\":\"ping\",\"t\":\xff}"),
+            coding::OpCode::Data(coding::Data::Text),
+            true,
+        ),
+    ));
+    assert_eq!(
+        l5.error().await,
+        (
+            "bad_message".into(),
+            "text message is not valid UTF-8".into(),
+            true
+        )
+    );
     // An unknown channel is refused without closing.
     l2 = Client::listener(&relay.url, "ar").await;
     l2.text(json!({"type": "subscribe", "channel": "de"}));

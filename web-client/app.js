@@ -1,8 +1,10 @@
 // The delegate's page: lists the channels with what each carries, plays the chosen one, switches
 // language on the same connection, reconnects by itself, and asks for the access code when the
 // relay wants one. The protocol is docs/PROTOCOL.md; the audio is player.js.
+// "Original underneath" (off by default) asks the relay for the floor of the channel's room too
+// (`floor_under`) and has the player mix it quietly under the channel.
 
-import { createPlayer, parseHeader } from './player.js';
+import { createPlayer, parseHeader, UNDER_MIN_DB, UNDER_MAX_DB, UNDER_DEFAULT_DB } from './player.js';
 import { loadStrings } from './i18n.js';
 
 // The event's halls by name and the page's default language (`page_language` in the event
@@ -85,7 +87,19 @@ const state = {
   // went to `suspended` or `interrupted` while the delegate was listening.
   pausedBySystem: false,
   eventName: '',
+  // The original under the interpretation: whether the delegate wants it (remembered), its
+  // level in dB (remembered), and the floor channel `subscribed` said comes with the channel.
+  under: stored.get('floorUnder') === '1',
+  underDb: storedUnderDb(),
+  underFrom: null,
 };
+
+function storedUnderDb() {
+  const raw = stored.get('floorUnderDb');
+  const v = Number(raw);
+  if (raw === null || raw === '' || !Number.isFinite(v)) return UNDER_DEFAULT_DB;
+  return Math.min(UNDER_MAX_DB, Math.max(UNDER_MIN_DB, Math.round(v)));
+}
 
 // Test hooks for the browser tests, and handy in a console.
 window.boothcast = {
@@ -123,6 +137,7 @@ function translate() {
   for (const el of document.querySelectorAll('[data-i18n]')) el.textContent = t(el.dataset.i18n);
   document.title = t('title');
   updateExtraHint();
+  renderUnder();
 }
 
 // --- channels -------------------------------------------------------------------------------
@@ -277,6 +292,7 @@ function renderChannels() {
   // list itself changed.
   const same = order.length === list.children.length && order.every((el, i) => list.children[i] === el);
   if (!same) list.replaceChildren(...order);
+  renderUnder();
 }
 
 // --- the connection -------------------------------------------------------------------------
@@ -332,7 +348,11 @@ function connect() {
     state.pingSentAt = 0;
     const hello = { type: 'hello', role: 'listener', client: 'boothcast-web' };
     if (state.code) hello.secret = state.code;
-    if (state.playing && state.wanted) hello.channel = state.wanted;
+    if (state.playing && state.wanted) {
+      hello.channel = state.wanted;
+      if (wantsUnder()) hello.floor_under = true;
+    }
+    state.underFrom = null;
     ws.send(JSON.stringify(hello));
   };
   ws.onmessage = (e) => {
@@ -418,6 +438,7 @@ function onMessage(m) {
       break;
     case 'subscribed':
       state.subscribed = m.channel;
+      state.underFrom = typeof m.floor_under === 'string' ? m.floor_under : null;
       break;
     case 'pong':
       state.rttMs = performance.now() - m.t / 1000;
@@ -435,9 +456,16 @@ function onFrame(data) {
   if (!state.playing || !state.player || state.pausedBySystem) return;
   const h = parseHeader(data);
   const c = channelById(state.wanted);
+  if (!h || !c) return;
   // Frames of the previous channel may still arrive right after a switch: never play them.
-  if (!h || !c || h.channel !== c.index) return;
-  state.player.push(data);
+  if (h.channel === c.index) {
+    state.player.push(data);
+    return;
+  }
+  // The floor under the channel: only the one the relay named for it, of the channel's own
+  // room (frames of the previous hall's floor may still arrive), and only while wanted.
+  const f = state.underFrom ? channelById(state.underFrom) : null;
+  if (f && f.room === c.room && h.channel === f.index && wantsUnder()) state.player.pushUnder(data);
 }
 
 // Keep-alive and the dead-connection watchdog: dead when nothing at all came back since a ping
@@ -510,6 +538,7 @@ async function ensurePlayer() {
       player = await createPlayer({ fallback: true, delayMs });
     }
     player.setVolume(Number($('volume').value));
+    player.setUnderLevel(state.underDb);
     $('path').textContent = player.path === 'fallback' ? `(${t('compat')})` : '';
     player.context.addEventListener('statechange', onAudioState);
     state.player = player;
@@ -557,8 +586,15 @@ function subscribe() {
     setPageState('playing');
   }
   updateMediaSession();
-  if (state.welcomed) send({ type: 'subscribe', channel: state.wanted });
+  if (state.player) state.player.setUnder(wantsUnder());
+  if (state.welcomed) send(subscribeMessage());
   else if (!state.ws) connect();
+}
+
+function subscribeMessage() {
+  const m = { type: 'subscribe', channel: state.wanted };
+  if (wantsUnder()) m.floor_under = true;
+  return m;
 }
 
 function stopPlaying() {
@@ -566,7 +602,10 @@ function stopPlaying() {
   state.playing = false;
   $('play').dataset.playing = 'false';
   $('play').textContent = t('listen');
-  if (state.player) state.player.reset();
+  if (state.player) {
+    state.player.reset();
+    state.player.setUnder(false);
+  }
   showPaused(false);
   updateMediaSession();
   if (was) {
@@ -732,6 +771,59 @@ setInterval(() => {
   const text = s && s.delayMs !== null ? t('ms', { n: Math.round(s.delayMs + (state.rttMs || 0) / 2) }) : t('delayUnknown');
   if (out.textContent !== text) out.textContent = text;
 }, 500);
+
+// --- the original underneath ----------------------------------------------------------------
+
+// Whether the floor is wanted under the chosen channel: never under a floor itself.
+function wantsUnder() {
+  return state.under && !!state.wanted && !isFloor(state.wanted);
+}
+
+function isFloor(id) {
+  const c = channelById(id);
+  return c ? c.lang === 'floor' : id.endsWith('/floor');
+}
+
+// A level in dB as shown: a true minus sign, the number kept left to right inside right-to-left
+// text.
+function dbText(db) {
+  const n = db < 0 ? '\u2212' + Math.abs(db) : String(db);
+  return t('db', { n: '\u2066' + n + '\u2069' });
+}
+
+// The option is hidden while the chosen channel is a floor; its level only moves while it is on.
+function renderUnder() {
+  const floor = !!state.wanted && isFloor(state.wanted);
+  $('under-box').hidden = floor;
+  $('under').disabled = floor;
+  $('under').checked = state.under;
+  const level = $('under-level');
+  level.disabled = floor || !state.under;
+  if (Number(level.value) !== state.underDb) level.value = String(state.underDb);
+  const text = dbText(state.underDb);
+  level.setAttribute('aria-valuetext', text);
+  if ($('under-level-value').textContent !== text) $('under-level-value').textContent = text;
+}
+
+$('under').addEventListener('change', () => {
+  state.under = $('under').checked;
+  stored.set('floorUnder', state.under ? '1' : '0');
+  renderUnder();
+  if (!state.playing) return;
+  // Off: the player drops what it queued of the floor at once. Either way the same channel is
+  // subscribed again with or without the floor; its own frames go on undisturbed.
+  if (state.player) state.player.setUnder(wantsUnder());
+  if (state.welcomed) send(subscribeMessage());
+});
+
+$('under-level').addEventListener('input', () => {
+  const v = Number($('under-level').value);
+  if (!Number.isFinite(v)) return;
+  state.underDb = Math.min(UNDER_MAX_DB, Math.max(UNDER_MIN_DB, Math.round(v)));
+  stored.set('floorUnderDb', String(state.underDb));
+  renderUnder();
+  if (state.player) state.player.setUnderLevel(state.underDb);
+});
 
 // --- start ----------------------------------------------------------------------------------
 

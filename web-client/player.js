@@ -5,6 +5,14 @@
 // Fallback path (no secure context, or `fallback: true`): opus-decoder (WASM) → the same playout
 // on the page's thread behind a ScriptProcessorNode → volume → out.
 // The player knows nothing of WebSockets: the page hands it each binary message as received.
+//
+// The original under the interpretation (`setUnder`): the floor's frames come as a second
+// stream, decoded by a decoder of their own and placed by a playout of their own (their own
+// sequence, jitter margin and timeline), then mixed under the channel at a gain in dB: on the
+// main path a second AudioWorkletNode behind a gain node of its own; on the fallback path a
+// second playout pulled in the same ScriptProcessor callback. Nothing of it exists while the
+// option is off. While the channel's own frames are the floor (auto-floor, source 0), the
+// floor under it is dropped, so that the floor is not heard twice.
 
 import { Playout, SAMPLE_RATE } from './playout.js';
 
@@ -33,6 +41,14 @@ const MAX_OUTPUT_LATENCY_MS = 1000;
 const ASSUMED_OUTPUT_MS = 40;
 // Delay figures kept for stats() and the benchmarks: the last 10 s of 20 ms frames.
 const KEEP_DELAYS = 500;
+// The level of the floor under the interpretation, in dB relative to the channel: the page's
+// slider runs between these (-30 dB is barely there under speech, -6 dB nearly as loud as the
+// interpreter); -18 dB is audible without covering the interpreter's words.
+export const UNDER_MIN_DB = -30;
+export const UNDER_MAX_DB = -6;
+export const UNDER_DEFAULT_DB = -18;
+// The floor's gain follows a change of level with this time constant (s): a jump would click.
+const GAIN_RAMP = 0.015;
 
 // The 28-byte frame header; null if the message is not a version-1 frame with an Opus packet.
 export function parseHeader(buffer) {
@@ -58,8 +74,13 @@ export async function createPlayer({ fallback = false, delayMs = 0 } = {}) {
   try {
     const useWorklet = !fallback && !!context.audioWorklet && typeof AudioWorkletNode === 'function';
     const useWebCodecs = !fallback && (await webCodecsOpus());
-    const sink = useWorklet ? await workletSink(context, delayMs) : scriptSink(context, delayMs);
+    if (useWorklet) await context.audioWorklet.addModule(new URL('./worklet.js', import.meta.url));
+    const sink = useWorklet ? workletSink(context, delayMs) : scriptSink(context, delayMs);
     sink.node.connect(volume);
+    // The playout of the floor under the channel, made when the page turns it on.
+    const layer = useWorklet
+      ? (ms, gain) => workletLayer(context, volume, ms, gain)
+      : (ms, gain) => sink.layer(ms, gain);
     let player = null;
     // A WebCodecs decoder that says yes and then fails every decode (some Safari versions) is
     // replaced by the WASM one.
@@ -69,7 +90,10 @@ export async function createPlayer({ fallback = false, delayMs = 0 } = {}) {
       context,
       volume,
       sink,
+      layer,
       decoder,
+      onFailing,
+      delayMs,
       path: useWorklet && useWebCodecs ? 'webcodecs' : 'fallback',
     });
     return player;
@@ -80,7 +104,7 @@ export async function createPlayer({ fallback = false, delayMs = 0 } = {}) {
 }
 
 class Player {
-  constructor({ context, volume, sink, decoder, path }) {
+  constructor({ context, volume, sink, layer, decoder, onFailing, delayMs = 0, path }) {
     this.context = context;
     this.output = volume;
     this.path = path;
@@ -88,6 +112,16 @@ class Player {
     this.outputKind = sink.kind;
     this.sink = sink;
     this.decoder = decoder;
+    this.makeLayer = layer;
+    this.onFailing = onFailing;
+    this.delayMs = delayMs;
+    // The floor under the channel while it is on: { decoder (null while it loads), layer }.
+    this.under = null;
+    this.underDb = UNDER_DEFAULT_DB;
+    // Whether the channel's last frame was the floor itself (auto-floor): the floor under it
+    // is then dropped.
+    this.channelIsFloor = false;
+    this.underCounts = { frames: 0, held: 0, errorsBefore: 0 };
     this.switching = null; // the WASM decoder being loaded to replace a failing one
     this.failovers = 0;
     this.errorsBefore = 0; // decode errors of the decoder replaced
@@ -109,6 +143,12 @@ class Player {
   push(buffer) {
     const h = parseHeader(buffer);
     if (!h || this.switching) return;
+    const isFloor = h.source === 'floor';
+    if (isFloor !== this.channelIsFloor) {
+      this.channelIsFloor = isFloor;
+      // What the floor under it still had queued would play beside the same sound.
+      if (isFloor && this.under) this.resetUnder();
+    }
     const arrivalMs = performance.now();
     // The relay's stamp on the page's clock, plus this frame's way here (network, and the wait
     // for the page's thread): the least of these is the clocks' offset plus the quickest way.
@@ -119,17 +159,84 @@ class Player {
     );
   }
 
+  // A frame of the floor under the channel (the page checked its channel index); dropped
+  // while the option is off, while its decoder loads, and while the channel is the floor.
+  pushUnder(buffer) {
+    const u = this.under;
+    if (!u || !u.decoder || this.switching) return;
+    if (this.channelIsFloor) {
+      this.underCounts.held++;
+      return;
+    }
+    const h = parseHeader(buffer);
+    if (!h) return;
+    this.underCounts.frames++;
+    u.decoder.decode(
+      { seq: h.seq, channel: h.channel, relayUs: h.relayUs, arrivalMs: performance.now() },
+      new Uint8Array(buffer, HEADER_LEN),
+    );
+  }
+
+  // Turns the floor under the channel on (a decoder and a playout of its own, at the level
+  // last set) or off (both closed: nothing of it stays queued).
+  setUnder(on) {
+    if (!on) {
+      this.closeUnder();
+      return;
+    }
+    if (this.under) return;
+    const u = { decoder: null, layer: this.makeLayer(this.delayMs, dbToGain(this.underDb)) };
+    this.under = u;
+    // Of the kind the channel's decoder is, once a move to the WASM one has ended.
+    Promise.resolve(this.switching)
+      .then(() => (this.decoderKind === 'webcodecs' ? webCodecsDecoder(u.layer.frame, this.onFailing) : wasmDecoder(u.layer.frame)))
+      .then((d) => {
+        if (this.under === u && !u.decoder) u.decoder = d;
+        else d.close();
+      })
+      .catch(() => this.closeUnder());
+  }
+
+  // The floor's level under the channel, in dB (UNDER_MIN_DB..UNDER_MAX_DB).
+  setUnderLevel(db) {
+    const n = Number(db);
+    this.underDb = Number.isFinite(n) ? Math.min(UNDER_MAX_DB, Math.max(UNDER_MIN_DB, n)) : UNDER_DEFAULT_DB;
+    if (this.under) this.under.layer.setGain(dbToGain(this.underDb));
+  }
+
+  resetUnder() {
+    const u = this.under;
+    if (!u) return;
+    if (u.decoder) u.decoder.reset();
+    u.layer.reset();
+  }
+
+  closeUnder() {
+    const u = this.under;
+    if (!u) return;
+    this.under = null;
+    if (u.decoder) {
+      this.underCounts.errorsBefore += u.decoder.errors;
+      u.decoder.close();
+    }
+    u.layer.close();
+  }
+
   reset() {
     this.decoder.reset();
     this.sink.reset();
+    this.resetUnder();
+    this.channelIsFloor = false;
   }
 
   // Moves from the WebCodecs decoder to the WASM one (once); frames that come meanwhile are
   // dropped, and the playout starts again at live with the first frame decoded.
   useWasm() {
     if (this.switching || this.decoderKind === 'wasm') return;
-    this.switching = wasmDecoder(this.sink.frame)
-      .then((d) => {
+    // The floor under the channel, if on, moves too: its decoder is the same kind.
+    const u = this.under;
+    this.switching = Promise.all([wasmDecoder(this.sink.frame), u ? wasmDecoder(u.layer.frame) : null])
+      .then(([d, ud]) => {
         this.errorsBefore += this.decoder.errors;
         this.decoder.close();
         this.decoder = d;
@@ -137,6 +244,16 @@ class Player {
         this.path = 'worklet-wasm';
         this.failovers++;
         this.sink.reset();
+        if (ud && this.under === u) {
+          if (u.decoder) {
+            this.underCounts.errorsBefore += u.decoder.errors;
+            u.decoder.close();
+          }
+          u.decoder = ud;
+          u.layer.reset();
+        } else if (ud) {
+          ud.close();
+        }
       })
       .catch(() => {})
       .finally(() => {
@@ -151,7 +268,9 @@ class Player {
   }
 
   setDelay(ms) {
+    this.delayMs = ms;
     this.sink.setDelay(ms);
+    if (this.under) this.under.layer.setDelay(ms);
   }
 
   onReport(r) {
@@ -229,6 +348,27 @@ class Player {
       path: this.path,
       decoder: this.decoderKind,
       output: this.outputKind,
+      under: this.underStats(),
+    };
+  }
+
+  // The floor under the channel: null while off; its level, whether it is held back because
+  // the channel is the floor itself, frames decoded and held back, and its playout's counters.
+  underStats() {
+    const u = this.under;
+    if (!u) return null;
+    const c = u.layer.counters();
+    return {
+      db: this.underDb,
+      ready: !!u.decoder,
+      held: this.channelIsFloor,
+      frames: this.underCounts.frames,
+      heldFrames: this.underCounts.held,
+      decodeErrors: this.underCounts.errorsBefore + (u.decoder ? u.decoder.errors : 0),
+      underruns: c.underruns || 0,
+      lost: c.lost || 0,
+      skipped: c.skipped || 0,
+      marginMs: c.marginMs || 0,
     };
   }
 
@@ -248,10 +388,15 @@ class Player {
   }
 
   async close() {
+    this.closeUnder();
     this.decoder.close();
     this.sink.close();
     await this.context.close();
   }
+}
+
+function dbToGain(db) {
+  return Math.pow(10, db / 20);
 }
 
 function median(xs) {
@@ -381,8 +526,9 @@ async function wasmDecoder(onFrame) {
   return self;
 }
 
-async function workletSink(context, delayMs) {
-  await context.audioWorklet.addModule(new URL('./worklet.js', import.meta.url));
+// The main path's output: an AudioWorkletNode running the playout (worklet.js, added to the
+// context before).
+function workletSink(context, delayMs) {
   const node = new AudioWorkletNode(context, 'boothcast-playout', {
     numberOfInputs: 0,
     numberOfOutputs: 1,
@@ -399,10 +545,39 @@ async function workletSink(context, delayMs) {
     // The worklet's output frames are the context's own (currentFrame).
     contextTime: (frame) => frame / SAMPLE_RATE,
     clock: () => null,
-    close: () => node.disconnect(),
+    close: () => {
+      node.port.postMessage({ type: 'close' });
+      node.disconnect();
+    },
   };
   node.port.onmessage = (e) => sink.onReport(e.data);
   return sink;
+}
+
+// The floor under the channel on the main path: a playout node of its own (its own timeline on
+// the same clock, currentFrame) behind a gain node of its own, into `output`. Its reports keep
+// only the counters.
+function workletLayer(context, output, delayMs, gain) {
+  const sink = workletSink(context, delayMs);
+  const level = context.createGain();
+  level.gain.value = gain;
+  sink.node.connect(level);
+  level.connect(output);
+  let counters = {};
+  sink.onReport = ({ played: _played, ...rest }) => {
+    counters = rest;
+  };
+  return {
+    frame: sink.frame,
+    reset: sink.reset,
+    setDelay: sink.setDelay,
+    setGain: (g) => level.gain.setTargetAtTime(g, context.currentTime, GAIN_RAMP),
+    counters: () => counters,
+    close: () => {
+      sink.close();
+      level.disconnect();
+    },
+  };
 }
 
 // The ScriptProcessor's output is placed by counting the samples written, not at
@@ -413,10 +588,15 @@ async function workletSink(context, delayMs) {
 // (callbacks were dropped while the page's thread was busy): then the count jumps forward to
 // it, one discontinuity where the output had a gap anyway. The average difference between the
 // two maps what was written to the context's time, for the delay figure.
+//
+// The floor under the channel (`layer`) is a second playout pulled in the same callback at the
+// same position, into a buffer of its own, and added at its gain; a change of gain is ramped
+// over one callback's buffer.
 function scriptSink(context, delayMs) {
   const playout = new Playout({ delayMs });
   const node = context.createScriptProcessor(SCRIPT_BUFFER, 0, 1);
   const clock = { pos: null, offset: 0, resyncs: 0, wobble: 0 };
+  const layers = new Set(); // at most one: the floor under the channel
   node.onaudioprocess = (e) => {
     const out = e.outputBuffer.getChannelData(0);
     const at = e.playbackTime * SAMPLE_RATE;
@@ -440,6 +620,7 @@ function scriptSink(context, delayMs) {
       }
     }
     playout.pull(out, clock.pos);
+    for (const l of layers) l.mix(out, clock.pos);
     clock.pos += out.length;
   };
   const sink = {
@@ -452,6 +633,35 @@ function scriptSink(context, delayMs) {
     // Context time in seconds of the playout's output frame `frame`.
     contextTime: (frame) => (frame + clock.offset) / SAMPLE_RATE,
     clock: () => ({ resyncs: clock.resyncs, wobbleSamples: Math.round(clock.wobble) }),
+    layer: (ms, gain) => {
+      const under = new Playout({ delayMs: ms });
+      let buf = new Float32Array(SCRIPT_BUFFER);
+      let now = gain;
+      let target = gain;
+      const l = {
+        mix(out, pos) {
+          if (buf.length !== out.length) buf = new Float32Array(out.length);
+          under.pull(buf, pos);
+          const n = out.length;
+          for (let i = 0; i < n; i++) out[i] += buf[i] * (now + ((target - now) * i) / n);
+          now = target;
+        },
+      };
+      layers.add(l);
+      return {
+        frame: (f) => under.push(f),
+        reset: () => under.reset(),
+        setDelay: (d) => under.setDelay(d),
+        setGain: (g) => {
+          target = g;
+        },
+        counters: () => {
+          const { played: _played, ...rest } = under.report();
+          return rest;
+        },
+        close: () => layers.delete(l),
+      };
+    },
     close: () => {
       clearInterval(timer);
       node.disconnect();

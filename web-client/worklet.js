@@ -10,15 +10,20 @@ class PlayoutProcessor extends AudioWorkletProcessor {
     super();
     this.playout = new Playout(options.processorOptions || {});
     this.sinceReport = 0;
+    this.closed = false;
     this.port.onmessage = (e) => {
       const m = e.data;
       if (m.type === 'frame') this.playout.push(m);
       else if (m.type === 'reset') this.playout.reset();
       else if (m.type === 'delay') this.playout.setDelay(m.ms);
+      else if (m.type === 'close') this.closed = true;
     };
   }
 
   process(_inputs, outputs) {
+    // A node that was closed (the floor under the channel, turned off) stops being processed;
+    // otherwise a node without inputs runs for as long as the context does.
+    if (this.closed) return false;
     const out = outputs[0][0];
     this.playout.pull(out, currentFrame);
     this.sinceReport += out.length;

@@ -9,6 +9,8 @@
 //!
 //! Figures about the relay process (CPU time, resident memory) are read from `/proc`.
 
+pub mod fanout;
+pub mod floor;
 pub mod icecast;
 pub mod soak;
 pub mod ws;

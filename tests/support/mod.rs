@@ -180,6 +180,7 @@ pub enum In {
 enum Out {
     Text(String),
     Frame(Bytes),
+    Raw(Message),
     Pump(Option<(u8, usize)>),
     Close,
 }
@@ -285,6 +286,7 @@ impl Client {
                     o = out_rx.recv() => match o {
                         Some(Out::Text(t)) => { if sink.send(Message::Text(t.into())).await.is_err() { break; } }
                         Some(Out::Frame(f)) => { if sink.send(Message::Binary(f)).await.is_err() { break; } }
+                        Some(Out::Raw(m)) => { if sink.send(m).await.is_err() { break; } }
                         Some(Out::Pump(p)) => pump = p,
                         Some(Out::Close) | None => { let _ = sink.send(Message::Close(None)).await; break; }
                     },
@@ -354,6 +356,11 @@ impl Client {
 
     pub fn text(&self, v: Value) {
         let _ = self.tx.send(Out::Text(v.to_string()));
+    }
+
+    /// Sends `m` as it is: a hand-made frame, say.
+    pub fn raw(&self, m: Message) {
+        let _ = self.tx.send(Out::Raw(m));
     }
 
     pub fn raw_text(&self, t: &str) {

@@ -1,0 +1,964 @@
+//! The load client of the fan-out harness (`scripts/fanout.sh`): one client for three servers,
+//! the floor (`bench-floor`, see [`super::floor`]), Icecast and the relay, so that their CPU
+//! per delivered frame can be set side by side.
+//!
+//! Every listener reads every frame as it arrives, the same way against each server: one
+//! non-blocking socket per listener in one level-triggered epoll set, one `read()` per
+//! readiness, all on one thread. Only two things differ: the request (an HTTP `GET` of an Ogg
+//! mount for the floor and Icecast; a WebSocket upgrade and a listener's `hello` for the relay,
+//! made before the socket joins the set) and how a frame is cut out of the bytes read (an Ogg
+//! page header, or a 2-byte WebSocket header and the relay's 28-byte frame header). Both cuts
+//! are a few header reads, nanoseconds against the microseconds of a `read()`, so what the
+//! servers pay for their listeners' wake-ups is the same.
+//!
+//! Each listener connects from a loopback address of its own (127.2.x.y, as [`super`]'s), and
+//! checks its stream's sequence numbers (Ogg page sequence, or the relay's frame sequence): a
+//! gap is a lost frame. For the relay, booths `b0`.. go live on channels `l0`.. of
+//! `config/bench.toml` and send a frame every 20 ms from this process (as `boothcast bench`
+//! does); Icecast's sources are the script's, the floor makes its own pages.
+//!
+//! Figures about the server (CPU, resident memory) come from `/proc` over the measured window,
+//! after every listener is connected and a warm-up.
+
+use super::{proc_stat, ws, Histogram};
+use crate::protocol::FrameHeader;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Connections being opened at once: Icecast listens with a backlog of 5 and takes its
+/// connections on one thread, so a larger crowd at the door only adds SYN retries.
+const CONNECT_CONCURRENCY: usize = 16;
+/// Tries per listener before it counts as failed, the first after `RETRY_AFTER`, doubling.
+const ATTEMPTS: u32 = 5;
+const RETRY_AFTER: Duration = Duration::from_millis(250);
+/// Longest wait for one try: TCP connect, request, response head.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Server CPU is sampled this long with the sources running and no listener, so the cost of
+/// ingesting the channels can be told apart from the cost of the listeners.
+const IDLE_SAMPLE: Duration = Duration::from_secs(2);
+/// A listener's unread bytes never exceed this (a frame of the relay is at most 3,857
+/// bytes, an Ogg page at most 65,307): more means a stream this client cannot parse.
+const MAX_PENDING: usize = 128 * 1024;
+/// Bytes taken by one `read()`.
+const READ_CHUNK: usize = 64 * 1024;
+/// Readiness events taken by one `epoll_wait`.
+const EVENTS: usize = 1024;
+/// The reader's longest sleep, so that it sees the end of a phase soon enough.
+const WAIT_MS: i32 = 50;
+/// Descriptors kept free for everything that is not a listener socket.
+const SPARE_FDS: u64 = 64;
+/// Loopback addresses 127.2.0.1 onwards: one per listener.
+pub const MAX_LISTENERS: usize = 65_000;
+
+/// Which server is loaded; it decides the request and the framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    /// `boothcast bench-floor`: Ogg pages over HTTP.
+    Floor,
+    /// Icecast2 with mounts `/l0.opus`..: Ogg pages over HTTP.
+    Icecast,
+    /// `boothcast serve` with `config/bench.toml`: WebSocket listeners of `bench/l0`..
+    Boothcast,
+}
+
+impl std::str::FromStr for Server {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Server, String> {
+        match s {
+            "floor" => Ok(Server::Floor),
+            "icecast" => Ok(Server::Icecast),
+            "boothcast" => Ok(Server::Boothcast),
+            _ => Err(format!(
+                "`{s}`: the server is `floor`, `icecast` or `boothcast`"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Server::Floor => "floor",
+            Server::Icecast => "icecast",
+            Server::Boothcast => "boothcast",
+        })
+    }
+}
+
+impl Server {
+    fn ogg(self) -> bool {
+        self != Server::Boothcast
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub server: Server,
+    /// `http://IP:PORT` of the server, on loopback (IPv4).
+    pub url: String,
+    /// Channels `l0`.. (Icecast mounts `/l0.opus`..; the floor has one stream whatever is
+    /// asked); listeners are spread over them round-robin.
+    pub channels: usize,
+    pub listeners: usize,
+    /// Measured time, after every listener is connected and `warm_up`.
+    pub seconds: f64,
+    pub warm_up: Duration,
+    /// The server's process, for CPU and memory figures.
+    pub server_pid: Option<u32>,
+    /// The relay's bench booths: their secret and Opus payload bytes per 20 ms frame.
+    pub secret: String,
+    pub frame_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("bad options: {0}")]
+    Options(String),
+    #[error(
+        "open file limit is {limit}, {needed} needed for this many listeners: raise it (ulimit -n)"
+    )]
+    FileLimit { limit: u64, needed: u64 },
+    #[error(transparent)]
+    Booth(#[from] super::Error),
+    #[error("no listener could connect ({attempts} listeners, first error: {first_error})")]
+    NoneConnected {
+        attempts: usize,
+        first_error: String,
+    },
+    #[error("cannot read the CPU time and memory of process {0} from /proc")]
+    Proc(u32),
+    #[error("the reader failed: {0}")]
+    Reader(String),
+}
+
+/// The result of a run.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub server: Server,
+    pub listeners: usize,
+    pub connected: usize,
+    /// Tries that failed and were made again, and listeners that never got in.
+    pub retries: u64,
+    pub failed: usize,
+    pub first_error: Option<String>,
+    /// From the first connect to the last listener in.
+    pub ramp_up: Duration,
+    /// Per listener, its last try: TCP connect to the response head (the upgrade answered).
+    pub connect_p50_ms: f64,
+    pub connect_p99_ms: f64,
+    pub connect_max_ms: f64,
+    pub measured: Duration,
+    /// Frames (20 ms Opus packets) delivered to all listeners in the measured window.
+    pub frames: u64,
+    /// Frames missing from the listeners' sequences in the window.
+    pub lost: u64,
+    /// Bytes on the wire of those frames (Ogg page or WebSocket message, headers included).
+    pub bytes: u64,
+    /// Reads that returned bytes in the window: about one per write of the server while the
+    /// client keeps up, so frames per read above 1 says the server gathers frames.
+    pub reads: u64,
+    /// Listeners whose connection ended before the end.
+    pub dropped: u64,
+    /// CPU seconds of the server in the window, its CPU share before any listener (sources
+    /// only), its resident memory before the first listener and at the end (KiB).
+    pub server_cpu: Option<f64>,
+    pub idle_cpu_share: Option<f64>,
+    pub rss_before_kib: Option<u64>,
+    pub rss_after_kib: Option<u64>,
+    /// Share of the window the server's threads were runnable but waiting for a CPU held by
+    /// another process (`/proc/PID/task/*/schedstat`): other load on the machine.
+    pub server_wait_share: Option<f64>,
+    /// This client's CPU share of its core in the window: near 1, the client may be what
+    /// limits delivery.
+    pub client_cpu_share: f64,
+}
+
+impl Report {
+    /// Server CPU seconds per million frames delivered.
+    pub fn cpu_per_million(&self) -> Option<f64> {
+        self.server_cpu
+            .filter(|_| self.frames > 0)
+            .map(|cpu| cpu / (self.frames as f64 / 1e6))
+    }
+
+    /// Growth of the server's resident memory per connected listener, in KiB.
+    pub fn rss_per_listener_kib(&self) -> Option<f64> {
+        let (before, after) = self.rss_before_kib.zip(self.rss_after_kib)?;
+        (self.connected > 0).then(|| (after as f64 - before as f64) / self.connected as f64)
+    }
+
+    /// The frames the listeners should have had in the window: one per listener per 20 ms.
+    pub fn expected(&self) -> u64 {
+        (self.connected as f64 * self.measured.as_secs_f64() / 0.020) as u64
+    }
+
+    /// One line of `key=value` figures for scripts (`scripts/fanout.sh` reads it).
+    pub fn result_line(&self) -> String {
+        let opt = |v: Option<f64>| v.map_or_else(|| "na".to_owned(), |v| format!("{v:.3}"));
+        format!(
+            "result server={} listeners={} connected={} seconds={:.2} frames={} expected={} \
+             lost={} dropped={} bytes_per_frame={:.1} frames_per_read={:.3} cpu_s={} cpu_s_per_million={} \
+             idle_cpu_share={} rss_kib_per_listener={} server_wait_share={} client_cpu_share={:.3}",
+            self.server,
+            self.listeners,
+            self.connected,
+            self.measured.as_secs_f64(),
+            self.frames,
+            self.expected(),
+            self.lost,
+            self.dropped,
+            self.bytes as f64 / self.frames.max(1) as f64,
+            self.frames as f64 / self.reads.max(1) as f64,
+            opt(self.server_cpu),
+            opt(self.cpu_per_million()),
+            opt(self.idle_cpu_share),
+            opt(self.rss_per_listener_kib()),
+            opt(self.server_wait_share),
+            self.client_cpu_share,
+        )
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.measured.as_secs_f64();
+        writeln!(
+            f,
+            "{}: {} of {} listeners connected ({} failed, {} retries), {:.1} s ramp-up, {secs:.1} s measured",
+            self.server, self.connected, self.listeners, self.failed, self.retries,
+            self.ramp_up.as_secs_f64()
+        )?;
+        if let Some(e) = &self.first_error {
+            writeln!(f, "  first connect error: {e}")?;
+        }
+        writeln!(
+            f,
+            "  connect p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            self.connect_p50_ms, self.connect_p99_ms, self.connect_max_ms
+        )?;
+        writeln!(
+            f,
+            "  frames delivered {} of {} expected, lost {}, {:.1} bytes each on the wire, \
+             {:.3} per read; listeners dropped {}",
+            self.frames,
+            self.expected(),
+            self.lost,
+            self.bytes as f64 / self.frames.max(1) as f64,
+            self.frames as f64 / self.reads.max(1) as f64,
+            self.dropped
+        )?;
+        if let (Some(cpu), Some(per)) = (self.server_cpu, self.cpu_per_million()) {
+            writeln!(
+                f,
+                "  server: {cpu:.2} CPU s ({:.0} % of a core; {:.1} % before listeners; waited for \
+                 a CPU {:.1} % of the time), {per:.2} CPU s per million frames delivered",
+                100.0 * cpu / secs.max(1e-9),
+                100.0 * self.idle_cpu_share.unwrap_or(0.0),
+                100.0 * self.server_wait_share.unwrap_or(0.0)
+            )?;
+        }
+        if let (Some(before), Some(after), Some(per)) = (
+            self.rss_before_kib,
+            self.rss_after_kib,
+            self.rss_per_listener_kib(),
+        ) {
+            writeln!(
+                f,
+                "  server resident memory {:.1} -> {:.1} MiB, {per:.2} KiB per listener",
+                before as f64 / 1024.0,
+                after as f64 / 1024.0
+            )?;
+        }
+        writeln!(
+            f,
+            "  client: {:.0} % of its core",
+            100.0 * self.client_cpu_share
+        )?;
+        writeln!(f, "{}", self.result_line())
+    }
+}
+
+/// Phases of a run, as the reader thread sees them.
+mod phase {
+    /// Listeners connect and read; nothing is counted yet.
+    pub const WARMING: u8 = 0;
+    pub const MEASURING: u8 = 1;
+    /// Still reading (the server keeps every listener until it is sampled), not counting.
+    pub const DRAINING: u8 = 2;
+    pub const STOPPED: u8 = 3;
+}
+
+/// Runs the load. Call inside a `LocalSet` on a current-thread runtime (the booths'
+/// tasks); the listeners are read on a thread of their own.
+pub async fn run(opts: Options) -> Result<Report, Error> {
+    let target = check(&opts)?;
+    if opts.server == Server::Boothcast {
+        let bench = super::Options {
+            addr: target.to_string(),
+            channels: opts.channels,
+            listeners: 0,
+            seconds: opts.seconds,
+            frame_bytes: opts.frame_bytes,
+            frame_ms: 20,
+            secret: opts.secret.clone(),
+            relay_pid: None,
+            idle_steps: Vec::new(),
+            probe_every: 1,
+            relaxed: false,
+        };
+        for c in 0..opts.channels {
+            let booth = super::booth(&bench, c).await?;
+            tokio::task::spawn_local(super::pump(
+                booth,
+                c,
+                Duration::from_millis(20),
+                opts.frame_bytes,
+            ));
+        }
+    }
+    let proc = |pid: u32| proc_stat(pid).ok_or(Error::Proc(pid));
+    let (idle_cpu_share, rss_before_kib) = match opts.server_pid {
+        Some(pid) => {
+            let before = proc(pid)?;
+            tokio::time::sleep(IDLE_SAMPLE).await;
+            let after = proc(pid)?;
+            let share = (after.cpu_seconds - before.cpu_seconds) / IDLE_SAMPLE.as_secs_f64();
+            (Some(share), Some(after.rss_kib))
+        }
+        None => (None, None),
+    };
+
+    let phase = Arc::new(AtomicU8::new(phase::WARMING));
+    // Bounded by the listener count: every listener is sent once.
+    let (to_reader, incoming) = mpsc::sync_channel(opts.listeners);
+    let ogg = opts.server.ogg();
+    let reader = std::thread::Builder::new()
+        .name("fanout-reader".into())
+        .spawn({
+            let phase = phase.clone();
+            move || read_all(ogg, incoming, &phase)
+        })
+        .map_err(|e| Error::Reader(e.to_string()))?;
+
+    let ramp = Instant::now();
+    let gate = Arc::new(tokio::sync::Semaphore::new(CONNECT_CONCURRENCY));
+    let tasks: Vec<_> = (0..opts.listeners)
+        .map(|i| {
+            let gate = gate.clone();
+            let to_reader = to_reader.clone();
+            let channel = i % opts.channels;
+            let server = opts.server;
+            tokio::task::spawn_local(async move {
+                let _permit = gate.acquire().await.expect("the gate is never closed");
+                let mut retries = 0;
+                let mut last_error = String::new();
+                for attempt in 0..ATTEMPTS {
+                    if attempt > 0 {
+                        retries += 1;
+                        tokio::time::sleep(RETRY_AFTER * (1 << (attempt - 1))).await;
+                    }
+                    let t0 = Instant::now();
+                    let open =
+                        tokio::time::timeout(ATTEMPT_TIMEOUT, open(server, target, i, channel));
+                    match open.await {
+                        Ok(Ok((stream, rest))) => {
+                            let took = t0.elapsed();
+                            let socket = stream.into_std().map_err(|e| e.to_string());
+                            let socket = socket.and_then(|s| {
+                                s.set_nonblocking(true)
+                                    .map(|_| s)
+                                    .map_err(|e| e.to_string())
+                            });
+                            return match socket {
+                                Ok(s) => match to_reader.send((s, rest)) {
+                                    Ok(()) => Ok((took, retries)),
+                                    Err(_) => Err(("the reader is gone".to_owned(), retries)),
+                                },
+                                Err(e) => Err((e, retries)),
+                            };
+                        }
+                        Ok(Err(e)) => last_error = e,
+                        Err(_) => last_error = format!("no answer within {ATTEMPT_TIMEOUT:?}"),
+                    }
+                }
+                Err((last_error, retries))
+            })
+        })
+        .collect();
+    drop(to_reader);
+    let mut connect = Histogram::default();
+    let (mut retries, mut failed, mut first_error) = (0, 0, None);
+    for task in tasks {
+        match task.await {
+            Ok(Ok((took, r))) => {
+                connect.record(took.as_micros() as u64);
+                retries += r;
+            }
+            Ok(Err((e, r))) => {
+                retries += r;
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert(e.to_string());
+            }
+        }
+    }
+    let ramp_up = ramp.elapsed();
+    let connected = opts.listeners - failed;
+    if connected == 0 {
+        phase.store(phase::STOPPED, Ordering::Relaxed);
+        let _ = reader.join();
+        return Err(Error::NoneConnected {
+            attempts: opts.listeners,
+            first_error: first_error.unwrap_or_default(),
+        });
+    }
+
+    tokio::time::sleep(opts.warm_up).await;
+    let server_before = opts.server_pid.map(proc).transpose()?;
+    let wait_before = opts.server_pid.and_then(super::soak::run_queue_wait);
+    let client_before = proc(std::process::id())?;
+    let start = Instant::now();
+    phase.store(phase::MEASURING, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs_f64(opts.seconds)).await;
+    phase.store(phase::DRAINING, Ordering::Relaxed);
+    let measured = start.elapsed();
+    let server_after = opts.server_pid.map(proc).transpose()?;
+    let wait_after = opts.server_pid.and_then(super::soak::run_queue_wait);
+    let client_after = proc(std::process::id())?;
+    phase.store(phase::STOPPED, Ordering::Relaxed);
+    let tally = reader
+        .join()
+        .map_err(|_| Error::Reader("it panicked".into()))?
+        .map_err(|e| Error::Reader(e.to_string()))?;
+
+    Ok(Report {
+        server: opts.server,
+        listeners: opts.listeners,
+        connected,
+        retries,
+        failed,
+        first_error,
+        ramp_up,
+        connect_p50_ms: connect.quantile(0.5) as f64 / 1000.0,
+        connect_p99_ms: connect.quantile(0.99) as f64 / 1000.0,
+        connect_max_ms: connect.max() as f64 / 1000.0,
+        measured,
+        frames: tally.frames,
+        lost: tally.lost,
+        bytes: tally.bytes,
+        reads: tally.reads,
+        dropped: tally.dropped,
+        server_cpu: server_before
+            .zip(server_after)
+            .map(|(b, a)| a.cpu_seconds - b.cpu_seconds),
+        idle_cpu_share,
+        rss_before_kib,
+        rss_after_kib: server_after.map(|a| a.rss_kib),
+        server_wait_share: wait_before
+            .zip(wait_after)
+            .map(|(b, a)| (a - b) / measured.as_secs_f64()),
+        client_cpu_share: (client_after.cpu_seconds - client_before.cpu_seconds)
+            / measured.as_secs_f64(),
+    })
+}
+
+/// Checks the options and the descriptor limit; returns the server's address.
+fn check(opts: &Options) -> Result<SocketAddr, Error> {
+    let bad = |s: &str| Error::Options(s.to_owned());
+    if opts.listeners == 0 || opts.listeners > MAX_LISTENERS {
+        return Err(bad("listeners must be 1..=65000"));
+    }
+    // config/bench.toml has ten channels; the other servers take as many.
+    if !(1..=10).contains(&opts.channels) {
+        return Err(bad("channels must be 1..=10 (config/bench.toml has ten)"));
+    }
+    if !(opts.seconds.is_finite() && opts.seconds > 0.0) {
+        return Err(bad("seconds must be a positive number"));
+    }
+    let target: SocketAddr = opts
+        .url
+        .strip_prefix("http://")
+        .map(|a| a.trim_end_matches('/'))
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| bad("the URL is http://IP:PORT, e.g. http://127.0.0.1:18200"))?;
+    if !(target.is_ipv4() && target.ip().is_loopback()) {
+        // Listeners come from 127.2.x.y, which reach only a server on IPv4 loopback.
+        return Err(bad("the server must be on IPv4 loopback (127.x.y.z)"));
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        let needed = opts.listeners as u64 + opts.channels as u64 + SPARE_FDS;
+        if lim.rlim_cur < needed {
+            return Err(Error::FileLimit {
+                limit: lim.rlim_cur,
+                needed,
+            });
+        }
+    }
+    Ok(target)
+}
+
+/// The address listener `index` connects from, as [`super::handshake`] picks it.
+fn source(index: usize) -> Ipv4Addr {
+    let n = index as u32 + 1;
+    Ipv4Addr::new(127, 2, (n >> 8) as u8, (n & 0xff) as u8)
+}
+
+/// Opens listener `index` of `channel`: the stream and the bytes read past the response head.
+async fn open(
+    server: Server,
+    target: SocketAddr,
+    index: usize,
+    channel: usize,
+) -> Result<(TcpStream, Vec<u8>), String> {
+    if !server.ogg() {
+        return super::handshake(
+            &target.to_string(),
+            &format!("bench/l{channel}"),
+            false,
+            index,
+        )
+        .await;
+    }
+    let mut s = ws::connect_from(source(index), target)
+        .await
+        .map_err(|e| e.to_string())?;
+    // No Icy-MetaData header: the body is the bare Ogg stream.
+    let request = format!(
+        "GET /l{channel}.opus HTTP/1.0\r\nHost: {target}\r\nUser-Agent: boothcast-bench\r\n\r\n"
+    );
+    s.write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let end = loop {
+        let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed before the response head".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        if buf.len() > 8192 {
+            return Err("response head too long".into());
+        }
+    };
+    let status = buf.split(|b| *b == b'\r').next().unwrap_or_default();
+    let ok = status.starts_with(b"HTTP/") && status.split(|b| *b == b' ').nth(1) == Some(b"200");
+    if !ok {
+        return Err(format!("answered {}", String::from_utf8_lossy(status)));
+    }
+    Ok((s, buf[end..].to_vec()))
+}
+
+/// What all listeners add to, on the reader thread.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Tally {
+    frames: u64,
+    reads: u64,
+    lost: u64,
+    bytes: u64,
+    dropped: u64,
+}
+
+/// Where a listener is in its stream.
+#[derive(Debug, Default)]
+struct Track {
+    serial: Option<u32>,
+    last_seq: Option<u32>,
+}
+
+impl Track {
+    /// Counts a gap between the last unit and `seq` (a backwards step is a renumbering).
+    fn next(&mut self, seq: u32, counting: bool, tally: &mut Tally) {
+        if let Some(last) = self.last_seq {
+            let gap = seq.wrapping_sub(last).wrapping_sub(1);
+            if counting && gap != 0 && gap < u32::MAX / 2 {
+                tally.lost += u64::from(gap);
+            }
+        }
+        self.last_seq = Some(seq);
+    }
+}
+
+/// Takes the complete Ogg pages off the front of `buf`, counting each packet of an audio page
+/// as a frame; returns the bytes taken. `Err` for bytes that are not an Ogg stream.
+fn ogg_pages(
+    buf: &[u8],
+    track: &mut Track,
+    counting: bool,
+    tally: &mut Tally,
+) -> Result<usize, &'static str> {
+    let mut at = 0;
+    while buf.len() - at >= 27 {
+        let page = &buf[at..];
+        if &page[..4] != b"OggS" {
+            return Err("not an Ogg page");
+        }
+        let segments = page[26] as usize;
+        if page.len() < 27 + segments {
+            break;
+        }
+        let lacing = &page[27..27 + segments];
+        let len = 27 + segments + lacing.iter().map(|&b| b as usize).sum::<usize>();
+        if page.len() < len {
+            break;
+        }
+        let granule = i64::from_le_bytes(page[6..14].try_into().expect("8 bytes"));
+        let serial = u32::from_le_bytes(page[14..18].try_into().expect("4 bytes"));
+        let seq = u32::from_le_bytes(page[18..22].try_into().expect("4 bytes"));
+        at += len;
+        if track.serial != Some(serial) {
+            // A new stream (a source that came back): numbering starts over.
+            track.serial = Some(serial);
+            track.last_seq = None;
+        }
+        if granule == 0 {
+            // OpusHead, OpusTags: each new listener gets them, then the live page, so the
+            // gap that follows is not a loss.
+            track.last_seq = None;
+            continue;
+        }
+        track.next(seq, counting, tally);
+        if counting {
+            // A packet ends at each lacing value below 255.
+            tally.frames += lacing.iter().filter(|&&b| b < 255).count() as u64;
+            tally.bytes += len as u64;
+        }
+    }
+    Ok(at)
+}
+
+/// Takes the complete WebSocket frames off the front of `buf`, counting each audio frame;
+/// returns the bytes taken and the pings to answer. `Err` when the relay closed or sent what
+/// it never sends.
+fn ws_frames(
+    buf: &[u8],
+    track: &mut Track,
+    counting: bool,
+    tally: &mut Tally,
+) -> Result<(usize, usize), String> {
+    let mut at = 0;
+    let mut pings = 0;
+    while let Some((frame, len)) = ws::next_frame(&buf[at..])? {
+        match frame {
+            ws::Frame::Binary(payload) => {
+                let header = FrameHeader::parse(payload).map_err(|e| e.to_string())?;
+                track.next(header.sequence, counting, tally);
+                if counting {
+                    tally.frames += 1;
+                    tally.bytes += len as u64;
+                }
+            }
+            ws::Frame::Ping(_) => pings += 1,
+            ws::Frame::Close(code) => return Err(format!("closed by the relay ({code:?})")),
+            ws::Frame::Text(_) | ws::Frame::Other => {}
+        }
+        at += len;
+    }
+    Ok((at, pings))
+}
+
+/// One listener on the reader thread.
+struct Conn {
+    socket: std::net::TcpStream,
+    /// Bytes of an incomplete frame, kept for the next read.
+    pending: Vec<u8>,
+    track: Track,
+}
+
+impl Conn {
+    /// Cuts what `bytes` completes; false once the stream cannot go on.
+    fn take(&mut self, ogg: bool, bytes: &[u8], counting: bool, tally: &mut Tally) -> bool {
+        let data: &[u8] = if self.pending.is_empty() {
+            bytes
+        } else {
+            self.pending.extend_from_slice(bytes);
+            &self.pending
+        };
+        let (used, pings) = if ogg {
+            match ogg_pages(data, &mut self.track, counting, tally) {
+                Ok(used) => (used, 0),
+                Err(_) => return false,
+            }
+        } else {
+            match ws_frames(data, &mut self.track, counting, tally) {
+                Ok(r) => r,
+                Err(_) => return false,
+            }
+        };
+        if data.len() - used > MAX_PENDING {
+            return false;
+        }
+        if self.pending.is_empty() {
+            self.pending.extend_from_slice(&bytes[used..]);
+        } else {
+            self.pending.drain(..used);
+        }
+        for _ in 0..pings {
+            // A few bytes into a send buffer that holds nothing else: it fits.
+            let pong = ws::masked(ws::opcode::PONG, &[]);
+            if self.socket.write(&pong).ok() != Some(pong.len()) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// The reader thread: takes listeners from `incoming`, reads every one as its bytes arrive
+/// until the phase is `STOPPED`, and returns what was counted while `MEASURING`.
+fn read_all(
+    ogg: bool,
+    incoming: mpsc::Receiver<(std::net::TcpStream, Vec<u8>)>,
+    phase: &AtomicU8,
+) -> std::io::Result<Tally> {
+    // SAFETY: epoll_create1 has no preconditions; the descriptor it returns is ours alone.
+    let epoll = match unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) } {
+        -1 => return Err(std::io::Error::last_os_error()),
+        fd => unsafe { OwnedFd::from_raw_fd(fd) },
+    };
+    let mut conns: Vec<Option<Conn>> = Vec::new();
+    let mut tally = Tally::default();
+    let mut chunk = vec![0u8; READ_CHUNK];
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
+    loop {
+        let now = phase.load(Ordering::Relaxed);
+        if now == phase::STOPPED {
+            return Ok(tally);
+        }
+        let counting = now == phase::MEASURING;
+        while let Ok((socket, rest)) = incoming.try_recv() {
+            let mut conn = Conn {
+                socket,
+                pending: Vec::new(),
+                track: Track::default(),
+            };
+            if !conn.take(ogg, &rest, counting, &mut tally) {
+                tally.dropped += 1;
+                continue;
+            }
+            let mut event = libc::epoll_event {
+                // Level-triggered: a read that leaves bytes behind is told again.
+                events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+                u64: conns.len() as u64,
+            };
+            // SAFETY: both descriptors are open; the event outlives the call.
+            let r = unsafe {
+                libc::epoll_ctl(
+                    epoll.as_raw_fd(),
+                    libc::EPOLL_CTL_ADD,
+                    conn.socket.as_raw_fd(),
+                    &mut event,
+                )
+            };
+            if r != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            conns.push(Some(conn));
+        }
+        // SAFETY: `events` holds `EVENTS` entries for the kernel to fill.
+        let n = unsafe {
+            libc::epoll_wait(
+                epoll.as_raw_fd(),
+                events.as_mut_ptr(),
+                EVENTS as i32,
+                WAIT_MS,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        for event in &events[..n as usize] {
+            let slot = &mut conns[event.u64 as usize];
+            let Some(conn) = slot.as_mut() else { continue };
+            let open = match conn.socket.read(&mut chunk) {
+                Ok(0) => false,
+                Ok(n) => {
+                    tally.reads += u64::from(counting);
+                    conn.take(ogg, &chunk[..n], counting, &mut tally)
+                }
+                Err(e) => matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted),
+            };
+            if !open {
+                // Closing the socket takes it out of the epoll set.
+                *slot = None;
+                tally.dropped += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Source;
+
+    fn page(granule: i64, serial: u32, seq: u32, packets: &[usize]) -> Vec<u8> {
+        let mut p = b"OggS\0\0".to_vec();
+        p.extend_from_slice(&granule.to_le_bytes());
+        p.extend_from_slice(&serial.to_le_bytes());
+        p.extend_from_slice(&seq.to_le_bytes());
+        p.extend_from_slice(&[0; 4]);
+        p.push(packets.len() as u8);
+        p.extend(packets.iter().map(|&n| n as u8));
+        for &n in packets {
+            p.extend(std::iter::repeat_n(0x55, n));
+        }
+        p
+    }
+
+    #[test]
+    fn ogg_pages_count_packets_and_gaps_across_split_reads() {
+        let mut stream = Vec::new();
+        stream.extend(page(0, 7, 0, &[19]));
+        stream.extend(page(0, 7, 1, &[25]));
+        stream.extend(page(960, 7, 40, &[80]));
+        stream.extend(page(1920, 7, 41, &[80]));
+        // Two pages lost, then a page of two packets.
+        stream.extend(page(5760, 7, 44, &[80, 80]));
+        let mut conn = Track::default();
+        let mut tally = Tally::default();
+        let mut pending = Vec::new();
+        for piece in stream.chunks(13) {
+            pending.extend_from_slice(piece);
+            let used = ogg_pages(&pending, &mut conn, true, &mut tally).unwrap();
+            pending.drain(..used);
+        }
+        assert!(pending.is_empty());
+        assert_eq!((tally.frames, tally.lost), (4, 2));
+        assert_eq!(tally.bytes, 2 * 108 + 27 + 2 + 160);
+        assert!(ogg_pages(b"not an ogg stream at all...", &mut conn, true, &mut tally).is_err());
+    }
+
+    fn relay_frame(seq: u32) -> Vec<u8> {
+        let header = FrameHeader {
+            source: Source::Interpreter,
+            channel: 0,
+            sequence: seq,
+            capture_us: 1,
+            relay_us: 2,
+            rms: 30,
+            peak: 12,
+        };
+        let payload = header.frame(&[0xF8; 80]);
+        let mut out = vec![0x82, payload.len() as u8];
+        out.extend_from_slice(&payload);
+        out
+    }
+
+    #[test]
+    fn ws_frames_count_audio_gaps_and_pings() {
+        let mut stream = vec![0x81, 2, b'{', b'}'];
+        stream.extend(relay_frame(5));
+        stream.extend([0x89, 0]);
+        stream.extend(relay_frame(6));
+        stream.extend(relay_frame(9));
+        let mut track = Track::default();
+        let mut tally = Tally::default();
+        let (used, pings) =
+            ws_frames(&stream[..stream.len() - 3], &mut track, true, &mut tally).unwrap();
+        assert_eq!((tally.frames, pings), (2, 1));
+        let (rest, _) = ws_frames(&stream[used..], &mut track, true, &mut tally).unwrap();
+        assert_eq!(used + rest, stream.len());
+        assert_eq!((tally.frames, tally.lost, tally.bytes), (3, 2, 3 * 110));
+        assert!(ws_frames(&[0x88, 2, 0x03, 0xE8], &mut track, true, &mut tally).is_err());
+    }
+
+    #[test]
+    fn urls_and_counts_out_of_range_are_refused() {
+        let opts = Options {
+            server: Server::Floor,
+            url: "http://127.0.0.1:18200".into(),
+            channels: 1,
+            listeners: 10,
+            seconds: 1.0,
+            warm_up: Duration::ZERO,
+            server_pid: None,
+            secret: String::new(),
+            frame_bytes: 80,
+        };
+        assert!(check(&opts).is_ok());
+        for bad in [
+            Options {
+                url: "http://10.0.0.1:80".into(),
+                ..opts.clone()
+            },
+            Options {
+                url: "ws://127.0.0.1:80".into(),
+                ..opts.clone()
+            },
+            Options {
+                channels: 11,
+                ..opts.clone()
+            },
+            Options {
+                listeners: 0,
+                ..opts.clone()
+            },
+        ] {
+            assert!(matches!(check(&bad), Err(Error::Options(_))), "{bad:?}");
+        }
+        assert_eq!("icecast".parse::<Server>(), Ok(Server::Icecast));
+        assert!("nginx".parse::<Server>().is_err());
+    }
+
+    /// The floor and this client, for real, on loopback: every listener gets in, frames of
+    /// one 108-byte page each arrive, none is missing.
+    #[tokio::test]
+    async fn floor_delivers_to_every_listener_without_a_gap() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let floor = std::thread::spawn({
+            let stop = stop.clone();
+            move || super::super::floor::run(listener, &Default::default(), &stop)
+        });
+        let opts = Options {
+            server: Server::Floor,
+            url: format!("http://{addr}"),
+            channels: 2,
+            listeners: 20,
+            seconds: 0.5,
+            warm_up: Duration::from_millis(100),
+            server_pid: None,
+            secret: String::new(),
+            frame_bytes: 80,
+        };
+        let report = tokio::task::LocalSet::new().run_until(run(opts)).await;
+        stop.store(true, Ordering::Relaxed);
+        let counters = floor.join().unwrap().unwrap();
+        let report = report.unwrap();
+        assert_eq!((report.connected, report.failed), (20, 0));
+        assert!(report.frames > 0, "{report}");
+        assert_eq!(report.bytes, report.frames * 108, "{report}");
+        assert_eq!((report.lost, report.dropped), (0, 0), "{report}");
+        assert_eq!(counters.accepted, 20);
+        assert_eq!(counters.skipped, 0);
+        assert!(report
+            .result_line()
+            .starts_with("result server=floor listeners=20 connected=20"));
+    }
+}
