@@ -688,4 +688,33 @@ mod tests {
         assert!(json.contains(r#""code":"channel_taken""#), "{json}");
         assert_eq!(ServerMessage::parse(&json).unwrap(), m);
     }
+
+    #[test]
+    fn a_relay_alone_says_no_node_and_a_cluster_names_it() {
+        let alone = ServerMessage::Recording {
+            active: true,
+            dir: Some("recordings/session-1".into()),
+            node: None,
+        };
+        assert_eq!(
+            alone.to_json(),
+            r#"{"type":"recording","active":true,"dir":"recordings/session-1"}"#
+        );
+        let cluster = ServerMessage::Cluster {
+            nodes: vec![ClusterNode {
+                node: "b".into(),
+                url: "ws://10.0.0.12:8080/".into(),
+                health: NodeHealth::Silent,
+                connected: false,
+                heard_ms: 4200,
+                here: false,
+                recording: false,
+                listeners: vec![("plenary/en".into(), 3)],
+            }],
+        };
+        let json = cluster.to_json();
+        assert!(json.contains(r#""health":"silent""#), "{json}");
+        assert!(json.contains(r#""listeners":[["plenary/en",3]]"#), "{json}");
+        assert_eq!(ServerMessage::parse(&json).unwrap(), cluster);
+    }
 }
