@@ -263,10 +263,11 @@ pub struct Ui {
 struct Front(Option<mpsc::Sender<Report>>);
 
 impl Front {
-    /// A message of the relay.
+    /// A message of the relay: a JSON line (on standard error when standard output carries
+    /// sound), or a report.
     fn text(&self, text: &str) {
         match &self.0 {
-            None => println!("{text}"),
+            None => line(text),
             Some(tx) => {
                 if let Ok(msg) = ServerMessage::parse(text) {
                     let _ = tx.try_send(Report::Message(msg));
@@ -1039,7 +1040,9 @@ pub struct ListenSummary {
 
 /// Places decoded frames in time and writes them.
 struct Playout {
-    writer: WavWriter,
+    /// The WAV being written; `None` for standard output until a relay welcomed the listener
+    /// (`welcomed`), so that a refusal writes nothing there.
+    writer: Option<WavWriter>,
     decoder: Decoder,
     start: Instant,
     margin: usize,
@@ -1145,8 +1148,17 @@ impl Playout {
         Ok(())
     }
 
+    /// The WAV, opened on standard output if it was not yet.
+    fn welcomed(&mut self) -> Result<&mut WavWriter, Error> {
+        let writer = match self.writer.take() {
+            Some(w) => w,
+            None => WavWriter::stdout()?,
+        };
+        Ok(self.writer.insert(writer))
+    }
+
     fn write(&mut self, pcm: &[f32]) -> Result<(), Error> {
-        self.writer.write(pcm)?;
+        self.welcomed()?.write(pcm)?;
         self.written += pcm.len();
         Ok(())
     }
@@ -1172,7 +1184,10 @@ impl Playout {
         self.summary.median_network_delay_ms = median(&mut self.delays);
         self.summary.p99_network_delay_ms = percentile(&self.delays, 99);
         self.summary.median_relay_to_listener_ms = median(&mut self.relay_delays);
-        self.writer.finish()?;
+        self.welcomed()?;
+        if let Some(writer) = self.writer.take() {
+            writer.finish()?;
+        }
         Ok(self.summary)
     }
 }
@@ -1204,6 +1219,14 @@ impl Ear {
             Ear::File(p) => &p.summary,
             Ear::Device { summary, .. } => summary,
         }
+    }
+
+    /// A relay welcomed the listener: a WAV on standard output starts with its header now.
+    fn welcomed(&mut self) -> Result<(), Error> {
+        if let Ear::File(p) = self {
+            p.welcomed()?;
+        }
+        Ok(())
     }
 
     fn reconnected(&mut self) {
@@ -1321,9 +1344,9 @@ pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
         Output::File(path) => Ear::File(Playout {
             writer: if crate::input::is_stdin(path) {
                 LINES_TO_STDERR.store(true, std::sync::atomic::Ordering::Relaxed);
-                WavWriter::stdout()?
+                None
             } else {
-                WavWriter::create(path)?
+                Some(WavWriter::create(path)?)
             },
             decoder: Decoder::new()?,
             start,
@@ -1379,6 +1402,7 @@ pub async fn listen(opts: ListenOptions) -> Result<ListenSummary, Error> {
         let session = async {
             let (link, t) = open(&url, &hello, &Front::default()).await?;
             told = t;
+            playout.welcomed()?;
             let link = conn.insert(link);
             let mut report = interval(STATS_EVERY);
             // The first frame of each connection is told (`hearing`), with where it came from.

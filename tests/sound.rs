@@ -1,7 +1,8 @@
 //! Sound in from what a sound engineer has, and out to what a listener has, with the real
 //! binary: files in every common form (made here with sox and ffmpeg) as the floor and as a
-//! booth; a live pipe from ffmpeg; the HTTP stream played by ffmpeg across a booth going live
-//! and muting.
+//! booth; files cut short; live pipes from ffmpeg (WAV, MP3, Ogg Opus); refusals that say what
+//! is wrong; `listen` writing a WAV stream to standard output; the HTTP stream played by ffmpeg
+//! across a booth going live and muting.
 
 mod proc;
 
@@ -189,6 +190,11 @@ fn inputs(dir: &Path) -> Vec<(&'static str, PathBuf, f64)> {
         ),
         1.0,
     ));
+    v.push((
+        "M4A (AAC)",
+        ffmpeg(dir, "said.wav", &["-c:a", "aac", "-b:a", "64k"], "said.m4a"),
+        1.0,
+    ));
     v
 }
 
@@ -342,6 +348,38 @@ fn what_cannot_be_decoded_is_refused_with_what_it_is() {
     );
     let empty = dir.join("empty.flac");
     std::fs::write(&empty, b"").unwrap();
+    // A 16-bit PCM WAV whose header says something that cannot be.
+    let said = std::fs::read(dir.join("said.wav")).unwrap();
+    let fmt = said.windows(4).position(|w| w == b"fmt ").unwrap();
+    let data = said.windows(4).position(|w| w == b"data").unwrap();
+    let damaged = |name: &str, at: usize, value: &[u8]| {
+        let mut bytes = said.clone();
+        bytes[at..at + value.len()].copy_from_slice(value);
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let channels0 = damaged("channels0.wav", fmt + 10, &0u16.to_le_bytes());
+    let channels32 = damaged("channels32.wav", fmt + 10, &32u16.to_le_bytes());
+    let channels255 = damaged("channels255.wav", fmt + 10, &255u16.to_le_bytes());
+    let huge = damaged("huge.wav", data + 4, &0xffff_fff0u32.to_le_bytes());
+    // What ffmpeg writes to a pipe, cut after 44 bytes (its header is longer).
+    let header = dir.join("header.wav");
+    let piped = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(dir.join("said.wav"))
+        .args(["-f", "wav", "-"])
+        .output()
+        .unwrap();
+    std::fs::write(&header, &piped.stdout[..44]).unwrap();
+    // An Ogg Opus file cut inside its first page of sound (ffmpeg's pages hold a second), and
+    // an M4A file cut before its index (ffmpeg writes it at the end).
+    let opus = ffmpeg(&dir, "said.wav", &["-c:a", "libopus"], "said.opus");
+    let cut_opus = dir.join("cut.opus");
+    std::fs::write(&cut_opus, &std::fs::read(&opus).unwrap()[..1000]).unwrap();
+    let m4a = ffmpeg(&dir, "said.wav", &["-c:a", "aac"], "said.m4a");
+    let cut_m4a = dir.join("cut.m4a");
+    std::fs::write(&cut_m4a, &std::fs::read(&m4a).unwrap()[..2000]).unwrap();
     for (file, what) in [
         (&text, "it is a text file"),
         (
@@ -349,6 +387,28 @@ fn what_cannot_be_decoded_is_refused_with_what_it_is() {
             "it is a WAV file whose audio is coded as format 0x0031 (GSM 6.10)",
         ),
         (&empty, "it is an empty file"),
+        (
+            &channels0,
+            "it is a damaged WAV file: its header says it has 0 channels",
+        ),
+        (&channels32, "it is a WAV file of 32 channels: at most 26"),
+        (&channels255, "it is a WAV file of 255 channels: at most 26"),
+        (
+            &huge,
+            "its `data` chunk says it holds 4294967280 bytes, more than the",
+        ),
+        (
+            &header,
+            "it is a WAV file cut short in its header: it ends after 44 bytes",
+        ),
+        (
+            &cut_opus,
+            "it is an Ogg file cut short before its first page of sound ends",
+        ),
+        (
+            &cut_m4a,
+            "it is an MP4/M4A file without its index (it has no `moov` box): cut short",
+        ),
     ] {
         let out = Command::new(BIN)
             .args([
@@ -371,13 +431,45 @@ fn what_cannot_be_decoded_is_refused_with_what_it_is() {
         );
         assert!(err.contains(what), "{err}");
         assert!(err.contains("accepted: WAV"), "{err}");
+        assert!(!err.contains("format 0x0001"), "PCM is accepted: {err}");
     }
-    // Standard input: nothing at all (the program writing it failed), then text.
-    for (input, what) in [
-        ("", "it is an empty stream"),
+    // A directory, and a file that is not there: said once.
+    for (file, what) in [
+        (dir.clone(), format!("{} is a directory", dir.display())),
         (
-            "agenda: opening remarks\n",
+            dir.join("missing.wav"),
+            format!(
+                "cannot open {}: No such file or directory",
+                dir.join("missing.wav").display()
+            ),
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args(["floor", "--server", "ws://127.0.0.1:9", "--secret", "x"])
+            .arg("--input-file")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        println!("{err}");
+        assert!(!out.status.success());
+        assert!(err.contains(&what), "{err}");
+        assert!(
+            err.matches("No such file").count() <= 1,
+            "the reason once: {err}"
+        );
+    }
+    // Standard input: nothing at all (the program writing it failed), text, a WAV header cut
+    // short.
+    for (input, what) in [
+        (&b""[..], "it is an empty stream"),
+        (
+            b"agenda: opening remarks\n",
             "a stream whose first bytes look like a text file",
+        ),
+        (
+            &piped.stdout[..44],
+            "a stream whose first bytes look like a WAV file cut short in its header",
         ),
     ] {
         let mut floor = Command::new(BIN)
@@ -388,12 +480,7 @@ fn what_cannot_be_decoded_is_refused_with_what_it_is() {
             .spawn()
             .unwrap();
         use std::io::Write;
-        floor
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
+        floor.stdin.take().unwrap().write_all(input).unwrap();
         let out = floor.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
@@ -819,5 +906,425 @@ fn listen_writes_a_wav_stream_to_standard_output_for_other_tools() {
     assert!(lines.contains("\"type\":\"summary\""), "{lines}");
     let c = correlation(&said, 1.0, &converted);
     println!("listen --output-file - | ffmpeg: correlation {c:.3}");
+    assert!(c >= 0.9, "{c:.3}");
+}
+
+/// A listener that writes what it hears to `out`, with the file listener's own jitter margin
+/// (40 ms, as a delegate's player keeps): frames that come later than that are dropped as late.
+fn listen_tight(url: &str, channel: &str, seconds: &str, out: &Path) -> Proc {
+    Proc::spawn(
+        Command::new(BIN)
+            .args(["listen", "--server", url, "--lang", channel])
+            .args(["--seconds", seconds, "--output-file"])
+            .arg(out)
+            .stderr(Stdio::null()),
+    )
+}
+
+/// The `summary` of a listener's output lines.
+fn summary(lines: &[String]) -> serde_json::Value {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["type"] == "summary")
+        .map(|v| v["summary"].clone())
+        .unwrap_or_else(|| panic!("no summary in {lines:#?}"))
+}
+
+/// When each audio frame on `channel` came, to a WebSocket listener of our own, for `seconds`.
+fn frame_times(url: &str, channel: &str, seconds: u64) -> std::thread::JoinHandle<Vec<Instant>> {
+    use tokio_tungstenite::tungstenite::{connect, Message};
+    let (mut ws, _) = connect(format!("{url}/ws")).unwrap();
+    let hello = format!(r#"{{"type":"hello","role":"listener","channel":"{channel}"}}"#);
+    ws.send(Message::Text(hello.into())).unwrap();
+    if let tokio_tungstenite::tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+    }
+    std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_secs(seconds);
+        let mut times = Vec::new();
+        while Instant::now() < until {
+            match ws.read() {
+                Ok(Message::Binary(_)) => times.push(Instant::now()),
+                Ok(_) => {}
+                Err(tokio_tungstenite::tungstenite::Error::Io(_)) => {}
+                Err(_) => break,
+            }
+        }
+        times
+    })
+}
+
+/// What frames that came at `times` give listeners who join at any of them: a file listener
+/// (40 ms margin) places each frame 20 ms after the one before, behind its first frame, and
+/// drops one that comes later than its place. Returns the share of the frames of the 3 s after
+/// each first frame that would be dropped, and the most any frame came after a 20 ms clock
+/// through the earliest of them (ms).
+fn late_for_joiners(times: &[Instant]) -> (f64, f64) {
+    // How late each frame is on a 20 ms clock through the first, µs.
+    let late: Vec<i64> = times
+        .iter()
+        .enumerate()
+        .map(|(k, t)| (*t - times[0]).as_micros() as i64 - 20_000 * k as i64)
+        .collect();
+    let (mut dropped, mut heard) = (0u64, 0u64);
+    for (i, first) in late.iter().enumerate() {
+        for later in late.iter().skip(i + 1).take(150) {
+            heard += 1;
+            if later - first > 40_000 {
+                dropped += 1;
+            }
+        }
+    }
+    let earliest = late.iter().min().copied().unwrap_or(0);
+    let off = late.iter().map(|l| l - earliest).max().unwrap_or(0);
+    (dropped as f64 / heard.max(1) as f64, off as f64 / 1000.0)
+}
+
+/// What a live pipe gave its listeners: the correlation of what the first one (there before
+/// the floor started) heard with what was said, its summary, the late and all frames of the
+/// listeners who joined while it played, the floor's log and its `ended` line.
+struct Piped {
+    correlation: f64,
+    summary: serde_json::Value,
+    joined_late: u64,
+    joined_frames: u64,
+    /// The share of frames listeners joining at any frame would drop as late.
+    dropped: f64,
+    log: String,
+    ended: serde_json::Value,
+}
+
+/// `ffmpeg -re` writing speech in the form `args` gives to a pipe into `boothcast floor
+/// --input-file -`, heard by listeners with a 40 ms margin: one there from the start, and six
+/// who join one after the other while the floor speaks (a delegate joins at any moment: a
+/// frame that leaves in a clump is late for a listener whose first frame was the last of an
+/// earlier clump).
+fn live_pipe(name: &str, args: &str) -> Piped {
+    let dir = tmpdir(name);
+    let said = dir.join("said.wav");
+    speak(
+        "Good morning. The floor is given to the delegation of Azerbaijan, on the report of the working group.",
+        &said,
+    );
+    let (_relay, url) = serve(&dir, proc::EVENT);
+    let heard = dir.join("heard.wav");
+    let mut listener = listen_tight(&url, "plenary/floor", "12", &heard);
+    listener.wait_for("\"type\":\"subscribed\"", Duration::from_secs(10));
+    let times = frame_times(&url, "plenary/floor", 12);
+    let log = dir.join("floor.log");
+    let lines = dir.join("floor.jsonl");
+    let mut floor = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ffmpeg -v error -re -i '{}' {args} - | '{BIN}' floor --server {url} \
+             --secret floor-secret --input-file - >'{}' 2>'{}'",
+            said.display(),
+            lines.display(),
+            log.display()
+        ))
+        .spawn()
+        .unwrap();
+    listener.wait_for("\"type\":\"hearing\"", Duration::from_secs(10));
+    let mut joined = Vec::new();
+    for i in 0..6 {
+        std::thread::sleep(Duration::from_millis(370));
+        let out = dir.join(format!("joined{i}.wav"));
+        joined.push(listen_tight(&url, "plenary/floor", "3", &out));
+    }
+    assert!(floor.wait().unwrap().success());
+    let summary = summary(&listener.finish(Duration::from_secs(30)));
+    let (mut joined_late, mut joined_frames) = (0, 0);
+    for l in joined {
+        let s = self::summary(&l.finish(Duration::from_secs(30)));
+        joined_late += s["late"].as_u64().unwrap();
+        joined_frames += s["frames"].as_u64().unwrap();
+    }
+    let log = std::fs::read_to_string(&log).unwrap();
+    let ended = std::fs::read_to_string(&lines)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["type"] == "ended")
+        .expect("the floor's ended line");
+    let correlation = correlation(&said, 1.0, &heard);
+    let times = times.join().unwrap();
+    let gap = times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    let (dropped, off) = late_for_joiners(&times);
+    println!(
+        "{name}: {} frames, gaps up to {} ms, up to {off:.0} ms off a 20 ms clock, {:.1} % late \
+         for listeners joining at any frame; correlation {correlation:.3}, late {} of {} \
+         frames; listeners who joined: late {joined_late} of {joined_frames} frames; floor \
+         overruns {}\n{log}",
+        times.len(),
+        gap.as_millis(),
+        dropped * 100.0,
+        summary["late"],
+        summary["frames"],
+        ended["overruns"]
+    );
+    Piped {
+        correlation,
+        summary,
+        joined_late,
+        joined_frames,
+        dropped,
+        log,
+        ended,
+    }
+}
+
+/// ffmpeg writes MP3 to a pipe in bursts (what it read of its input at once, about 0.1 s): the
+/// floor sends it on a steady clock, and listeners with a 40 ms margin, whenever they joined,
+/// hear all of it.
+#[test]
+fn a_live_mp3_pipe_is_sent_evenly() {
+    let p = live_pipe("pipe-mp3", "-ar 44100 -b:a 128k -f mp3");
+    assert!(
+        p.correlation >= 0.9,
+        "heard: {:.3}, {}",
+        p.correlation,
+        p.summary
+    );
+    assert!(p.joined_frames > 300, "{}", p.joined_frames);
+    // A frame late now and then on a busy machine; not clumps.
+    assert!(
+        p.joined_late * 100 <= p.joined_frames,
+        "late {} of {} frames",
+        p.joined_late,
+        p.joined_frames
+    );
+    // Frames leave on a steady clock, not in clumps of what came at once, for whoever joins
+    // whenever (a share rather than a time: a busy machine delays a frame now and then).
+    assert!(p.dropped < 0.01, "{:.1} % late", p.dropped * 100.0);
+    assert!(!p.log.contains("dropped"), "{}", p.log);
+}
+
+/// ffmpeg's Ogg pages hold a second each, and come a second apart: the floor holds a page and
+/// sends it evenly, drops nothing, and says so once in its log with what would shorten it.
+#[test]
+fn a_live_ogg_opus_pipe_is_sent_evenly_behind_its_pages() {
+    let p = live_pipe("pipe-ogg", "-c:a libopus -f ogg");
+    assert!(
+        p.correlation >= 0.9,
+        "heard: {:.3}, {}",
+        p.correlation,
+        p.summary
+    );
+    assert!(
+        p.joined_late * 100 <= p.joined_frames,
+        "late {} of {} frames",
+        p.joined_late,
+        p.joined_frames
+    );
+    assert!(p.dropped < 0.01, "{:.1} % late", p.dropped * 100.0);
+    assert_eq!(p.ended["overruns"], 0, "{}", p.ended);
+    assert_eq!(p.log.matches("arrives in bursts").count(), 1, "{}", p.log);
+    assert!(p.log.contains("(Ogg pages)"), "{}", p.log);
+    assert!(p.log.contains("-page_duration 20000"), "{}", p.log);
+}
+
+/// Files cut short play what is there, with one warning naming the file: an Ogg Opus file
+/// whose last page is cut, an MP3 cut in the middle of a frame.
+#[test]
+fn files_cut_short_play_what_is_there_with_one_warning() {
+    let dir = tmpdir("cut");
+    speak(
+        "Distinguished delegates, the working group on border security has finished its report.",
+        &dir.join("said.wav"),
+    );
+    let said = audio::read_wav(&dir.join("said.wav")).unwrap();
+    let mut files = Vec::new();
+    for (name, args) in [
+        ("said.opus", &["-c:a", "libopus"][..]),
+        ("said.mp3", &["-c:a", "libmp3lame", "-b:a", "64k"][..]),
+    ] {
+        let whole = std::fs::read(ffmpeg(&dir, "said.wav", args, name)).unwrap();
+        let cut = dir.join(format!("cut-{name}"));
+        std::fs::write(&cut, &whole[..whole.len() * 6 / 10 + 7]).unwrap();
+        // What is there, as the input decodes it.
+        let there = boothcast::input::decode_file(&cut, 10 * SAMPLE_RATE as usize).unwrap();
+        files.push((cut, there.len() as f64 / said.len() as f64));
+    }
+    let (_relay, url) = serve(&dir, &event(files.len()));
+    let mut listeners = Vec::new();
+    for i in 0..files.len() {
+        let heard = dir.join(format!("heard{i}.wav"));
+        let mut l = listen(&url, &format!("r{i}/floor"), "7", &heard);
+        l.wait_for("\"type\":\"subscribed\"", Duration::from_secs(10));
+        listeners.push((l, heard));
+    }
+    let floors: Vec<_> = files
+        .iter()
+        .enumerate()
+        .map(|(i, (file, _))| {
+            Command::new(BIN)
+                .args([
+                    "floor",
+                    "--room",
+                    &format!("r{i}"),
+                    "--secret",
+                    "floor-secret",
+                ])
+                .args(["--server", &url, "--input-file"])
+                .arg(file)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (floor, (file, fraction)) in floors.into_iter().zip(&files) {
+        let out = floor.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let log = String::from_utf8_lossy(&out.stderr);
+        println!(
+            "{} ({:.0} % of the speech): {log}",
+            file.display(),
+            fraction * 100.0
+        );
+        assert_eq!(log.matches("ends early").count(), 1, "{log}");
+        assert!(log.contains(&*file.to_string_lossy()), "{log}");
+        assert!((0.3..0.9).contains(fraction), "{fraction}");
+    }
+    for ((l, heard), (file, fraction)) in listeners.into_iter().zip(&files) {
+        l.finish(Duration::from_secs(30));
+        let c = correlation(&dir.join("said.wav"), *fraction, &heard);
+        println!("{}: correlation {c:.3}", file.display());
+        assert!(c >= 0.9, "{}: {c:.3}", file.display());
+    }
+}
+
+/// AAC starts with the encoder's priming (1,024 samples), which an M4A file's edit list
+/// declares: it is dropped, so an M4A starts with its sound where the WAV it was made from does.
+#[test]
+fn an_m4a_starts_where_its_wav_does() {
+    let dir = tmpdir("m4a");
+    speak("Thank you, chair.", &dir.join("said.wav"));
+    let m4a = ffmpeg(&dir, "said.wav", &["-c:a", "aac"], "said.m4a");
+    let max = 10 * SAMPLE_RATE as usize;
+    let wav = boothcast::input::decode_file(&dir.join("said.wav"), max).unwrap();
+    let aac = boothcast::input::decode_file(&m4a, max).unwrap();
+    // A lag either way: each signal as the one that may come later.
+    let late = align(&wav, &aac, SAMPLE_RATE as usize / 10);
+    let early = align(&aac, &wav, SAMPLE_RATE as usize / 10);
+    println!(
+        "M4A against WAV: {} samples late (correlation {:.3}), {} early ({:.3}); {} and {} samples long",
+        late.lag, late.correlation, early.lag, early.correlation, aac.len(), wav.len()
+    );
+    let lag = if late.correlation >= early.correlation {
+        late.lag
+    } else {
+        early.lag
+    };
+    assert!(late.correlation.max(early.correlation) > 0.9);
+    // Within a millisecond.
+    assert!(lag <= 48, "the M4A is {lag} samples off");
+}
+
+/// `listen --output-file -` writes nothing but the WAV stream to standard output: every JSON
+/// line (the welcome of each connection, a refusal) goes to standard error; the stream starts
+/// once a relay welcomed the listener, and a refused listener writes nothing there at all.
+#[test]
+fn listen_to_standard_output_writes_only_sound_across_reconnects_and_refusals() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = tmpdir("stdout-only");
+    let said = dir.join("said.wav");
+    speak("The session is suspended for ten minutes.", &said);
+    let (first, first_url) = serve(&dir, proc::EVENT);
+    let (_second, second_url) = serve(&dir, proc::EVENT);
+
+    // Refused (no such channel): nothing on standard output, the refusal on standard error.
+    let out = Command::new(BIN)
+        .args(["listen", "--server", &first_url, "--lang", "plenary/xx"])
+        .args(["--seconds", "3", "--output-file", "-"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("\"type\":\"error\""), "{err}");
+    assert_eq!(
+        out.stdout.len(),
+        0,
+        "written on a refusal: {:?}",
+        out.stdout
+    );
+
+    // Welcomed by the first relay, which then goes away; welcomed again by the second.
+    let mut child = Command::new(BIN)
+        .args(["listen", "--server", &first_url, "--server", &second_url])
+        .args(["--lang", "plenary/floor", "--seconds", "9"])
+        .args(["--buffer-ms", "1000", "--output-file", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let wav = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        stdout.read_to_end(&mut bytes).unwrap();
+        bytes
+    });
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let mut wait_for = |text: &str, count: usize| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while seen.iter().filter(|l: &&String| l.contains(text)).count() < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no {text} × {count}: {seen:#?}"));
+            seen.push(line);
+        }
+        seen.clone()
+    };
+    wait_for("\"type\":\"subscribed\"", 1);
+    drop(first);
+    wait_for("\"type\":\"subscribed\"", 2);
+    let floor = Command::new(BIN)
+        .args(["floor", "--server", &second_url, "--secret", "floor-secret"])
+        .arg("--input-file")
+        .arg(&said)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(floor.success());
+    let lines = wait_for("\"type\":\"summary\"", 1);
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("\"type\":\"welcome\""))
+            .count(),
+        2,
+        "{lines:#?}"
+    );
+    let mut bytes = wav.join().unwrap();
+    assert!(bytes.len() > 44 + 8 * 96_000, "{} bytes", bytes.len());
+    assert_eq!(&bytes[..4], b"RIFF");
+    assert_eq!(&bytes[36..40], b"data");
+    let json = bytes[44..].windows(7).position(|w| w == b"{\"type\"");
+    assert_eq!(json, None, "JSON in the sound at byte {json:?}");
+    // What was heard from the second relay, with the stream's sizes made true for the reader.
+    let len = bytes.len() as u32;
+    bytes[4..8].copy_from_slice(&(len - 8).to_le_bytes());
+    bytes[40..44].copy_from_slice(&(len - 44).to_le_bytes());
+    let heard = dir.join("heard.wav");
+    std::fs::write(&heard, &bytes).unwrap();
+    let c = correlation(&said, 1.0, &heard);
+    println!("listen --output-file - across a reconnect: correlation {c:.3}");
     assert!(c >= 0.9, "{c:.3}");
 }

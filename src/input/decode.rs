@@ -1,11 +1,13 @@
 //! Decoding: symphonia (or libopus for Ogg Opus) to blocks of 48 kHz mono samples, on the
 //! input's own thread; and what an input that does not decode is.
 
-use super::{is_stdin, shown, Error, Kind};
+use super::feed::Bursts;
+use super::{container, is_stdin, shown, Block, Error, Kind};
 use crate::audio::{self, SAMPLE_RATE};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 use symphonia::core::codecs::audio::{AudioDecoder, AudioDecoderOptions};
 use symphonia::core::errors::Error as SymError;
 use symphonia::core::formats::probe::Hint;
@@ -16,7 +18,11 @@ use tokio::sync::mpsc;
 
 /// The codec side of an input: symphonia's decoder, or libopus for Ogg Opus.
 enum Codec {
-    Symphonia(Box<dyn AudioDecoder>),
+    /// symphonia's decoder; `skip` frames (at the input's rate) of encoder delay left to drop.
+    Symphonia {
+        decoder: Box<dyn AudioDecoder>,
+        skip: usize,
+    },
     /// libopus, 48 kHz mono (it downmixes stereo itself); `skip` samples of pre-skip left.
     Opus {
         decoder: audio::Decoder,
@@ -33,6 +39,8 @@ pub(super) struct Decoding {
     rate: u32,
     /// Frames (at the input's rate, per channel) the container says it holds, when it says.
     expected: Option<u64>,
+    /// The file's end is known to be cut (it could be read only as a stream).
+    cut: bool,
     decoded: u64,
     resampler: Option<Resampler>,
     interleaved: Vec<f32>,
@@ -40,41 +48,31 @@ pub(super) struct Decoding {
 
 impl Decoding {
     pub(super) fn open(path: &Path, kind: Kind) -> Result<Decoding, Error> {
-        // The first bytes of a stream are kept, to say what it is if it does not decode.
-        let head = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let source: Box<dyn MediaSource> = if is_stdin(path) {
-            Box::new(ReadOnlySource::new(Head::new(std::io::stdin(), &head)))
-        } else {
-            let file = std::fs::File::open(path).map_err(|source| Error::Open {
-                path: path.to_owned(),
-                source,
-            })?;
-            match kind {
-                Kind::File => Box::new(file),
-                // A FIFO must not be taken for seekable.
-                Kind::Live => Box::new(ReadOnlySource::new(Head::new(file, &head))),
-            }
-        };
-        let mss = MediaSourceStream::new(source, Default::default());
-        let mut hint = Hint::new();
-        if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
-            hint.with_extension(ext);
-        }
         let unsupported = |what: String| Error::Unsupported {
             path: shown(path),
             what,
         };
-        let format = symphonia::default::get_probe()
-            .probe(
-                &hint,
-                mss,
-                FormatOptions::default(),
-                MetadataOptions::default(),
-            )
-            .map_err(|e| {
-                let head = head.lock().map(|h| h.clone()).unwrap_or_default();
-                unsupported(describe(path, kind, head, &e))
-            })?;
+        let mut cut = false;
+        let format = match probe(path, kind, false)? {
+            Ok(format) => format,
+            Err((e, head)) => {
+                // A file whose end is cut can still be read from its start as a stream: its
+                // demuxer then does not look at its end (symphonia's Ogg reader does, for the
+                // length, and fails on a page cut short).
+                let retry = kind == Kind::File && ends_early(&e);
+                match retry.then(|| probe(path, kind, true)).transpose()? {
+                    Some(Ok(format)) => {
+                        cut = true;
+                        format
+                    }
+                    _ => return Err(unsupported(describe(path, kind, head, &e))),
+                }
+            }
+        };
+        // symphonia's Ogg reader takes a file's last whole page for its end.
+        cut |= kind == Kind::File
+            && format.format_info().short_name == "ogg"
+            && container::ogg_cut(path);
         let track = format
             .default_track(TrackType::Audio)
             .ok_or_else(|| unsupported("a media file without an audio track".into()))?;
@@ -87,6 +85,10 @@ impl Decoding {
         let id = track.id;
         let expected = track.num_frames;
         let delay = track.delay.unwrap_or(0) as usize;
+        // The encoder delay an MP4 declares in its edit list; symphonia leaves it in.
+        let priming = (kind == Kind::File && format.format_info().short_name == "isomp4")
+            .then(|| container::mp4_priming(path))
+            .flatten();
         let (codec, rate) =
             if params.codec == symphonia::core::codecs::audio::well_known::CODEC_ID_OPUS {
                 let decoder = audio::Decoder::new().map_err(|e| unsupported(e.to_string()))?;
@@ -110,7 +112,13 @@ impl Decoding {
                 let rate = params
                     .sample_rate
                     .ok_or_else(|| unsupported("audio that does not say its sample rate".into()))?;
-                (Codec::Symphonia(decoder), rate)
+                // A delay of more than a second is not a codec's: an edit that starts the
+                // track later on purpose, which is left as it is.
+                let skip = priming
+                    .filter(|s| *s < 1.0)
+                    .map(|s| (s * f64::from(rate)).round() as usize)
+                    .unwrap_or(0);
+                (Codec::Symphonia { decoder, skip }, rate)
             };
         if !(8_000..=384_000).contains(&rate) {
             return Err(unsupported(format!(
@@ -124,12 +132,33 @@ impl Decoding {
             track: id,
             rate,
             expected,
+            cut,
             decoded: 0,
             resampler: (rate != SAMPLE_RATE)
                 .then(|| Resampler::new(rate))
                 .flatten(),
             interleaved: Vec::new(),
         })
+    }
+
+    /// How the input's bursts are named in the log, and what would shorten them (for a live
+    /// input's pacing).
+    pub(super) fn bursts(&self) -> Bursts {
+        match self.format.format_info().short_name {
+            "ogg" => (
+                "Ogg pages",
+                "have ffmpeg write WAV or use -page_duration 20000",
+            ),
+            "matroska" | "mkv" => (
+                "Matroska clusters",
+                "have ffmpeg write WAV or use -cluster_time_limit 20",
+            ),
+            _ => (
+                "blocks as written",
+                "have the program writing it write smaller blocks (ffmpeg -re writes what it \
+                 reads of its input at once: a live source in small packets is sent at once)",
+            ),
+        }
     }
 
     /// The next block of 48 kHz mono samples; `None` at the end (an end that comes early
@@ -146,7 +175,7 @@ impl Decoding {
             }
             let packet = match self.format.next_packet() {
                 Ok(Some(p)) => p,
-                Ok(None) => return self.end(false),
+                Ok(None) => return self.end(true),
                 Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                     return self.end(true)
                 }
@@ -164,12 +193,16 @@ impl Decoding {
                 continue;
             }
             let mono = match &mut self.codec {
-                Codec::Symphonia(decoder) => match decoder.decode(&packet) {
+                Codec::Symphonia { decoder, skip } => match decoder.decode(&packet) {
                     Ok(buf) => {
                         let channels = buf.spec().channels().count().max(1);
                         self.decoded += buf.frames() as u64;
                         buf.copy_to_vec_interleaved(&mut self.interleaved);
-                        downmix(&self.interleaved, channels)
+                        let mut mono = downmix(&self.interleaved, channels);
+                        let cut = (*skip).min(mono.len());
+                        *skip -= cut;
+                        mono.drain(..cut);
+                        mono
                     }
                     // A damaged packet: the ones after it still decode.
                     Err(SymError::DecodeError(_) | SymError::IoError(_)) => {
@@ -206,22 +239,27 @@ impl Decoding {
         }
     }
 
-    /// The end of the input: the resampler's tail, and a warning if it came early.
+    /// The end of the input (`eof`: its data ran out, rather than reading stopped on damage):
+    /// the resampler's tail, and a warning if it came early.
     fn end(&mut self, eof: bool) -> Option<Vec<f32>> {
         if eof {
             // Streams written to a pipe say nothing of their length; a file that does and
-            // holds less than it says was cut short.
-            if let Some(expected) = self.expected {
-                if self.decoded + CUT_SLACK < expected {
-                    tracing::warn!(
-                        file = %self.path.display(),
-                        "the file ends early (cut short?): played the {:.2} s that are there of {:.2} s",
-                        self.decoded as f64 / f64::from(self.rate),
-                        expected as f64 / f64::from(self.rate),
-                    );
-                }
+            // holds less than it says was cut short, as is one whose end could not be read.
+            let played = self.decoded as f64 / f64::from(self.rate);
+            match self.expected {
+                Some(expected) if self.decoded + CUT_SLACK < expected => tracing::warn!(
+                    file = %self.path.display(),
+                    "the file ends early (cut short?): played the {played:.2} s that are there of {:.2} s",
+                    expected as f64 / f64::from(self.rate),
+                ),
+                _ if self.cut => tracing::warn!(
+                    file = %self.path.display(),
+                    "the file ends early (cut short?): played the {played:.2} s that are there",
+                ),
+                _ => {}
             }
             self.expected = None;
+            self.cut = false;
         }
         let tail = self
             .resampler
@@ -365,11 +403,15 @@ pub(super) fn read(
     path: PathBuf,
     kind: Kind,
     looped: bool,
-    tx: mpsc::Sender<Vec<f32>>,
+    tx: mpsc::Sender<Block>,
     overruns: Arc<AtomicU64>,
 ) {
     loop {
-        while let Some(block) = decoding.next() {
+        while let Some(pcm) = decoding.next() {
+            let block = Block {
+                at: Instant::now(),
+                pcm,
+            };
             match kind {
                 // A file waits for room: it is read ahead of the clock anyway.
                 Kind::File => {
@@ -381,7 +423,7 @@ pub(super) fn read(
                 Kind::Live => match tx.try_send(block) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(b)) => {
-                        overruns.fetch_add(b.len() as u64, Ordering::Relaxed);
+                        overruns.fetch_add(b.pcm.len() as u64, Ordering::Relaxed);
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => return,
                 },
@@ -400,23 +442,65 @@ pub(super) fn read(
     }
 }
 
+/// symphonia's demuxer for `path`: the file as it is (seekable), or, with `as_stream` or for a
+/// live input, read from its start only. The outer error is the input not opening; the inner
+/// one symphonia's refusal, with the first bytes of a stream.
+#[allow(clippy::type_complexity)]
+fn probe(
+    path: &Path,
+    kind: Kind,
+    as_stream: bool,
+) -> Result<Result<Box<dyn FormatReader>, (SymError, Vec<u8>)>, Error> {
+    // The first bytes of a stream are kept, to say what it is if it does not decode.
+    let head = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let source: Box<dyn MediaSource> = if is_stdin(path) {
+        Box::new(ReadOnlySource::new(Head::new(std::io::stdin(), &head)))
+    } else {
+        let file = std::fs::File::open(path).map_err(|error| Error::Open {
+            path: path.to_owned(),
+            error,
+        })?;
+        match kind {
+            Kind::File if !as_stream => Box::new(file),
+            // A FIFO must not be taken for seekable.
+            _ => Box::new(ReadOnlySource::new(Head::new(file, &head))),
+        }
+    };
+    let mss = MediaSourceStream::new(source, Default::default());
+    let mut hint = Hint::new();
+    if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
+        hint.with_extension(ext);
+    }
+    Ok(symphonia::default::get_probe()
+        .probe(
+            &hint,
+            mss,
+            FormatOptions::default(),
+            MetadataOptions::default(),
+        )
+        .map_err(|e| (e, head.lock().map(|h| h.clone()).unwrap_or_default())))
+}
+
 // ---------------------------------------------------------------------------
 // What an input is, for refusals
+
+/// Whether symphonia stopped because its input ended before what it was reading did.
+fn ends_early(error: &SymError) -> bool {
+    matches!(error, SymError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof)
+}
 
 /// Says what an input that does not decode is, from its first bytes (`head`, for a stream)
 /// and symphonia's error.
 fn describe(path: &Path, kind: Kind, head: Vec<u8>, error: &SymError) -> String {
     match kind {
         Kind::File => {
-            let mut head = vec![0u8; HEAD];
-            match std::fs::File::open(path).and_then(|mut f| {
-                use std::io::Read;
-                f.read(&mut head)
-            }) {
-                Ok(n) => {
-                    head.truncate(n);
-                    sniff(&head)
-                }
+            use std::io::Read;
+            let mut bytes = Vec::new();
+            let read = std::fs::File::open(path)
+                .and_then(|f| f.take(DESCRIBE as u64).read_to_end(&mut bytes));
+            let len = std::fs::metadata(path).map(|m| m.len()).ok();
+            match read {
+                Ok(_) => sniff(&bytes, len, error, Some(path)),
                 Err(_) => format!("not a file that can be decoded ({error})"),
             }
         }
@@ -424,12 +508,23 @@ fn describe(path: &Path, kind: Kind, head: Vec<u8>, error: &SymError) -> String 
             "an empty stream: it ended before anything came (did the program writing it fail?)"
                 .into()
         }
-        Kind::Live => format!("a stream whose first bytes look like {}", sniff(&head)),
+        Kind::Live => {
+            // The whole stream was read when it ended within the bytes kept.
+            let len = (ends_early(error) && head.len() < HEAD).then_some(head.len() as u64);
+            format!(
+                "a stream whose first bytes look like {}",
+                sniff(&head, len, error, None)
+            )
+        }
     }
 }
 
-/// Bytes of an input's beginning kept to say what it is.
-const HEAD: usize = 64;
+/// Bytes of a file's beginning read to say what it is: a WAV header with its chunks (a `bext`
+/// of coding history, an `iXML`) fits.
+const DESCRIBE: usize = 1 << 20;
+
+/// Bytes of a stream's beginning kept to say what it is: a WAV header with its usual chunks.
+const HEAD: usize = 4096;
 
 /// A reader that keeps the first [`HEAD`] bytes read through it.
 struct Head<R> {
@@ -462,16 +557,29 @@ impl<R: std::io::Read> std::io::Read for Head<R> {
     }
 }
 
-/// A few words on what a file whose first bytes are `head` is ("a text file").
-fn sniff(head: &[u8]) -> String {
+/// A few words on what a file whose first bytes are `head` is ("a text file"); `len` is the
+/// length of the whole input when it is known, `path` the file's when it is one.
+fn sniff(head: &[u8], len: Option<u64>, error: &SymError, path: Option<&Path>) -> String {
     let starts = |magic: &[u8]| head.starts_with(magic);
     if head.is_empty() {
         return "an empty file".into();
     }
     if (starts(b"RIFF") || starts(b"RF64") || starts(b"BW64")) && head.get(8..12) == Some(b"WAVE") {
-        return wav_format(head);
+        return wav(head, len, error);
     }
     if starts(b"OggS") {
+        if contains(head, b"OpusHead")
+            || contains(head, b"\x01vorbis")
+            || contains(head, b"\x7fFLAC")
+        {
+            return if ends_early(error) {
+                "an Ogg file cut short before its first page of sound ends (Ogg is read a page \
+                 at a time; ffmpeg's pages hold 1 s)"
+                    .into()
+            } else {
+                format!("a damaged Ogg file ({error})")
+            };
+        }
         let codec = if contains(head, b"Speex") {
             "Speex"
         } else if contains(head, b"\x80theora") {
@@ -480,6 +588,18 @@ fn sniff(head: &[u8]) -> String {
             "a codec that cannot be decoded here"
         };
         return format!("an Ogg file of {codec}");
+    }
+    if head.get(4..8) == Some(b"ftyp") {
+        return match path.map(container::mp4_has_index) {
+            Some(Some(false)) => "an MP4/M4A file without its index (it has no `moov` box): \
+                cut short, or a recording that was never finished"
+                .into(),
+            Some(_) => format!("an MP4/M4A file that cannot be read ({error})"),
+            None => format!(
+                "an MP4/M4A stream, which cannot be read from a pipe here ({error}): have the \
+                 program writing it write WAV (ffmpeg -f wav)"
+            ),
+        };
     }
     for (magic, what) in [
         (&b"\x89PNG"[..], "a PNG image"),
@@ -511,27 +631,111 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// "a WAV file coded as …", from the `fmt ` chunk when it is among the first bytes.
-fn wav_format(head: &[u8]) -> String {
-    let tag = head
-        .windows(4)
-        .position(|w| w == b"fmt ")
-        .and_then(|i| head.get(i + 8..i + 10))
-        .map(|b| u16::from_le_bytes([b[0], b[1]]));
-    match tag {
-        Some(tag) => {
-            let name = match tag {
-                0x0031 => " (GSM 6.10)",
-                0x0050 => " (MPEG audio)",
-                0x0055 => " (MP3)",
-                0x0042 | 0x0022 => " (a speech codec)",
-                0x0092 | 0x2000 => " (Dolby AC-3)",
-                _ => "",
-            };
-            format!("a WAV file whose audio is coded as format {tag:#06x}{name}")
+/// WAV format tags symphonia decodes: PCM, ADPCM (Microsoft, IMA), IEEE float, A-law, µ-law,
+/// extensible.
+const WAV_DECODED: [u16; 7] = [0x0001, 0x0002, 0x0011, 0x0003, 0x0006, 0x0007, 0xFFFE];
+
+/// The most channels a WAV file may have here: one per speaker position symphonia knows.
+fn wav_max_channels() -> u32 {
+    (1..=64)
+        .take_while(|n| symphonia::core::audio::Position::from_count(*n).is_some())
+        .last()
+        .unwrap_or(1)
+}
+
+/// What is wrong with a WAV file that does not decode, from its header: cut short, a chunk
+/// longer than the file says it is, a channel count or rate that cannot be, a codec that has
+/// no decoder here. `head` is its beginning, `len` the whole file's length when known.
+fn wav(head: &[u8], len: Option<u64>, error: &SymError) -> String {
+    let u16_at = |i: usize| head.get(i..i + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |i: usize| {
+        head.get(i..i + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    // Everything there is was read: what is missing is missing from the file.
+    let whole = len.is_some_and(|l| l == head.len() as u64);
+    let cut = |what: &str| {
+        format!(
+            "a WAV file cut short in its header: it ends after {} bytes, {what}",
+            head.len()
+        )
+    };
+    // RIFF and RF64 give the size of what follows the form type; 0xFFFFFFFF means "until the
+    // end" (ffmpeg to a pipe, RF64).
+    let riff = u32_at(4)
+        .filter(|&l| l != u32::MAX && head.starts_with(b"RIFF"))
+        .map(u64::from);
+    let mut pos = 12usize;
+    let mut fmt = false;
+    for _ in 0..256 {
+        let (Some(id), Some(chunk)) = (head.get(pos..pos + 4), u32_at(pos + 4)) else {
+            if whole {
+                return cut("before its sound begins");
+            }
+            break;
+        };
+        let id_text = String::from_utf8_lossy(id).trim_end().to_string();
+        if let Some(riff) = riff {
+            // As symphonia checks it: the chunk must fit in what the RIFF size leaves.
+            if riff.saturating_sub(pos as u64) < u64::from(chunk) {
+                return format!(
+                    "a damaged WAV file: its `{id_text}` chunk says it holds {chunk} bytes, more \
+                     than the {riff} bytes its RIFF header gives the whole file"
+                );
+            }
         }
-        None => "a damaged WAV file".into(),
+        if id == b"fmt " {
+            fmt = true;
+            let (Some(tag), Some(channels), Some(rate)) =
+                (u16_at(pos + 8), u16_at(pos + 10), u32_at(pos + 12))
+            else {
+                return if whole {
+                    cut("in its format chunk")
+                } else {
+                    "a damaged WAV file: its format chunk is too short".into()
+                };
+            };
+            if channels == 0 {
+                return "a damaged WAV file: its header says it has 0 channels".into();
+            }
+            let max = wav_max_channels();
+            if u32::from(channels) > max {
+                return format!(
+                    "a WAV file of {channels} channels: at most {max} can be read here (one per \
+                     speaker position); have the program writing it mix down, or pick channels \
+                     with ffmpeg -af pan"
+                );
+            }
+            if rate == 0 {
+                return "a damaged WAV file: its header says its sample rate is 0 Hz".into();
+            }
+            if !WAV_DECODED.contains(&tag) {
+                let name = match tag {
+                    0x0031 => " (GSM 6.10)",
+                    0x0050 => " (MPEG audio)",
+                    0x0055 => " (MP3)",
+                    0x0042 | 0x0022 => " (a speech codec)",
+                    0x0092 | 0x2000 => " (Dolby AC-3)",
+                    _ => "",
+                };
+                return format!("a WAV file whose audio is coded as format {tag:#06x}{name}");
+            }
+        }
+        if id == b"data" {
+            if !fmt {
+                return "a damaged WAV file: its sound comes before its format chunk".into();
+            }
+            if whole && head.len() <= pos + 8 {
+                return cut("at the start of its sound");
+            }
+            break;
+        }
+        pos = pos.saturating_add(8 + chunk as usize + (chunk as usize & 1));
     }
+    if !fmt && whole {
+        return cut("before its format chunk");
+    }
+    format!("a damaged WAV file ({error})")
 }
 
 fn container(short_name: &str) -> String {
