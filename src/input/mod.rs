@@ -48,6 +48,7 @@
 
 mod container;
 mod decode;
+mod describe;
 mod feed;
 pub mod pace;
 
