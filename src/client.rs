@@ -1018,7 +1018,9 @@ pub struct ListenSummary {
     pub frames: u64,
     /// Frames missing from the sequence (concealed when few, silence otherwise).
     pub lost: u64,
-    /// Frames that arrived after their time to play.
+    /// Frames that arrived after their time to play: each restarted the timeline behind the
+    /// margin (a gap of silence as long as the slip), or was dropped if older than what was
+    /// already written.
     pub late: u64,
     pub concealed: u64,
     /// Packets that did not decode (concealed instead).
@@ -1085,10 +1087,16 @@ impl Playout {
             let d = header.sequence.wrapping_sub(seq) as i64;
             (ch == header.channel && (0..1 << 20).contains(&d)).then(|| pos + d as usize * n)
         });
-        // Late beyond the margin (a stall, or the channel was silent), or a backlog far ahead:
-        // restart the timeline at live.
+        // Its time passed (the path slipped, a stall, or the channel was silent), or a backlog
+        // far ahead: restart the timeline at live, behind the margin again. A slip within the
+        // margin counts as late; the frames after it are not all dropped for it.
         if let Some(s) = slot {
-            if s + self.margin < now || s > now + self.margin + MAX_AHEAD {
+            if s < now {
+                if s + self.margin >= now {
+                    self.summary.late += 1;
+                }
+                slot = None;
+            } else if s > now + self.margin + MAX_AHEAD {
                 slot = None;
             }
         }
