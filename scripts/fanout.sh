@@ -78,7 +78,9 @@ client() { # server url listeners pid
         --seconds "$seconds" --warm-up "$warm_up" --server-pid "$4"
 }
 
+# Each run_* runs in a subshell (its output goes through tee): its own trap stops its server.
 run_floor() { # listeners
+    trap cleanup EXIT
     taskset -c "$relay_cpu" "$bin" bench-floor --listen "127.0.0.1:$floor_port" \
         >"$out/floor-$1.counters" 2>&1 &
     server_pid=$!
@@ -97,6 +99,7 @@ run_icecast() { # listeners
 }
 
 run_boothcast() { # listeners
+    trap cleanup EXIT
     taskset -c "$relay_cpu" "$bin" serve --config config/bench.toml \
         --listen "127.0.0.1:$relay_port" --threads 1 >/dev/null 2>"$out/relay-$1.log" &
     server_pid=$!
