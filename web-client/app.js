@@ -178,7 +178,17 @@ function rooms() {
 function renderHalls() {
   const all = rooms();
   const several = all.length > 1;
+  if (several && state.room && all.length > 0 && !all.includes(state.room)) {
+    if (state.room === askedRoom && !state.toldUnknownHall) {
+      // `?room=` naming a hall this event does not have: say so, and show the halls.
+      state.toldUnknownHall = true;
+      say(t('unknownHall', { room: askedRoom }));
+    }
+    state.room = null;
+    showRoomInAddress(null);
+  }
   const chosen = several && all.includes(state.room) ? state.room : null;
+  if (chosen && new URLSearchParams(location.search).get('room') !== chosen) showRoomInAddress(chosen);
   $('halls').hidden = !several || chosen !== null;
   $('channels').hidden = several && chosen === null;
   $('other-halls').hidden = !several || chosen === null;
@@ -428,12 +438,21 @@ function onMessage(m) {
         state.lostConnection = false;
         say(t('reconnected'));
       } else if (!state.playing) {
-        say(t('ready'));
+        // With a language already chosen, its name comes with the channel list, just after.
+        if (state.wanted) state.sayReadyWith = true;
+        else say(t('ready'));
       }
       setPageState(state.playing ? 'playing' : 'ready');
       break;
     case 'channels':
       state.channels = m.channels;
+      if (state.sayReadyWith) {
+        state.sayReadyWith = false;
+        const c = !state.playing && channelById(state.wanted);
+        if (c) say(t('readyChosen', { name: channelName(c) }));
+        else if (!state.playing) say(t('ready'));
+      }
+      // After the line above: a hall asked for that does not exist is said over it.
       renderChannels();
       break;
     case 'subscribed':
@@ -620,10 +639,11 @@ function select(id) {
   if (!c) return;
   state.wanted = id;
   stored.set('channel', id);
-  if (state.room !== c.room) {
-    state.room = c.room;
-    stored.set('room', c.room);
-  }
+  // The hall is remembered with the language, however the page was opened (a hall's own
+  // address or QR code sets `state.room` without storing it).
+  state.room = c.room;
+  stored.set('room', c.room);
+  if (rooms().length > 1) showRoomInAddress(c.room);
   if (document.body.dataset.state === 'error') clearError();
   renderChannels();
   // Choosing a language is the gesture that starts the sound.

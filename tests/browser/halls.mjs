@@ -181,6 +181,20 @@ await s.run('halls', async ({ launch }) => {
   s.assert(!(await fp.isVisible('#halls')), 'no hall list at a hall\'s own address');
   const freshIds = await fp.$$eval('#channel-list .channel', (els) => els.map((e) => e.dataset.id));
   s.assert(freshIds.join() === 'panel-a/floor,panel-a/fr', `/?room=panel-a lists ${freshIds}`);
+  // Arrived by the hall's own address (its QR code): the hall is remembered with the language.
+  await fp.click('.channel[data-id="panel-a/fr"]');
+  await s.waitFor('the player', () => fp.evaluate(() => !!window.boothcast.player));
+  await fp.goto(relay.http + '/');
+  await s.waitFor('the hall remembered after arriving by its address', async () => (await fp.locator('#channel-list .channel').count()) === 2, 10000);
+  s.assert(await fp.isChecked('.channel[data-id="panel-a/fr"] input'), 'French is remembered');
+  s.assert(new URL(fp.url()).searchParams.get('room') === 'panel-a', `the remembered hall is in the address: ${fp.url()}`);
+  await s.waitFor('the status naming the chosen language', async () => /Listen.*Français|Français.*Listen/.test(await fp.textContent('#status')), 5000);
+  // A hall this event does not have: said, and the halls listed.
+  await fp.goto(relay.http + '/?room=nope');
+  await s.waitFor('the hall list for an unknown hall', () => fp.isVisible('#halls'), 10000);
+  const said = await fp.textContent('#status');
+  s.assert(said.includes('“nope”'), `an unknown hall is said: ${said}`);
+  s.assert(new URL(fp.url()).searchParams.get('room') === null, `the unknown hall leaves the address: ${fp.url()}`);
 
   // /join and /qr.svg for the hall.
   const hallUrl = `${relay.http}/?room=panel-a`;
