@@ -389,6 +389,9 @@ impl SenderArgs {
     }
 }
 
+/// How long the end of the program waits for blocking work still running.
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -437,7 +440,13 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
-        .and_then(|runtime| tokio::task::LocalSet::new().block_on(&runtime, run(cli.command)));
+        .and_then(|runtime| {
+            let result = tokio::task::LocalSet::new().block_on(&runtime, run(cli.command));
+            // A blocking read still waiting (standard input, a FIFO, a name lookup) must not
+            // keep the process from ending: dropping the runtime would wait for it forever.
+            runtime.shutdown_timeout(EXIT_GRACE);
+            result
+        });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -256,14 +256,31 @@ fn a_node_with_another_event_is_refused_with_what_differs() {
     let other = EVENT.replace("secret-en2", "another-secret-en2");
     let config = dir.join("other.toml");
     std::fs::write(&config, other).unwrap();
-    let out = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(&config)
         .args(["--cluster", &nats.url(), "--node", "b"])
         .stdout(Stdio::null())
-        .output()
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(!out.status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the node with another event still runs after 20 s: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    assert!(!status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("differs from the cluster's") && err.contains("secret of booth en2 differs"),
