@@ -1548,6 +1548,9 @@ async fn read_loop(
     tx: mpsc::Sender<Incoming>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Refusals are said in the log once per address and kind per 10 s: a script repeating one
+    // must not fill the disk.
+    let host = crate::admission::host_key(addr.ip());
     let mut frames = Budget::new(FRAME_BURST, FRAME_RATE);
     let mut control = Budget::new(CONTROL_BURST, CONTROL_RATE);
     let deadline = match peer {
@@ -1598,11 +1601,7 @@ async fn read_loop(
                 if !paced {
                     paced = true;
                     relay.stats.paced_messages.fetch_add(1, Ordering::Relaxed);
-                    if quiet.allow(
-                        crate::admission::host_key(addr.ip()),
-                        "paced",
-                        std::time::Instant::now(),
-                    ) {
+                    if quiet.allow(host, "paced", std::time::Instant::now()) {
                         tracing::warn!(peer = %addr.ip(), session, rate = CONTROL_RATE, "control messages faster than a person sends them: read at that pace");
                     }
                 }
@@ -1624,7 +1623,9 @@ async fn read_loop(
             Message::Binary(frame) => {
                 if frames.take().is_err() {
                     relay.stats.refused_frames.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(peer = %addr, session, "frames faster than real time");
+                    if quiet.allow(host, "frames_too_fast", std::time::Instant::now()) {
+                        tracing::warn!(peer = %addr, session, "frames faster than real time");
+                    }
                     break Some(Ending::new(
                         ErrorCode::BadFrame,
                         format!(
@@ -1644,7 +1645,9 @@ async fn read_loop(
                 };
                 if let Err(e) = result {
                     relay.stats.refused_frames.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(peer = %addr, session, error = %e, "bad frame");
+                    if quiet.allow(host, "bad_frame", std::time::Instant::now()) {
+                        tracing::warn!(peer = %addr, session, error = %e, "bad frame");
+                    }
                     break Some(Ending::new(ErrorCode::BadFrame, e.to_string()));
                 }
             }
@@ -1656,7 +1659,9 @@ async fn read_loop(
                 }
                 Err(e) => {
                     relay.stats.refused_messages.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(peer = %addr, session, error = %e, "bad message");
+                    if quiet.allow(host, "bad_message", std::time::Instant::now()) {
+                        tracing::warn!(peer = %addr, session, error = %e, "bad message");
+                    }
                     break Some(Ending::new(ErrorCode::BadMessage, e.to_string()));
                 }
             },
