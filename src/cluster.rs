@@ -1261,7 +1261,14 @@ async fn lease(client: async_nats::Client, relay: Arc<Relay>, link: Arc<Link>) {
                     // Not "taken": the bucket may be gone (NATS restarted).
                     kv = None;
                 }
-                _ => {
+                Err(_) => {
+                    // No answer: the bucket may be gone with a NATS server that restarted
+                    // (memory storage), where a request can wait for nobody. The handle is
+                    // made again, and the bucket with it, on the next tick; keeping it would
+                    // leave every node following a decider that no longer exists.
+                    kv = None;
+                }
+                Ok(Err(_)) => {
                     if link.isolated.swap(false, Ordering::AcqRel) {
                         tracing::info!(node = %link.node, "NATS is back: following the cluster");
                         relay.log(

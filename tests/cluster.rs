@@ -439,6 +439,53 @@ async fn without_nats_each_node_serves_its_own_and_rejoins() {
     assert!(far_back < Duration::from_secs(10), "{far_back:?}");
 }
 
+/// NATS and the deciding node die together: once NATS is back (without the lease's bucket,
+/// memory storage), one survivor decides, and a booth on one survivor is heard on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decider_dying_with_nats_is_replaced_once_nats_is_back() {
+    let dir = tmpdir("nats-and-decider");
+    let (mut nats, a, b, c) = cluster(&dir).await;
+    let mut listener = Client::listener(&c.ws, "plenary/en").await;
+    let mut console = Client::console(&b.ws, "en", "1").await;
+    live(&mut console).await;
+    console.pump(4, 60);
+    hear(&mut listener, 4, 5).await;
+
+    nats.stop();
+    drop(a);
+    wait_metric(&b, "boothcast_cluster_isolated{node=\"b\"} 1").await;
+    wait_metric(&c, "boothcast_cluster_isolated{node=\"c\"} 1").await;
+    nats.restart();
+    let t = Instant::now();
+    let line = |n: &str, what: &str, v: u8| format!("boothcast_cluster_{what}{{node=\"{n}\"}} {v}");
+    let decider = loop {
+        let mut deciding = Vec::new();
+        let mut rejoined = 0;
+        for (name, node) in [("b", &b), ("c", &c)] {
+            let text = support::http_get(node.http, "/metrics").await;
+            if text.lines().any(|l| l == line(name, "isolated", 0)) {
+                rejoined += 1;
+                if text.lines().any(|l| l == line(name, "deciding", 1)) {
+                    deciding.push(name);
+                }
+            }
+        }
+        if rejoined == 2 && deciding.len() == 1 {
+            break deciding[0];
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no single decider 10 s after NATS came back (rejoined {rejoined}, deciding {deciding:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let heard = back(&mut listener, 4, t).await;
+    println!(
+        "NATS back without the decider: node {decider} decides; heard across nodes after {heard:?}"
+    );
+    assert!(heard < Duration::from_secs(10), "{heard:?}");
+}
+
 /// The first output line containing `then` that comes after one containing `first`.
 fn after(p: &mut Proc, first: &str, then: &str, limit: Duration) -> serde_json::Value {
     let passed = std::cell::Cell::new(false);
