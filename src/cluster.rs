@@ -79,6 +79,11 @@ const CHANNEL_SUB_CAPACITY: usize = 256;
 const MAX_FRAMES_PER_SECOND: u64 = 400;
 /// How long the fingerprint and node prefixes stay in NATS after the last node refreshed them.
 const REGISTRY_TTL: Duration = Duration::from_secs(30);
+/// How long a node's name stays claimed after it last said it is alive (every second): a
+/// node that died frees its name this soon, so it can be started again at once.
+const NAME_TTL: Duration = Duration::from_secs(3);
+/// How long a starting node waits for its name to be freed before it is refused.
+const NAME_WAIT: Duration = Duration::from_secs(4);
 
 const LEAD: &str = "boothcast.lead";
 const CHANNELS: &str = "boothcast.channels";
@@ -97,6 +102,11 @@ pub enum Error {
     EventDiffers(String),
     #[error("bad node name {0:?}: 1 to 32 of a-z, A-Z, 0-9, - and _")]
     BadNode(String),
+    #[error(
+        "a node named {0:?} is already in the cluster: give each node its own --node name \
+         (a node that died frees its name within 3 s)"
+    )]
+    NameTaken(String),
 }
 
 /// How to join.
@@ -899,6 +909,26 @@ pub async fn join(relay: Arc<Relay>, options: Options) -> Result<Arc<Link>, Erro
         Err(e) => return Err(js_err(&e)),
     }
 
+    // The node's name, held by one live process at a time.
+    let names_kv = bucket(&js, "boothcast-names", NAME_TTL)
+        .await
+        .map_err(|e| js_err(&e))?;
+    let instance = Bytes::from(format!("{:016x}", rand::random::<u64>()));
+    let asked = Instant::now();
+    loop {
+        match names_kv.create(&options.node, instance.clone()).await {
+            Ok(_) => break,
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                if asked.elapsed() >= NAME_WAIT {
+                    return Err(Error::NameTaken(options.node));
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(js_err(&e)),
+        }
+    }
+    drop(names_kv);
+
     // A session prefix no other live node has.
     let mut prefix = 0u16;
     for _ in 0..64 {
@@ -952,7 +982,7 @@ pub async fn join(relay: Arc<Relay>, options: Options) -> Result<Arc<Link>, Erro
         client.clone(),
         relay.clone(),
         link.clone(),
-        mine_json,
+        (mine_json, instance),
         prefix,
     ));
     drop(lease_kv);
@@ -1152,7 +1182,7 @@ async fn heartbeat(
     client: async_nats::Client,
     relay: Arc<Relay>,
     link: Arc<Link>,
-    fingerprint: Bytes,
+    (fingerprint, instance): (Bytes, Bytes),
     prefix: u16,
 ) {
     let js = async_nats::jetstream::new(client);
@@ -1166,6 +1196,15 @@ async fn heartbeat(
         // A recording node gone silent no longer records, as far as engineers here can tell.
         link.refresh_recording(&relay);
         link.publish_view(&relay);
+        if !link.isolated() {
+            // The name, claimed again every second (made again if NATS came back without it).
+            let _ = tokio::time::timeout(Duration::from_millis(900), async {
+                if let Ok(kv) = bucket(&js, "boothcast-names", NAME_TTL).await {
+                    let _ = kv.put(&link.node, instance.clone()).await;
+                }
+            })
+            .await;
+        }
         if n.is_multiple_of(5) && !link.isolated() {
             // Made again if NATS came back without them (memory storage).
             let _ = tokio::time::timeout(Duration::from_secs(1), async {

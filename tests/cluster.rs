@@ -292,6 +292,48 @@ fn a_node_with_another_event_is_refused_with_what_differs() {
     );
 }
 
+/// A second live process with a node's name is refused, saying why; once the first is gone
+/// the name is free again within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_name_already_in_the_cluster_is_refused() {
+    let dir = tmpdir("same-name");
+    let nats = Nats::start(&dir);
+    let a = node(&dir, EVENT, &nats, "a");
+    let config = dir.join("event-a.toml");
+    let mut twin = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .args(["--cluster", &nats.url(), "--node", "a"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = twin.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            twin.kill().unwrap();
+            panic!("a second node named a still runs after 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let out = twin.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success());
+    assert!(
+        err.contains("a node named \"a\" is already in the cluster"),
+        "{err}"
+    );
+    // The first one killed: its name is free again, and a node of that name joins.
+    drop(a);
+    let t = Instant::now();
+    let again = node(&dir, EVENT, &nats, "a");
+    println!("name free again after {:?}", t.elapsed());
+    wait_metric(&again, "boothcast_cluster_deciding{node=\"a\"} 1").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interlock_and_handover_hold_across_nodes() {
     let dir = tmpdir("rules");
