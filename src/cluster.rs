@@ -216,6 +216,37 @@ pub struct Announce {
     pub seqs: Vec<u32>,
 }
 
+/// Each channel's next sequence number as the decider last stored it (key `seqs` of
+/// `boothcast-event`, every second), for a node that takes over without having heard any
+/// announcement (it started just before the decider died).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSeqs {
+    /// When stored, µs since the Unix epoch.
+    pub t: u64,
+    pub seqs: Vec<u32>,
+}
+
+/// Where channel numbering may have reached `ms` milliseconds after it was at `seq`: the
+/// highest frame rate times the time, plus one.
+fn projected(seq: u32, ms: u64) -> u32 {
+    seq.wrapping_add((ms * MAX_FRAMES_PER_SECOND).div_ceil(1000) as u32 + 1)
+}
+
+/// Merges numbers stored `age_ms` ago into `known` ((next sequence, when known) per channel):
+/// each channel keeps whichever may have reached further by now (wrapping order).
+fn merge_stored_seqs(known: &mut [(u32, Instant)], stored: &[u32], age_ms: u64, now: Instant) {
+    let at = now
+        .checked_sub(Duration::from_millis(age_ms))
+        .unwrap_or(now);
+    for (k, s) in known.iter_mut().zip(stored) {
+        let mine = projected(k.0, now.saturating_duration_since(k.1).as_millis() as u64);
+        let theirs = projected(*s, age_ms);
+        if (theirs.wrapping_sub(mine) as i32) > 0 {
+            *k = (*s, at);
+        }
+    }
+}
+
 /// A node's heartbeat.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeState {
@@ -1197,10 +1228,21 @@ async fn heartbeat(
         link.refresh_recording(&relay);
         link.publish_view(&relay);
         if !link.isolated() {
-            // The name, claimed again every second (made again if NATS came back without it).
+            // The name, claimed again every second (made again if NATS came back without it);
+            // the decider's channel numbers, for a node that takes over without having heard it.
+            let seqs = link.leading().then(|| StoredSeqs {
+                t: crate::relay::unix_micros(),
+                seqs: relay.next_sequences(),
+            });
             let _ = tokio::time::timeout(Duration::from_millis(900), async {
                 if let Ok(kv) = bucket(&js, "boothcast-names", NAME_TTL).await {
                     let _ = kv.put(&link.node, instance.clone()).await;
+                }
+                if let Some(seqs) = seqs {
+                    if let Ok(kv) = bucket(&js, "boothcast-event", REGISTRY_TTL).await {
+                        let json = serde_json::to_vec(&seqs).expect("serializable");
+                        let _ = kv.put("seqs", Bytes::from(json)).await;
+                    }
                 }
             })
             .await;
@@ -1288,6 +1330,7 @@ async fn lease(client: async_nats::Client, relay: Arc<Relay>, link: Arc<Link>) {
                         tracing::info!(node = %link.node, "NATS is back");
                     }
                     held = Some((rev, rev, sent + LEASE_TTL - LEASE_MARGIN));
+                    learn_stored_seqs(&js, &link).await;
                     take_over(&relay, &link, rev);
                     lead_task = Some(tokio::spawn(lead(
                         client.clone(),
@@ -1359,6 +1402,23 @@ async fn lease(client: async_nats::Client, relay: Arc<Relay>, link: Arc<Link>) {
     }
 }
 
+/// Reads the numbers the last decider stored, so that a node that never heard it still
+/// numbers every channel on from where it may have reached. Skipped when NATS does not answer
+/// within [`RENEW_EVERY`].
+async fn learn_stored_seqs(js: &async_nats::jetstream::Context, link: &Link) {
+    let read = async {
+        let kv = bucket(js, "boothcast-event", REGISTRY_TTL).await.ok()?;
+        let v = kv.get("seqs").await.ok()??;
+        serde_json::from_slice::<StoredSeqs>(&v).ok()
+    };
+    let Ok(Some(stored)) = tokio::time::timeout(RENEW_EVERY, read).await else {
+        return;
+    };
+    let age_ms = crate::relay::unix_micros().saturating_sub(stored.t) / 1000;
+    let mut known = link.known_seqs.lock().expect("seqs lock poisoned");
+    merge_stored_seqs(&mut known, &stored.seqs, age_ms, Instant::now());
+}
+
 /// This node starts deciding: its rules are rebuilt from its own senders (the others report
 /// theirs when they see the announcement), and every channel's numbering moves on past
 /// anything the previous decider may have used.
@@ -1367,9 +1427,7 @@ fn take_over(relay: &Arc<Relay>, link: &Arc<Link>, epoch: u64) {
     {
         let known = link.known_seqs.lock().expect("seqs lock poisoned");
         for (i, (seq, at)) in known.iter().enumerate() {
-            let elapsed_ms = at.elapsed().as_millis() as u64;
-            let ahead = (elapsed_ms * MAX_FRAMES_PER_SECOND).div_ceil(1000) as u32 + 1;
-            relay.advance_sequence(i as u16, seq.wrapping_add(ahead));
+            relay.advance_sequence(i as u16, projected(*seq, at.elapsed().as_millis() as u64));
         }
     }
     let ToLeader::Sync {
@@ -1520,6 +1578,25 @@ fn handle(relay: &Arc<Relay>, link: &Arc<Link>, epoch: u64, msg: ToLeader) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_decider_numbers_on_from_what_the_last_one_stored() {
+        // A node started 1 s ago that never heard the decider: its own guess is 401 frames on
+        // from 0; the decider stored 20,585 half a second ago.
+        let now = Instant::now();
+        let started = now - Duration::from_secs(1);
+        let mut known = vec![(0, started), (0, started)];
+        merge_stored_seqs(&mut known, &[20_585, 3], 500, now);
+        assert_eq!(known[0].0, 20_585);
+        let age = now.duration_since(known[0].1).as_millis() as u64;
+        assert_eq!(projected(known[0].0, age), 20_585 + 201);
+        // Where the node's own knowledge reaches further, it is kept.
+        assert_eq!(known[1], (0, started));
+        // Across the wrap of the 32-bit numbering.
+        let mut known = vec![(u32::MAX - 10, now)];
+        merge_stored_seqs(&mut known, &[5], 0, now);
+        assert_eq!(known[0].0, 5);
+    }
 
     #[test]
     fn same_event_has_no_differences() {
