@@ -83,13 +83,41 @@ function setConn(st, text) {
   document.body.dataset.conn = st;
 }
 
+// The relays to try, this page's own first; in a cluster `welcome` adds the other nodes, and a
+// lost connection tries the next one (a dead node's console moves to a live one).
+const MAX_RELAYS = 16;
+const relays = [(location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws'];
+let relayAt = 0;
+window.boothcast.relays = relays;
+
+// A relay's base address as `welcome` tells it (ws(s):// or http(s)://) as a WebSocket
+// address, or null. A page loaded over https can only open wss:// ones.
+function relayWsUrl(base) {
+  let u;
+  try {
+    u = new URL(base);
+  } catch {
+    return null;
+  }
+  const scheme = { 'ws:': 'ws:', 'http:': 'ws:', 'wss:': 'wss:', 'https:': 'wss:' }[u.protocol];
+  if (!scheme || (location.protocol === 'https:' && scheme !== 'wss:')) return null;
+  const path = u.pathname.endsWith('/') ? u.pathname + 'ws' : u.pathname;
+  return scheme + '//' + u.host + path;
+}
+
+function learnRelays(list) {
+  for (const base of Array.isArray(list) ? list : []) {
+    const url = typeof base === 'string' ? relayWsUrl(base) : null;
+    if (url && !relays.includes(url) && relays.length < MAX_RELAYS) relays.push(url);
+  }
+}
+
 function connect() {
   clearTimeout(retryTimer);
   const s = secret();
   if (!s) return showLogin('');
   setConn('connecting', 'connecting…');
-  const scheme = location.protocol === 'https:' ? 'wss://' : 'ws://';
-  const sock = new WebSocket(scheme + location.host + '/ws');
+  const sock = new WebSocket(relays[relayAt % relays.length]);
   sock.binaryType = 'arraybuffer';
   ws = sock;
   let refused = false;
@@ -115,7 +143,9 @@ function connect() {
     clearInterval(pingTimer);
     markStale(true);
     if (refused || e.reason === 'unauthorized') return;
-    const wait = backoff;
+    // The next relay; back to the first try's wait when there is another one to try.
+    relayAt = (relayAt + 1) % relays.length;
+    const wait = relays.length > 1 && relayAt !== 0 ? BACKOFF_FIRST_MS : backoff;
     backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);
     setConn('reconnecting', `connection lost · retrying in ${(wait / 1000).toFixed(1)} s`);
     retryTimer = setTimeout(connect, wait);
@@ -149,6 +179,7 @@ function handle(m) {
   switch (m.type) {
     case 'welcome':
       backoff = BACKOFF_FIRST_MS;
+      learnRelays(m.relays);
       freshLog = true;
       stats.connects += 1;
       el.event.textContent = m.event;
@@ -164,7 +195,11 @@ function handle(m) {
     case 'levels': renderLevels(m.levels); break;
     case 'health': renderHealth(m.senders); break;
     case 'recording': renderRecording(m); break;
-    case 'cluster': renderCluster(m.nodes); break;
+    case 'cluster':
+      // Nodes that joined after `welcome` are learnt here.
+      learnRelays((m.nodes || []).filter((n) => n.health !== 'silent').map((n) => n.url));
+      renderCluster(m.nodes);
+      break;
     case 'log': renderLog(m.entries); break;
     case 'subscribed': renderMonitor(m.channel); break;
     case 'pong': setConn('connected', `connected · ${Math.max(0, Date.now() - m.t)} ms`); break;

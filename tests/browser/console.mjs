@@ -8,7 +8,8 @@
 // update rate is measured); relay and cough show; recording stops and starts from the page and
 // its files appear; monitoring plays the chosen channel; the log lists what happened, newest
 // first; the page comes back by itself after the relay restarts; a relay alone shows no cluster,
-// and on a node of a cluster of two the page shows the relays and which one records.
+// and on a node of a cluster of two the page shows the relays and which one records, and moves
+// to the other node when its own dies.
 // Figures are printed as JSON lines: node tests/browser/console.mjs [--toggles N]
 
 import { spawn } from 'node:child_process';
@@ -294,6 +295,21 @@ await s.run('console', async ({ launch }) => {
   const clusterShot = join(s.SCREENSHOTS, 'console-cluster.png');
   await onB.screenshot({ path: clusterShot });
   s.figure({ check: 'cluster on the console', relays, screenshot: clusterShot });
+
+  // b dies: the page, loaded from b, moves to a by itself (it learnt a from `welcome`).
+  const killedAt = Date.now();
+  await b.kill();
+  const where = () => onB.evaluate(() => {
+    const first = document.querySelector('#cluster tbody tr');
+    return { conn: document.body.dataset.conn, first: first && first.dataset.node, text: document.querySelector('#conn').textContent, relays: window.boothcast.relays };
+  });
+  await s.waitFor('the console on another node', async () => {
+    const w = await where();
+    return w.conn === 'connected' && w.first === 'a';
+  }, 15000).catch(async (e) => {
+    throw new Error(`${e.message}: ${JSON.stringify(await where())}`);
+  });
+  s.figure({ check: 'console moved to another node', after_ms: Date.now() - killedAt });
 
   s.assert(errors.length === 0, `errors in the page: ${errors.join('; ')}`);
 });
