@@ -173,6 +173,9 @@ async fn connection(
     http: &http1::Builder,
     stop: watch::Receiver<bool>,
 ) {
+    // Every byte from the client is read within its address's budget until it proves to be a
+    // sender (`admission::READ_RATE`).
+    let tcp = ticket.paced(tcp);
     match &accept.tls {
         None => serve_http(tcp, peer, ticket, app, accept, http, stop).await,
         Some(tls) => match tokio::time::timeout(HANDSHAKE_DEADLINE, tls.accept(tcp)).await {

@@ -196,6 +196,8 @@ struct PerAddress {
     pending: usize,
     listeners: usize,
     reserve: usize,
+    /// What its connections may still send before they are read more slowly.
+    read: Arc<Mutex<ReadBudget>>,
 }
 
 #[derive(Default)]
@@ -222,6 +224,8 @@ pub struct Counters {
     pub denied_per_address: AtomicU64,
     /// Pending connections closed to make room for new ones.
     pub evicted: AtomicU64,
+    /// Reads that waited because their address had sent more than its read budget.
+    pub paced_reads: AtomicU64,
 }
 
 /// The connection bounds of one relay.
@@ -248,6 +252,11 @@ struct Slot {
     since: Instant,
     state: Mutex<SlotState>,
     evict: Notify,
+    /// The address's read budget (none for a trusted proxy, whose clients are many).
+    read: Option<Arc<Mutex<ReadBudget>>>,
+    /// A booth console, floor feed or engineer whose secret was right: read unpaced (audio
+    /// has its own bound, `server::FRAME_RATE`).
+    unpaced: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A connection's place in the gate, shared by the tasks that serve it; the place is given
@@ -336,6 +345,8 @@ impl Gate {
                 listener_addr: None,
             }),
             evict: Notify::new(),
+            read: (!trusted).then(|| state.by_addr.entry(peer).or_default().read.clone()),
+            unpaced: Arc::default(),
         });
         state.open += 1;
         let a = state.by_addr.entry(peer).or_default();
@@ -531,6 +542,18 @@ impl Ticket {
             state.shared -= 1;
         }
         s.class = Class::Sender;
+        self.0.unpaced.store(true, Ordering::Relaxed);
+    }
+
+    /// `io` read within this connection's address's budget (see [`Paced`]).
+    pub fn paced<IO>(&self, io: IO) -> Paced<IO> {
+        Paced {
+            io,
+            read: self.0.read.clone(),
+            unpaced: self.0.unpaced.clone(),
+            gate: self.0.gate.clone(),
+            sleep: None,
+        }
     }
 }
 
@@ -832,5 +855,152 @@ mod tests {
             q.allow(IpAddr::V4(i.into()), "full", t0);
         }
         assert!(q.seen.lock().unwrap().len() <= MAX_QUIET);
+    }
+}
+
+/// Bytes an address may send at once, all its connections together, before its connections
+/// are read more slowly: a page load with its files and the WebSocket's hello, many times over.
+pub const READ_BURST: f64 = 64.0 * 1024.0;
+/// Bytes a second an address is read at, sustained, until one of its connections proves to
+/// be a booth console, floor feed or engineer: a delegate sends a few dozen bytes a second
+/// (a ping, a channel switch). Bounds what any traffic below the level of whole messages can
+/// cost the relay (WebSocket frames of a message that never ends, pings before `hello`):
+/// it is read at this pace, and waits in the client's own socket.
+pub const READ_RATE: f64 = 16.0 * 1024.0;
+/// A paced read waits until this much may be read, not byte by byte.
+const READ_GRANT: f64 = 512.0;
+
+/// A token bucket of bytes, shared by an address's connections.
+#[derive(Debug)]
+pub struct ReadBudget {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Default for ReadBudget {
+    fn default() -> ReadBudget {
+        ReadBudget {
+            tokens: READ_BURST,
+            last: Instant::now(),
+        }
+    }
+}
+
+impl ReadBudget {
+    /// Bytes that may be read now, or how long until [`READ_GRANT`] may.
+    fn allowed(&mut self, now: Instant) -> Result<usize, Duration> {
+        let refill = now.saturating_duration_since(self.last).as_secs_f64() * READ_RATE;
+        self.tokens = (self.tokens + refill).min(READ_BURST);
+        self.last = now;
+        if self.tokens >= READ_GRANT {
+            Ok(self.tokens as usize)
+        } else {
+            Err(Duration::from_secs_f64(
+                (READ_GRANT - self.tokens) / READ_RATE,
+            ))
+        }
+    }
+}
+
+/// A connection's socket read within its address's [`ReadBudget`] ([`READ_BURST`] at once,
+/// [`READ_RATE`] a second), writes untouched. Once the connection is a booth console, floor
+/// feed or engineer ([`Ticket::sender`]) it is read freely.
+pub struct Paced<IO> {
+    io: IO,
+    read: Option<Arc<Mutex<ReadBudget>>>,
+    unpaced: Arc<std::sync::atomic::AtomicBool>,
+    gate: Arc<Gate>,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Paced<IO> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = self.get_mut();
+        let budget = match &this.read {
+            Some(b) if !this.unpaced.load(Ordering::Relaxed) => b.clone(),
+            _ => return std::pin::Pin::new(&mut this.io).poll_read(cx, buf),
+        };
+        let allowed = loop {
+            let now = Instant::now();
+            match budget
+                .lock()
+                .expect("read budget lock poisoned")
+                .allowed(now)
+            {
+                Ok(n) => break n,
+                Err(wait) => {
+                    let deadline = tokio::time::Instant::from_std(now + wait);
+                    match &mut this.sleep {
+                        Some(s) => s.as_mut().reset(deadline),
+                        None => this.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
+                    let sleep = this.sleep.as_mut().expect("set above");
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        this.gate
+                            .counters
+                            .paced_reads
+                            .fetch_add(1, Ordering::Relaxed);
+                        return Poll::Pending;
+                    }
+                }
+            }
+        };
+        let mut part = buf.take(allowed.min(buf.remaining()));
+        let start = part.filled().as_ptr();
+        match std::pin::Pin::new(&mut this.io).poll_read(cx, &mut part) {
+            Poll::Ready(Ok(())) => {
+                debug_assert_eq!(start, part.filled().as_ptr());
+                let n = part.filled().len();
+                // SAFETY: `part` is the unfilled part of `buf`, and the `n` bytes read into it
+                // are initialised (as in tokio's own `Take`).
+                unsafe { buf.assume_init(n) };
+                buf.advance(n);
+                budget.lock().expect("read budget lock poisoned").tokens -= n as f64;
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Paced<IO> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }

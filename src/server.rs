@@ -465,6 +465,11 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     }
     let _ = writeln!(
         out,
+        "# HELP boothcast_paced_reads_total Reads that waited because the client's address sent more than its read budget (16 KiB a second).\n# TYPE boothcast_paced_reads_total counter\nboothcast_paced_reads_total {}",
+        c.paced_reads.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
         "# HELP boothcast_accept_errors_total Failed accept() calls (out of file descriptors).\n# TYPE boothcast_accept_errors_total counter\nboothcast_accept_errors_total {}",
         a.accept_errors.load(Ordering::Relaxed)
     );

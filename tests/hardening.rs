@@ -750,3 +750,75 @@ async fn a_ping_flood_is_read_at_a_persons_pace() {
     flood.abort();
     relay.stop().await;
 }
+
+/// Traffic below whole messages costs no one a frame: from one address, 16 delegates each
+/// start a text message and never end it (empty continuation frames as fast as the socket
+/// takes them), and 16 connections send WebSocket pings before `hello`. The address is read
+/// at its byte budget (`admission::READ_RATE`), the bytes wait in its own sockets, and a
+/// delegate on another address loses no frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_that_never_make_a_message_are_read_at_the_addresss_pace() {
+    use boothcast::bench::ws::{connect_from, masked, opcode, upgrade};
+    let relay = TestRelay::start().await;
+    let floor = Client::floor(&relay.url).await;
+    floor.pump(FLOOR, 80);
+    let mut playing = Client::listener(&relay.url, "en").await;
+    let first = playing.frame().await.0.sequence;
+
+    // A text frame without FIN, then empty continuation frames without FIN, over and over.
+    let mut open_message = vec![0x01, 0x81, 0, 0, 0, 0, b'{'];
+    let empty_continuation = [0x00u8, 0x80, 0, 0, 0, 0];
+    let mut burst = Vec::new();
+    for _ in 0..2048 {
+        burst.extend_from_slice(&empty_continuation);
+    }
+    let pings = masked(opcode::PING, b"x").repeat(2048);
+    let from = std::net::Ipv4Addr::new(127, 0, 9, 1);
+    let mut attackers = Vec::new();
+    for i in 0..32 {
+        let mut s = connect_from(from, relay.addr).await.unwrap();
+        upgrade(&mut s, relay.addr).await.unwrap();
+        let flood = if i % 2 == 0 {
+            let hello = json!({"type": "hello", "role": "listener", "channel": "fr"});
+            let mut start = masked(opcode::TEXT, hello.to_string().as_bytes());
+            start.append(&mut open_message.clone());
+            s.write_all(&start).await.unwrap();
+            burst.clone()
+        } else {
+            pings.clone()
+        };
+        attackers.push(tokio::spawn(async move {
+            let (_rd, mut wr) = s.into_split();
+            let mut sent = 0usize;
+            while tokio::time::timeout(Duration::from_secs(1), wr.write_all(&flood))
+                .await
+                .is_ok_and(|r| r.is_ok())
+            {
+                sent += flood.len();
+            }
+            sent
+        }));
+    }
+    open_message.clear();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let end = unix_micros();
+    let mut frames = vec![playing.frame().await];
+    frames.extend(playing.frames_until(|h, _| h.relay_us >= end).await);
+    assert_eq!(frames[0].0.sequence, first + 1);
+    assert_contiguous(&frames);
+    let m = relay.metrics().await;
+    let paced = metric(&m, "boothcast_paced_reads_total");
+    for a in &attackers {
+        a.abort();
+    }
+    println!(
+        "{} frames heard in order beside 32 flooding connections; {paced} reads paced",
+        frames.len()
+    );
+    assert!(paced > 0, "the address was never paced");
+    assert_eq!(
+        metric(&m, "boothcast_frames_skipped_total{channel=\"plenary/en\"}"),
+        0
+    );
+    relay.stop().await;
+}
