@@ -1582,7 +1582,11 @@ async fn read_loop(
             }
             _ = silence.as_mut() => {
                 relay.stats.dead_paths.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(peer = %addr, session, deadline_s = deadline.as_secs(), "no answer: path taken to be dead");
+                // A sender's is worth a line each; delegates' once per address per 10 s.
+                let sender = matches!(peer, Peer::Console { .. } | Peer::Floor);
+                if sender || quiet.allow(host, "dead_path", std::time::Instant::now()) {
+                    tracing::warn!(peer = %addr, session, deadline_s = deadline.as_secs(), "no answer: path taken to be dead");
+                }
                 let _ = tx.send(Incoming::Ended(Some(Ending::new(
                     ErrorCode::Timeout,
                     format!("no answer for {} s (path dead)", deadline.as_secs()),
