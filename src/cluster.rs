@@ -79,6 +79,9 @@ const CHANNEL_SUB_CAPACITY: usize = 256;
 const MAX_FRAMES_PER_SECOND: u64 = 400;
 /// How long the fingerprint and node prefixes stay in NATS after the last node refreshed them.
 const REGISTRY_TTL: Duration = Duration::from_secs(30);
+/// Lease requests in a row left unanswered (each [`RENEW_EVERY`]) before the bucket's handle
+/// is made again.
+const UNANSWERED_BEFORE_REOPEN: u32 = 4;
 /// How long a node's name stays claimed after it last said it is alive (every second): a
 /// node that died frees its name this soon, so it can be started again at once.
 const NAME_TTL: Duration = Duration::from_secs(3);
@@ -1273,6 +1276,7 @@ async fn lease(client: async_nats::Client, relay: Arc<Relay>, link: Arc<Link>) {
     let mut last_bucket_try: Option<Instant> = None;
     let me = Bytes::from(link.node.clone());
     let mut held: Option<(u64, u64, Instant)> = None; // (revision, epoch, until)
+    let mut unanswered = 0u32;
     let mut lead_task: Option<tokio::task::JoinHandle<()>> = None;
     let mut channels = relay.channels_watch();
     let mut last_channels = Instant::now();
@@ -1324,7 +1328,12 @@ async fn lease(client: async_nats::Client, relay: Arc<Relay>, link: Arc<Link>) {
                 link.interest_changed();
             }
         } else if let (true, Some(store)) = (up, &kv) {
-            match tokio::time::timeout(RENEW_EVERY, store.create("decider", me.clone())).await {
+            let created =
+                tokio::time::timeout(RENEW_EVERY, store.create("decider", me.clone())).await;
+            if created.is_ok() {
+                unanswered = 0;
+            }
+            match created {
                 Ok(Ok(rev)) => {
                     if link.isolated.swap(false, Ordering::AcqRel) {
                         tracing::info!(node = %link.node, "NATS is back");
@@ -1344,11 +1353,16 @@ async fn lease(client: async_nats::Client, relay: Arc<Relay>, link: Arc<Link>) {
                     kv = None;
                 }
                 Err(_) => {
-                    // No answer: the bucket may be gone with a NATS server that restarted
-                    // (memory storage), where a request can wait for nobody. The handle is
-                    // made again, and the bucket with it, on the next tick; keeping it would
-                    // leave every node following a decider that no longer exists.
-                    kv = None;
+                    // No answer: a slow moment, or the bucket is gone with a NATS server that
+                    // restarted (memory storage), where a request waits for nobody. After a
+                    // second of silence the handle is made again, and the bucket with it;
+                    // keeping it would leave every node following a decider that no longer
+                    // exists.
+                    unanswered += 1;
+                    if unanswered >= UNANSWERED_BEFORE_REOPEN {
+                        unanswered = 0;
+                        kv = None;
+                    }
                 }
                 Ok(Err(_)) => {
                     if link.isolated.swap(false, Ordering::AcqRel) {

@@ -248,11 +248,13 @@ async fn a_booth_on_one_node_is_heard_on_another_and_the_audience_is_summed() {
     );
 }
 
-#[test]
-fn a_node_with_another_event_is_refused_with_what_differs() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_event_is_refused_with_what_differs() {
     let dir = tmpdir("refused");
     let nats = Nats::start(&dir);
-    let _a = node(&dir, EVENT, &nats, "a");
+    let a = node(&dir, EVENT, &nats, "a");
+    // a has joined (its event is the cluster's) once it decides.
+    wait_metric(&a, "boothcast_cluster_deciding{node=\"a\"} 1").await;
     let other = EVENT.replace("secret-en2", "another-secret-en2");
     let config = dir.join("other.toml");
     std::fs::write(&config, other).unwrap();
@@ -277,7 +279,7 @@ fn a_node_with_another_event_is_refused_with_what_differs() {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let out = child.wait_with_output().unwrap();
     assert!(!status.success());
@@ -299,6 +301,7 @@ async fn a_node_name_already_in_the_cluster_is_refused() {
     let dir = tmpdir("same-name");
     let nats = Nats::start(&dir);
     let a = node(&dir, EVENT, &nats, "a");
+    wait_metric(&a, "boothcast_cluster_deciding{node=\"a\"} 1").await;
     let config = dir.join("event-a.toml");
     let mut twin = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])

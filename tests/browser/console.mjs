@@ -275,6 +275,11 @@ await s.run('console', async ({ launch }) => {
     flags: ['--cluster', `nats://127.0.0.1:${natsPort}`, '--node', node, ...flags],
   });
   const a = await member('a');
+  // a has joined and decides before b starts, so that b follows.
+  await s.waitFor('node a to decide', async () => {
+    const text = await (await fetch(`${a.http}/metrics`)).text();
+    return text.split('\n').includes('boothcast_cluster_deciding{node="a"} 1');
+  }, WAIT, 50);
   const clusterDir = join(s.tmp(), 'cluster-recordings');
   const b = await member('b', ['--record', clusterDir]);
   const onB = await browser.newPage({ viewport: { width: 1366, height: 768 }, colorScheme: 'dark' });
