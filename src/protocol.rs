@@ -539,6 +539,16 @@ impl ClientMessage {
         if text.len() > MAX_CONTROL_LEN {
             return Err(MessageError::TooLong(text.len()));
         }
+        // Only the object form: the array form serde would also take (`["live","en"]`) is
+        // not the protocol, and grows past the length limit when written back as an object.
+        if !text
+            .trim_start_matches([' ', '\t', '\n', '\r'])
+            .starts_with('{')
+        {
+            return Err(MessageError::Invalid(
+                "a control message is a JSON object tagged by `type`".into(),
+            ));
+        }
         serde_json::from_str(text).map_err(|e| MessageError::Invalid(e.to_string()))
     }
 
