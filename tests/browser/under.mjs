@@ -201,8 +201,11 @@ await s.run(
       };
       window.boothcast.state.ws.close();
     });
+    // Until the new connection's hello is sent and answered (the old one's state lasts until
+    // its close completes).
     await s.waitFor('the page to connect again with the floor under English', () =>
-      page.evaluate(() => window.boothcast.state.welcomed && window.boothcast.state.underFrom === 'plenary/floor'), 10000);
+      page.evaluate(() => window.__sent.some((m) => m.includes('"hello"'))
+        && window.boothcast.state.welcomed && window.boothcast.state.underFrom === 'plenary/floor'), 10000);
     const hello = (await page.evaluate(() => window.__sent.map((m) => JSON.parse(m)))).find((m) => m.type === 'hello');
     s.assert(hello && hello.channel === 'plenary/en' && hello.floor_under === true, `the hello after reconnecting: ${JSON.stringify(hello)}`);
     note('main', 'reconnected', await until(page, out, 'the floor under English after reconnecting', both(-24)));
