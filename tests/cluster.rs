@@ -248,6 +248,26 @@ async fn a_booth_on_one_node_is_heard_on_another_and_the_audience_is_summed() {
     );
 }
 
+/// Starts `serve` with `config` as node `name` of the cluster on `nats`, which must refuse to
+/// start: waits (at most 20 s) for it to end, and returns what it said on standard error.
+async fn refused_node(config: &Path, nats: &Nats, name: &str) -> String {
+    let child = tokio::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(config)
+        .args(["--cluster", &nats.url(), "--node", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("node {name} still runs after 20 s"))
+        .unwrap();
+    assert!(!out.status.success(), "node {name} started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_another_event_is_refused_with_what_differs() {
     let dir = tmpdir("refused");
@@ -258,32 +278,7 @@ async fn a_node_with_another_event_is_refused_with_what_differs() {
     let other = EVENT.replace("secret-en2", "another-secret-en2");
     let config = dir.join("other.toml");
     std::fs::write(&config, other).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .args(["--cluster", &nats.url(), "--node", "b"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "the node with another event still runs after 20 s: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let out = child.wait_with_output().unwrap();
-    assert!(!status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_node(&config, &nats, "b").await;
     assert!(
         err.contains("differs from the cluster's") && err.contains("secret of booth en2 differs"),
         "{err}"
@@ -303,28 +298,7 @@ async fn a_node_name_already_in_the_cluster_is_refused() {
     let a = node(&dir, EVENT, &nats, "a");
     wait_metric(&a, "boothcast_cluster_deciding{node=\"a\"} 1").await;
     let config = dir.join("event-a.toml");
-    let mut twin = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .args(["--cluster", &nats.url(), "--node", "a"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = twin.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            twin.kill().unwrap();
-            panic!("a second node named a still runs after 20 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let out = twin.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!status.success());
+    let err = refused_node(&config, &nats, "a").await;
     assert!(
         err.contains("a node named \"a\" is already in the cluster"),
         "{err}"
