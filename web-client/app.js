@@ -6,6 +6,7 @@
 
 import { createPlayer, parseHeader, UNDER_MIN_DB, UNDER_MAX_DB, UNDER_DEFAULT_DB } from './player.js';
 import { loadStrings } from './i18n.js';
+import { relayWsUrl } from './relays.js';
 
 // The event's halls by name and the page's default language (`page_language` in the event
 // file), from /join; the page works without them.
@@ -312,20 +313,6 @@ function wsUrl() {
   return state.relays[state.relay % state.relays.length];
 }
 
-// A relay's base address as `welcome` tells it (ws(s):// or http(s)://) as a WebSocket
-// address, or null. A page loaded over https can only open wss:// ones.
-function relayWsUrl(base) {
-  let u;
-  try {
-    u = new URL(base);
-  } catch {
-    return null;
-  }
-  const scheme = { 'ws:': 'ws:', 'http:': 'ws:', 'wss:': 'wss:', 'https:': 'wss:' }[u.protocol];
-  if (!scheme || (location.protocol === 'https:' && scheme !== 'wss:')) return null;
-  const path = u.pathname.endsWith('/') ? u.pathname + 'ws' : u.pathname;
-  return scheme + '//' + u.host + path;
-}
 
 // Adds the relays a cluster told that are not known yet.
 function learnRelays(list) {

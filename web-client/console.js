@@ -2,6 +2,7 @@
 // connection health, monitoring, force-mute, recording, the event log and, in a cluster of
 // relays, its nodes, over one engineer WebSocket (docs/PROTOCOL.md, role "engineer").
 
+import { relayWsUrl } from './relays.js';
 const SECRET_KEY = 'boothcast.engineer-secret';
 // The relay keeps the last 200 log entries; the page shows as many.
 const LOG_LIMIT = 200;
@@ -90,20 +91,6 @@ const relays = [(location.protocol === 'https:' ? 'wss://' : 'ws://') + location
 let relayAt = 0;
 window.boothcast.relays = relays;
 
-// A relay's base address as `welcome` tells it (ws(s):// or http(s)://) as a WebSocket
-// address, or null. A page loaded over https can only open wss:// ones.
-function relayWsUrl(base) {
-  let u;
-  try {
-    u = new URL(base);
-  } catch {
-    return null;
-  }
-  const scheme = { 'ws:': 'ws:', 'http:': 'ws:', 'wss:': 'wss:', 'https:': 'wss:' }[u.protocol];
-  if (!scheme || (location.protocol === 'https:' && scheme !== 'wss:')) return null;
-  const path = u.pathname.endsWith('/') ? u.pathname + 'ws' : u.pathname;
-  return scheme + '//' + u.host + path;
-}
 
 function learnRelays(list) {
   for (const base of Array.isArray(list) ? list : []) {
