@@ -99,13 +99,13 @@ async function hears(freq, out, what, page = null) {
   ).catch(async (e) => {
     // What the page and the sound server say, to tell a silent page from a stream elsewhere.
     const st = page
-      ? await page
-          .evaluate(() => ({
+      ? await s
+          .within(5000, 'the page state', page.evaluate(() => ({
             state: document.body.dataset.state,
             status: document.getElementById('status').textContent,
             context: window.boothcast.player && window.boothcast.player.context.state,
             stats: window.boothcast.player && window.boothcast.player.stats(),
-          }))
+          })))
           .catch((err) => String(err))
       : null;
     let streams = '';
@@ -166,9 +166,11 @@ await s.run(
       s.step(`${path}: listening`);
       await hears(sink.MARK_FREQ, out, 'the floor', page);
       // The list and a switch there and back, heard at the sink.
-      await page.click('.channel[data-id="plenary/en"]');
+      s.step(`${path}: English`);
+      await s.within(10000, 'a tap on English', page.click('.channel[data-id="plenary/en"]'));
       await hears(EN_FREQ, out, 'English', page);
-      await page.click('.channel[data-id="plenary/floor"]');
+      s.step(`${path}: the floor again`);
+      await s.within(10000, 'a tap on the floor', page.click('.channel[data-id="plenary/floor"]'));
       await hears(sink.MARK_FREQ, out, 'the floor again', page);
       s.step(`${path}: measure`);
       let fig = await measure(page, out, listener, path);

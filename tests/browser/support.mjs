@@ -125,6 +125,7 @@ for (const sig of ['SIGINT', 'SIGTERM']) {
 export async function run(name, body, { timeoutMs = 110000 } = {}) {
   const timer = setTimeout(() => {
     console.error(`${name}: did not finish within ${timeoutMs / 1000} s`);
+    for (const c of children) if (c.tail && c.tail.length) console.error(`--- ${c.label}:\n${c.tail.join('\n')}`);
     cleanup();
     process.exit(1);
   }, timeoutMs);
@@ -169,6 +170,20 @@ export async function waitFor(what, check, timeoutMs = 10000, everyMs = 20) {
 }
 
 const started = Date.now();
+// `promise`, or an error naming `what` after `ms`: a browser that stops answering a command
+// fails the step instead of hanging the test.
+export async function within(ms, what, promise) {
+  let timer;
+  const late = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms to ${what}`)), ms);
+  });
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 // Notes a step of a long test on standard error, with the seconds since the start: the last
 // ones say where a test that failed or hung was.
 export function step(text) {
