@@ -39,7 +39,9 @@
 mod recording;
 mod view;
 
-pub use recording::{RECORD_MARGIN, RECORD_RENEW, RECORD_TTL};
+pub use recording::{
+    RECORD_MARGIN, RECORD_RENEW, RECORD_TTL, TAKEOVER_GIVEN_UP_AFTER, TAKEOVER_OTHERS_AFTER,
+};
 
 use crate::config::Event;
 use crate::protocol::{ConsoleState, LogKind, ServerMessage};
@@ -275,6 +277,9 @@ pub struct RecordingAt {
     /// When it started, milliseconds since the Unix epoch on that node's clock (should two
     /// nodes say they record for a moment while it moves, the later start is shown).
     pub since_ms: u64,
+    /// The node whose recording this one took over by itself (that node was lost), if so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken_over_from: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -397,6 +402,7 @@ impl Link {
         *self.recording.lock().expect("recording lock poisoned") = dir.map(|dir| RecordingAt {
             dir,
             since_ms: crate::relay::unix_micros() / 1000,
+            taken_over_from: self.recorder.take_over_note(),
         });
         self.beat(relay);
         self.refresh_recording(relay);
@@ -421,8 +427,8 @@ impl Link {
                 .max_by_key(|(r, _)| r.since_ms)
         };
         match best {
-            Some((r, node)) => relay.show_recording(Some(r.dir), Some(node)),
-            None => relay.show_recording(None, None),
+            Some((r, node)) => relay.show_recording(Some(r.dir), Some(node), r.taken_over_from),
+            None => relay.show_recording(None, None, None),
         }
     }
 

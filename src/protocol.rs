@@ -307,6 +307,10 @@ pub enum ServerMessage {
         /// In a cluster: the node that records (one at a time). Absent from a relay alone.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         node: Option<String>,
+        /// In a cluster: the node that recorded before and was lost, when `node` took the
+        /// recording over by itself. Absent otherwise.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        taken_over_from: Option<String>,
     },
     /// In a cluster (engineers; on connect, then on change, at most once a second): every
     /// node this one knows of, itself first, then by name. Never sent by a relay alone.
@@ -705,6 +709,7 @@ mod tests {
             active: true,
             dir: Some("recordings/session-1".into()),
             node: None,
+            taken_over_from: None,
         };
         assert_eq!(
             alone.to_json(),

@@ -215,6 +215,7 @@ impl Relay {
                     active: false,
                     dir: None,
                     node: None,
+                    taken_over_from: None,
                 }
                 .to_json(),
             ))
@@ -858,23 +859,33 @@ impl Relay {
     pub fn set_recording(&self, dir: Option<String>) {
         match self.cluster.get() {
             Some(c) => c.local_recording(self, dir),
-            None => self.show_recording(dir, None),
+            None => self.show_recording(dir, None, None),
         }
     }
 
-    /// Tells engineers whether a recording runs, in which directory, and on which node of a
-    /// cluster (`None` alone); logged when it changes.
-    pub fn show_recording(&self, dir: Option<String>, node: Option<String>) {
-        let text = match (&dir, &node) {
-            (Some(d), None) => format!("recording started in {d}"),
-            (Some(d), Some(n)) => format!("recording on node {n} in {d}"),
-            (None, _) => "recording stopped".to_string(),
+    /// Tells engineers whether a recording runs, in which directory, on which node of a
+    /// cluster (`None` alone), and from which lost node it took the recording over, if it
+    /// did; logged when it changes.
+    pub fn show_recording(
+        &self,
+        dir: Option<String>,
+        node: Option<String>,
+        taken_over_from: Option<String>,
+    ) {
+        let text = match (&dir, &node, &taken_over_from) {
+            (Some(d), None, _) => format!("recording started in {d}"),
+            (Some(d), Some(n), None) => format!("recording on node {n} in {d}"),
+            (Some(d), Some(n), Some(lost)) => {
+                format!("recording on node {n} in {d}, taken over from node {lost}")
+            }
+            (None, ..) => "recording stopped".to_string(),
         };
         let json = Bytes::from(
             ServerMessage::Recording {
                 active: dir.is_some(),
                 dir,
                 node,
+                taken_over_from,
             }
             .to_json(),
         );

@@ -629,7 +629,9 @@ async fn engineer(url: &str) -> Client {
 async fn recording_on(engineer: &mut Client, want: Option<&str>) -> Option<String> {
     engineer
         .wait_text(&format!("recording on {want:?}"), |m| match m {
-            ServerMessage::Recording { active, dir, node } if node.as_deref() == want => {
+            ServerMessage::Recording {
+                active, dir, node, ..
+            } if node.as_deref() == want => {
                 assert_eq!(*active, want.is_some(), "{m:?}");
                 Some(dir.clone())
             }
@@ -846,6 +848,190 @@ async fn recording_runs_on_one_node_moves_when_started_elsewhere_and_stops_from_
         "the engineer was not told why it waits: {:?}",
         on_b.seen
     );
+}
+
+/// Decodes an Ogg Opus file with ffmpeg to 48 kHz mono samples.
+fn decoded(file: &Path) -> Vec<f32> {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(file)
+        .args(["-f", "s16le", "-ac", "1", "-ar", "48000", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ffmpeg could not decode {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0)
+        .collect()
+}
+
+/// How many seconds of `file` ffprobe reads.
+fn seconds(file: &Path) -> f64 {
+    let probe = Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "format=duration"])
+        .args(["-of", "csv=p=0"])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(probe.status.success(), "ffprobe refused {}", file.display());
+    String::from_utf8_lossy(&probe.stdout)
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_whose_node_is_killed_is_taken_over_by_another_node() {
+    let dir = tmpdir("takeover");
+    let nats = Nats::start(&dir);
+    let rec = |n: &str| dir.join(format!("rec-{n}"));
+    let member = |n: &str| {
+        let root = rec(n);
+        node_with(
+            &dir,
+            EVENT,
+            &nats,
+            n,
+            &["--record".as_ref(), root.as_os_str()],
+        )
+    };
+    // Every node may record; a decides (started first) and records from its start.
+    let a = member("a");
+    wait_metric(&a, "boothcast_cluster_deciding{node=\"a\"} 1").await;
+    let b = member("b");
+    let c = member("c");
+    for n in [&a, &b, &c] {
+        wait_metric(n, "boothcast_cluster_nodes 3").await;
+    }
+    // Sound: a booth process on a, live on English, a tone in a loop.
+    let tone = tone(&dir);
+    let mut booth = Proc::spawn(
+        Command::new(BIN)
+            .args(["booth", "--headless", "--live", "--loop", "--booth", "en"])
+            .args(["--server", &a.ws, "--input-file"])
+            .arg(&tone)
+            .env("BOOTHCAST_SECRET", "secret-en")
+            .stdin(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    booth.wait_until("the booth live", Duration::from_secs(10), |l| {
+        l.contains("\"type\":\"console\"") && l.contains("\"live\":\"plenary/en\"")
+    });
+
+    // The engineer on b, a node that does not decide, records there.
+    let mut on_b = engineer(&b.ws).await;
+    let mut on_c = engineer(&c.ws).await;
+    on_b.text(json!({"type": "record", "start": true}));
+    let dir_b = recording_on(&mut on_b, Some("b"))
+        .await
+        .expect("a directory");
+    recording_on(&mut on_c, Some("b")).await;
+    // A second and a half of sound through b.
+    let mut listener = Client::listener(&b.ws, "plenary/en").await;
+    for _ in 0..75 {
+        listener.frame().await;
+    }
+
+    // b killed: another node records, in files of its own, within the claim's lifetime and a
+    // second or two.
+    let t = Instant::now();
+    drop(b);
+    drop(listener);
+    let bound = RECORD_TTL + Duration::from_secs(3);
+    on_c.seen.clear();
+    let (node, dir_new, from) = loop {
+        match on_c.recv().await {
+            support::In::Text(ServerMessage::Recording {
+                active: true,
+                node: Some(n),
+                dir: Some(d),
+                taken_over_from,
+            }) if n != "b" => break (n, d, taken_over_from),
+            support::In::Text(m) => on_c.seen.push(m),
+            _ => {}
+        }
+        assert!(
+            t.elapsed() < bound,
+            "no node records {bound:?} after b was killed: {:?}",
+            on_c.seen
+        );
+    };
+    let after = t.elapsed();
+    println!(
+        "recording node killed: node {node} records again after {after:?} (claim {RECORD_TTL:?})"
+    );
+    assert!(node == "a" || node == "c", "{node}");
+    assert_eq!(
+        from.as_deref(),
+        Some("b"),
+        "the recording does not say whose it took over"
+    );
+    assert!(
+        Path::new(&dir_new).starts_with(rec(&node)),
+        "{dir_new} is not under {node}'s recording directory"
+    );
+    on_c.wait_text("the log saying the recording was taken over", |m| match m {
+        ServerMessage::Log { entries } => entries
+            .iter()
+            .any(|e| e.text.contains("taken over") && e.text.contains("node b"))
+            .then_some(()),
+        _ => None,
+    })
+    .await;
+    // More sound, now through the new node; then a stop from c stops it.
+    let mut listener = Client::listener(&c.ws, "plenary/en").await;
+    for _ in 0..50 {
+        listener.frame().await;
+    }
+    on_c.seen.clear();
+    on_c.text(json!({"type": "record", "start": false}));
+    recording_on(&mut on_c, None).await;
+
+    // b's files end where b was killed: cut short, but what is there plays.
+    let en_b = Path::new(&dir_b).join("plenary-en.opus");
+    let index_b: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(Path::new(&dir_b).join("index.json")).unwrap())
+            .unwrap();
+    assert!(
+        index_b["stopped_unix_us"].is_null(),
+        "b was killed, yet closed its recording"
+    );
+    let out = Command::new("opusinfo").arg(&en_b).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("Playback length"),
+        "opusinfo on b's file:\n{text}"
+    );
+    assert!(!text.contains("ERROR"), "{text}");
+    for line in text.lines().filter(|l| l.contains("WARNING")) {
+        assert!(line.contains("EOS not set"), "{line}");
+    }
+    let b_seconds = seconds(&en_b);
+    let peak = |pcm: &[f32]| pcm.iter().fold(0f32, |m, s| m.max(s.abs()));
+    assert!(b_seconds > 1.0, "b's file holds {b_seconds:.3} s");
+    assert!(peak(&decoded(&en_b)) > 0.2, "no tone in b's file");
+    // The new node's files: closed properly, with the tone in English.
+    let (start_new, _) = closed_session(Path::new(&dir_new));
+    let en_new = Path::new(&dir_new).join("plenary-en.opus");
+    assert!(peak(&decoded(&en_new)) > 0.2, "no tone in {node}'s file");
+    // Never two copies at once: the new session starts after b's file ends.
+    let b_end = index_b["started_unix_us"].as_u64().unwrap() as f64 / 1e6 + b_seconds;
+    let gap = start_new as f64 / 1e6 - b_end;
+    println!(
+        "gap in the recording: {gap:.3} s between the end of b's file and the start of {node}'s"
+    );
+    assert!(
+        gap > 0.0,
+        "{node} started recording {:.3} s before b's file ends",
+        -gap
+    );
+    assert!(gap < bound.as_secs_f64(), "{gap:.3} s");
 }
 
 fn listeners_of(n: &ClusterNode, channel: &str) -> Option<u32> {

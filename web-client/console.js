@@ -500,10 +500,15 @@ function renderRecording(m) {
   const base = (dir) => dir.split(/[\\/]/).pop();
   // In a cluster, the node that records: its disk holds the files.
   const on = m.node ? ` on ${m.node}` : '';
+  // A node that took the recording over by itself, after the node that recorded was lost.
+  const taken = m.active && m.taken_over_from ? ` · taken over from ${m.taken_over_from}` : '';
   el.recState.textContent = m.active
-    ? `● REC${on} ${base(m.dir)}`
+    ? `● REC${on} ${base(m.dir)}${taken}`
     : (last ? `stopped · ${base(last)}` : 'not recording');
-  el.recState.title = m.active ? (m.node ? `node ${m.node}: ${m.dir}` : m.dir) : (last || '');
+  el.recState.title = m.active
+    ? (m.node ? `node ${m.node}: ${m.dir}` : m.dir)
+      + (taken ? ` (taken over after node ${m.taken_over_from} was lost)` : '')
+    : (last || '');
   renderRecordHere();
 }
 

@@ -1,4 +1,5 @@
-//! Recording in a cluster: one node at a time, wherever the engineer chose.
+//! Recording in a cluster: one node at a time, wherever the engineer chose, and on another
+//! node when that one is lost.
 //!
 //! The node that records holds a claim: the key `recorder` in the JetStream key-value bucket
 //! `boothcast-record` (memory storage, entries gone [`RECORD_TTL`] after their last write),
@@ -15,8 +16,18 @@
 //! takes the claim then: at most [`RECORD_TTL`] later. Stopping from any node asks the holder
 //! the same way.
 //!
+//! Whether the event is to be recorded at all is the key `wanted` of the same bucket: written
+//! by a start (naming the node that records), deleted by a stop from any node, and kept alive by
+//! the deciding node and the holder (each writes it again with compare-and-set, so a stop is
+//! never undone). When the claim is gone while `wanted` stays (the holder was killed, or shut
+//! down), the nodes that can record take the recording over: the one whose `create` of the
+//! claim succeeds records, in files of its own; the deciding node tries first
+//! ([`TAKEOVER_OTHERS_AFTER`]), and a claim given up rather than run out is left a moment
+//! ([`TAKEOVER_GIVEN_UP_AFTER`]) to the node it moves to.
+//!
 //! Which node records is told to every node in the heartbeats (`NodeState::recording`), from
-//! which each node tells its engineers (`recording` with `node`).
+//! which each node tells its engineers (`recording` with `node`, and `taken_over_from` when
+//! the recording was taken over).
 
 use super::{bucket, Link};
 use crate::protocol::{ErrorCode, LogKind};
@@ -32,8 +43,9 @@ use std::time::{Duration, Instant};
 
 /// How long a recording node's claim lasts without renewal: a node cut off from NATS keeps
 /// recording this long less [`RECORD_MARGIN`] (a NATS restart of a few seconds does not cut
-/// a recording), and a node asked to record in place of a dead one waits at most this long.
-pub const RECORD_TTL: Duration = Duration::from_secs(10);
+/// a recording), and a recording whose node was killed is taken over by another node about
+/// this long after the dead node's last renewal: the gap in the recording.
+pub const RECORD_TTL: Duration = Duration::from_secs(5);
 /// How often the recording node renews its claim.
 pub const RECORD_RENEW: Duration = Duration::from_millis(500);
 /// A node that cannot renew its claim stops recording this long before the claim could run
@@ -48,9 +60,68 @@ const KV_TIMEOUT: Duration = Duration::from_secs(1);
 /// the moment; several engineers starting on several nodes at once end with the last one).
 const MAX_ASKS: usize = 4;
 
+/// How long a node that is not deciding leaves an expired claim to the deciding node before
+/// it tries to take the recording over itself (a deciding node without `--record` never
+/// tries).
+pub const TAKEOVER_OTHERS_AFTER: Duration = Duration::from_secs(1);
+/// How long a claim given up by its holder (deleted: a shutdown, or a move under way) is left
+/// to the node it moves to before the others take the recording over.
+pub const TAKEOVER_GIVEN_UP_AFTER: Duration = Duration::from_secs(2);
+/// How often the deciding node writes `wanted` again (it lives [`RECORD_TTL`]).
+const WANTED_REFRESH: Duration = Duration::from_secs(1);
+/// A node whose recorder failed to start when it took the recording over does not try again
+/// for this long (its disk is full, say): another node may.
+const TAKEOVER_FAILED_PAUSE: Duration = Duration::from_secs(30);
+
 const BUCKET: &str = "boothcast-record";
 const KEY: &str = "recorder";
+const WANTED: &str = "wanted";
 const ASK: &str = "boothcast.record";
+
+/// The value of `wanted`: the node that records (or, once it is lost, last recorded).
+#[derive(Debug, Serialize, Deserialize)]
+struct Wanted {
+    node: String,
+}
+
+impl Wanted {
+    fn json(node: &str) -> Bytes {
+        Bytes::from(
+            serde_json::to_vec(&Wanted {
+                node: node.to_string(),
+            })
+            .expect("serializable"),
+        )
+    }
+}
+
+/// A key as read: written (its value and revision), deleted (a marker left by a delete), or
+/// absent (never written, run out, or NATS restarted without it).
+enum Read {
+    Put(Bytes, u64),
+    Deleted,
+    Absent,
+}
+
+/// Reads `key`; `None` when NATS does not answer.
+async fn read(kv: &kv::Store, key: &str) -> Option<Read> {
+    match tokio::time::timeout(KV_TIMEOUT, kv.entry(key)).await {
+        Ok(Ok(Some(e))) if e.operation == kv::Operation::Put => {
+            Some(Read::Put(e.value, e.revision))
+        }
+        Ok(Ok(Some(_))) => Some(Read::Deleted),
+        Ok(Ok(None)) => Some(Read::Absent),
+        _ => None,
+    }
+}
+
+/// Why the claim is missing while recording is wanted, and since when (as seen here).
+#[derive(Debug, Clone, Copy)]
+struct Missing {
+    since: Instant,
+    /// Deleted by its holder rather than run out.
+    given_up: bool,
+}
 
 /// A request to the recording node: stop, because `to` records from now (`None`: the
 /// engineer stopped the recording from node `from`).
@@ -86,6 +157,12 @@ struct State {
     /// The recording stopped because NATS was away: it starts again when NATS is back and no
     /// other node has taken the claim meanwhile.
     resume: bool,
+    /// Recording is wanted and nobody holds the claim: since when, as seen here.
+    missing: Option<Missing>,
+    /// This node's last try to take the recording over failed: not before then again.
+    pause_until: Option<Instant>,
+    /// When this node (deciding) last wrote `wanted` again.
+    wanted_written: Option<Instant>,
 }
 
 /// This node's part in choosing where the cluster records.
@@ -96,6 +173,8 @@ pub(super) struct Coordinator {
     /// A request is being carried out: another one from an engineer is refused meanwhile (a
     /// bound on the tasks waiting here).
     busy: AtomicBool,
+    /// The node whose recording this node is taking over, for the recording it starts.
+    taking_over_from: std::sync::Mutex<Option<String>>,
 }
 
 fn refusal(message: String) -> Refusal {
@@ -112,7 +191,17 @@ impl Coordinator {
             recorder: OnceLock::new(),
             state: tokio::sync::Mutex::new(State::default()),
             busy: AtomicBool::new(false),
+            taking_over_from: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The node whose recording the one starting here takes over, if it does (read once, as
+    /// the recorder says it started).
+    pub(super) fn take_over_note(&self) -> Option<String> {
+        self.taking_over_from
+            .lock()
+            .expect("takeover lock poisoned")
+            .take()
     }
 
     /// The relay's recorder, which this node records with (set once, as the relay starts).
@@ -311,6 +400,7 @@ impl Coordinator {
         };
         st.held = Some((rev, sent + RECORD_TTL - RECORD_MARGIN));
         st.resume = false;
+        st.missing = None;
         if let Err(r) = recorder.set(relay, true).await {
             st.held = None;
             if let Some(kv) = &st.kv {
@@ -319,21 +409,55 @@ impl Coordinator {
             }
             return Err(r);
         }
+        // The event is to be recorded, here: if this node is lost, another takes it over.
+        if let Some(kv) = &st.kv {
+            let _ =
+                tokio::time::timeout(KV_TIMEOUT, kv.put(WANTED, Wanted::json(&link.node))).await;
+        }
         Ok(())
     }
 
     /// Stops the recording wherever it runs: here, or by asking the node that holds the claim.
+    /// `wanted` is deleted first, so that no node takes the recording over.
     async fn stop_anywhere(&self, link: &Link, relay: &Arc<Relay>) -> Result<(), Refusal> {
         let mut st = self.state.lock().await;
+        let kv = if link.connected() {
+            self.store(&mut st).await
+        } else {
+            None
+        };
+        let cleared = match &kv {
+            Some(kv) => matches!(
+                tokio::time::timeout(KV_TIMEOUT, kv.delete(WANTED)).await,
+                Ok(Ok(()))
+            ),
+            None => false,
+        };
         if self.stop_here(relay, &mut st).await {
+            if !cleared {
+                tracing::warn!(node = %link.node, "recording stopped without reaching NATS");
+                relay.log(
+                    LogKind::Recording,
+                    format!(
+                        "node {} stopped its recording without reaching NATS: the cluster still wants it recorded, and another node takes it over once this node's claim runs out (within {} s); stop it again from a node that reaches NATS",
+                        link.node,
+                        RECORD_TTL.as_secs()
+                    ),
+                );
+            }
             return Ok(());
         }
-        let Some(kv) = self.store(&mut st).await else {
+        let Some(kv) = kv else {
             return Err(refusal(format!(
                 "node {} cannot reach NATS: stop the recording from the node that records",
                 link.node
             )));
         };
+        if !cleared {
+            return Err(refusal(
+                "the recording's state in NATS cannot be changed: try again".into(),
+            ));
+        }
         drop(st);
         match Self::holder(&kv).await {
             Some((node, _)) if node != link.node => {
@@ -341,7 +465,7 @@ impl Coordinator {
                     Ok(())
                 } else {
                     Err(refusal(format!(
-                        "node {node} does not answer (gone, or cut off from NATS): cut off, it stops recording within {} s",
+                        "node {node} does not answer (gone, or cut off from NATS): no other node takes its recording over; cut off, it stops recording within {} s",
                         (RECORD_TTL - RECORD_MARGIN).as_secs()
                     )))
                 }
@@ -381,52 +505,258 @@ impl Coordinator {
     }
 }
 
+/// What one renewal of the claim came to.
+enum Renewal {
+    /// Renewed (or made again after NATS lost it): its new revision.
+    Renewed(u64),
+    /// Already renewed by a request whose answer was lost: its revision, the deadline unchanged.
+    Kept(u64),
+    /// Another node holds the claim now.
+    Moved(String),
+    /// No answer from NATS.
+    NoAnswer,
+}
+
+impl Coordinator {
+    /// One renewal of this node's claim (revision `rev`).
+    async fn renew_claim(&self, link: &Link, st: &mut State, rev: u64) -> Renewal {
+        let me = Bytes::from(link.node.clone());
+        let Some(kv) = self.store(st).await else {
+            return Renewal::NoAnswer;
+        };
+        match tokio::time::timeout(KV_TIMEOUT, kv.update(KEY, me.clone(), rev)).await {
+            Ok(Ok(rev)) => Renewal::Renewed(rev),
+            Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                match Self::holder(&kv).await {
+                    Some((node, _)) if node != link.node => Renewal::Moved(node),
+                    Some((_, rev)) => Renewal::Kept(rev),
+                    // NATS came back without the claim (memory storage): made again, and
+                    // `wanted` with it (unless a stop deleted it meanwhile).
+                    None => match tokio::time::timeout(KV_TIMEOUT, kv.create(KEY, me)).await {
+                        Ok(Ok(rev)) => {
+                            if let Some(Read::Absent) = read(&kv, WANTED).await {
+                                let _ = tokio::time::timeout(
+                                    KV_TIMEOUT,
+                                    kv.create(WANTED, Wanted::json(&link.node)),
+                                )
+                                .await;
+                            }
+                            Renewal::Renewed(rev)
+                        }
+                        _ => Renewal::NoAnswer,
+                    },
+                }
+            }
+            Ok(Err(_)) => {
+                st.kv = None;
+                Renewal::NoAnswer
+            }
+            Err(_) => Renewal::NoAnswer,
+        }
+    }
+
+    /// After an outage of NATS that stopped this node's recording: records again unless
+    /// another node took the claim, or a stop deleted `wanted`, meanwhile.
+    async fn resume(&self, link: &Link, relay: &Arc<Relay>, st: &mut State) {
+        let Some(kv) = self.store(st).await else {
+            return;
+        };
+        let wanted = match read(&kv, WANTED).await {
+            None => return,
+            Some(Read::Deleted) => {
+                st.resume = false;
+                return;
+            }
+            Some(w) => w,
+        };
+        let sent = Instant::now();
+        match tokio::time::timeout(KV_TIMEOUT, kv.create(KEY, Bytes::from(link.node.clone()))).await
+        {
+            Ok(Ok(rev)) => {
+                st.held = Some((rev, sent + RECORD_TTL - RECORD_MARGIN));
+                st.resume = false;
+                let recorder = self.recorder.get().expect("it recorded before");
+                if let Err(r) = recorder.set(relay, true).await {
+                    st.held = None;
+                    let _ =
+                        tokio::time::timeout(KV_TIMEOUT, kv.delete_expect_revision(KEY, Some(rev)))
+                            .await;
+                    relay.log(LogKind::Recording, r.message);
+                    return;
+                }
+                // `wanted` names this node again (made again if NATS lost it).
+                let me = Wanted::json(&link.node);
+                let _ = tokio::time::timeout(KV_TIMEOUT, async {
+                    let _ = match wanted {
+                        Read::Put(_, wrev) => kv.update(WANTED, me, wrev).await.is_ok(),
+                        _ => kv.create(WANTED, me).await.is_ok(),
+                    };
+                })
+                .await;
+            }
+            Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => st.resume = false,
+            _ => st.kv = None,
+        }
+    }
+
+    /// Every node reaching NATS, every [`RECORD_RENEW`]: the deciding node keeps `wanted`
+    /// alive; a node that can record and does not, while recording is wanted and nobody holds
+    /// the claim, takes the recording over (the deciding node at once, the others
+    /// [`TAKEOVER_OTHERS_AFTER`] later; a claim given up, [`TAKEOVER_GIVEN_UP_AFTER`] later).
+    async fn watch(&self, link: &Link, relay: &Arc<Relay>, st: &mut State) {
+        let Some(kv) = self.store(st).await else {
+            return;
+        };
+        let Some(Read::Put(value, wrev)) = read(&kv, WANTED).await else {
+            st.missing = None;
+            return;
+        };
+        let leading = link.leading();
+        if leading
+            && st
+                .wanted_written
+                .is_none_or(|t| t.elapsed() >= WANTED_REFRESH)
+        {
+            // With its revision: a stop that deleted it meanwhile stands.
+            st.wanted_written = Some(Instant::now());
+            let _ = tokio::time::timeout(KV_TIMEOUT, kv.update(WANTED, value.clone(), wrev)).await;
+        }
+        let can_record = self.recorder.get().is_some_and(Recorder::can_record);
+        if st.held.is_some()
+            || st.resume
+            || !can_record
+            || st.pause_until.is_some_and(|t| Instant::now() < t)
+        {
+            st.missing = None;
+            return;
+        }
+        let given_up = match read(&kv, KEY).await {
+            None => return,
+            Some(Read::Put(..)) => {
+                st.missing = None;
+                return;
+            }
+            Some(Read::Deleted) => true,
+            Some(Read::Absent) => false,
+        };
+        let missing = match st.missing {
+            Some(m) if m.given_up == given_up => m,
+            _ => *st.missing.insert(Missing {
+                since: Instant::now(),
+                given_up,
+            }),
+        };
+        let mut wait = Duration::ZERO;
+        if given_up {
+            wait += TAKEOVER_GIVEN_UP_AFTER;
+        }
+        if !leading {
+            wait += TAKEOVER_OTHERS_AFTER;
+        }
+        if missing.since.elapsed() < wait {
+            return;
+        }
+        let lost = serde_json::from_slice::<Wanted>(&value)
+            .map(|w| w.node)
+            .unwrap_or_else(|_| "?".into());
+        self.take_over(link, relay, st, &kv, lost, given_up).await;
+    }
+
+    /// Takes the recording over from `lost`: the claim first (one node only succeeds), then
+    /// `wanted` read again (a stop that deleted it before the claim was taken stands; one that
+    /// comes after finds the claim and asks this node), then the recorder, in files of its own.
+    async fn take_over(
+        &self,
+        link: &Link,
+        relay: &Arc<Relay>,
+        st: &mut State,
+        kv: &kv::Store,
+        lost: String,
+        given_up: bool,
+    ) {
+        let sent = Instant::now();
+        let rev =
+            match tokio::time::timeout(KV_TIMEOUT, kv.create(KEY, Bytes::from(link.node.clone())))
+                .await
+            {
+                Ok(Ok(rev)) => rev,
+                // Another node was first, or no answer.
+                _ => return,
+            };
+        st.missing = None;
+        let Some(Read::Put(_, wrev)) = read(kv, WANTED).await else {
+            let _ =
+                tokio::time::timeout(KV_TIMEOUT, kv.delete_expect_revision(KEY, Some(rev))).await;
+            return;
+        };
+        st.held = Some((rev, sent + RECORD_TTL - RECORD_MARGIN));
+        let why = if given_up {
+            format!("node {lost} let it go and no node took it")
+        } else {
+            format!("node {lost} was lost (its claim ran out)")
+        };
+        tracing::warn!(node = %link.node, lost = %lost, "taking the recording over");
+        *self
+            .taking_over_from
+            .lock()
+            .expect("takeover lock poisoned") = Some(lost);
+        let recorder = self.recorder.get().expect("checked by the caller");
+        if let Err(r) = recorder.set(relay, true).await {
+            self.take_over_note();
+            st.held = None;
+            st.pause_until = Some(Instant::now() + TAKEOVER_FAILED_PAUSE);
+            let _ =
+                tokio::time::timeout(KV_TIMEOUT, kv.delete_expect_revision(KEY, Some(rev))).await;
+            relay.log(
+                LogKind::Recording,
+                format!(
+                    "node {} cannot take the recording over ({why}): {}",
+                    link.node, r.message
+                ),
+            );
+            return;
+        }
+        let _ = tokio::time::timeout(
+            KV_TIMEOUT,
+            kv.update(WANTED, Wanted::json(&link.node), wrev),
+        )
+        .await;
+        relay.log(
+            LogKind::Recording,
+            format!("node {} took the recording over: {why}", link.node),
+        );
+    }
+}
+
 /// Renews this node's claim while it records; stops recording when the claim went to another
 /// node or could not be renewed in time; starts again after an outage of NATS if nobody else
-/// took the claim.
+/// took the claim; keeps `wanted` alive while deciding, and takes the recording over when its
+/// node is lost ([`Coordinator::watch`]).
 pub(super) async fn renew(coord: Arc<Coordinator>, relay: Arc<Relay>, link: Arc<Link>) {
     let mut tick = tokio::time::interval(RECORD_RENEW);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let me = Bytes::from(link.node.clone());
     loop {
         tick.tick().await;
         let mut st = coord.state.lock().await;
         if let Some((rev, until)) = st.held {
             let sent = Instant::now();
-            let r = match coord.store(&mut st).await {
-                Some(kv) => tokio::time::timeout(KV_TIMEOUT, kv.update(KEY, me.clone(), rev))
-                    .await
-                    .ok(),
-                None => None,
-            };
+            // Bounded by the deadline: past it this node must have stopped, whatever NATS does.
+            let r = tokio::time::timeout_at(until.into(), coord.renew_claim(&link, &mut st, rev))
+                .await
+                .unwrap_or(Renewal::NoAnswer);
             match r {
-                Some(Ok(rev)) => st.held = Some((rev, sent + RECORD_TTL - RECORD_MARGIN)),
-                Some(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                    let kv = st.kv.clone().expect("just used");
-                    match Coordinator::holder(&kv).await {
-                        Some((node, _)) if node != link.node => {
-                            coord.stop_here(&relay, &mut st).await;
-                            relay.log(
-                                LogKind::Recording,
-                                format!(
-                                    "node {} stopped recording: node {node} records",
-                                    link.node
-                                ),
-                            );
-                        }
-                        Some((_, rev)) => st.held = Some((rev, until)),
-                        // NATS came back without the claim (memory storage): made again.
-                        None => {
-                            if let Ok(Ok(rev)) =
-                                tokio::time::timeout(KV_TIMEOUT, kv.create(KEY, me.clone())).await
-                            {
-                                st.held = Some((rev, sent + RECORD_TTL - RECORD_MARGIN));
-                            }
-                        }
-                    }
+                Renewal::Renewed(rev) => {
+                    st.held = Some((rev, sent + RECORD_TTL - RECORD_MARGIN));
                 }
-                Some(Err(_)) => st.kv = None,
-                None => {}
+                Renewal::Kept(rev) => st.held = Some((rev, until)),
+                Renewal::Moved(node) => {
+                    coord.stop_here(&relay, &mut st).await;
+                    relay.log(
+                        LogKind::Recording,
+                        format!("node {} stopped recording: node {node} records", link.node),
+                    );
+                }
+                Renewal::NoAnswer => {}
             }
             if st.held.is_some_and(|(_, until)| Instant::now() >= until) {
                 coord.stop_here(&relay, &mut st).await;
@@ -435,33 +765,23 @@ pub(super) async fn renew(coord: Arc<Coordinator>, relay: Arc<Relay>, link: Arc<
                 relay.log(
                     LogKind::Recording,
                     format!(
-                        "node {} cannot reach NATS: recording stopped here (a node records only while the cluster knows it does); it starts again when NATS is back",
+                        "node {} cannot reach NATS: recording stopped here (a node records only while the cluster knows it does); it starts again here when NATS is back, unless another node took it over",
                         link.node
                     ),
                 );
             }
         } else if st.resume && link.connected() {
-            let Some(kv) = coord.store(&mut st).await else {
-                continue;
-            };
-            let sent = Instant::now();
-            match tokio::time::timeout(KV_TIMEOUT, kv.create(KEY, me.clone())).await {
-                Ok(Ok(rev)) => {
-                    st.held = Some((rev, sent + RECORD_TTL - RECORD_MARGIN));
-                    st.resume = false;
-                    let recorder = coord.recorder.get().expect("it recorded before");
-                    if let Err(r) = recorder.set(&relay, true).await {
-                        st.held = None;
-                        let _ = tokio::time::timeout(
-                            KV_TIMEOUT,
-                            kv.delete_expect_revision(KEY, Some(rev)),
-                        )
-                        .await;
-                        relay.log(LogKind::Recording, r.message);
-                    }
+            coord.resume(&link, &relay, &mut st).await;
+        }
+        if link.connected() {
+            match st.held {
+                // A holder's look never carries it past the deadline of its claim.
+                Some((_, until)) => {
+                    let _ =
+                        tokio::time::timeout_at(until.into(), coord.watch(&link, &relay, &mut st))
+                            .await;
                 }
-                Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => st.resume = false,
-                _ => st.kv = None,
+                None => coord.watch(&link, &relay, &mut st).await,
             }
         }
     }
