@@ -180,9 +180,9 @@ pub enum Delivery {
     /// Each frame as it comes: the least delay, for delegates in the hall (lip-sync).
     #[default]
     Live,
-    /// Frames gathered and written together every 100 ms (`server::RELAXED_EVERY`): up to
-    /// 100 ms more delay for a tenth of the relay's work per listener, for audiences that do
-    /// not watch the speaker (a remote audience, an overflow room, an HTTP stream).
+    /// Frames gathered and written together every 200 ms (`server::RELAXED_EVERY`): up to
+    /// 200 ms more delay for one write in ten, for audiences that do not watch the speaker (a
+    /// remote audience, an overflow room).
     Relaxed,
 }
 

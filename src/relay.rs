@@ -23,9 +23,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc, watch};
 
 /// Frames each channel's queue holds. A listener further behind than this has lost frames
-/// and is moved on to live. 32 frames is 640 ms at 20 ms frames: enough to ride out a
-/// scheduling hiccup, far less than anyone would accept as delay.
-pub const CHANNEL_QUEUE: usize = 32;
+/// and is moved on to live. 64 frames is 1.28 s at 20 ms frames: a relaxed listener, written
+/// every 200 ms, rides out a late tick within it; a live one is moved on at 8 frames anyway.
+pub const CHANNEL_QUEUE: usize = 64;
 /// Control messages queued for one connection; past this the connection is too slow to be
 /// told anything and is closed.
 pub const SESSION_QUEUE: usize = 64;

@@ -151,9 +151,10 @@ fn ticker(period: Duration, phases: usize) -> Arc<[watch::Receiver<()>]> {
     rxs.into()
 }
 
-/// Phases of the listeners' pings (100 ms apart) and of the relaxed writes (10 ms apart).
+/// Phases of the listeners' pings (100 ms apart) and of the relaxed writes (10 ms apart): a
+/// tick wakes a fiftieth or a twentieth of the listeners, not all of them at once.
 const PING_PHASES: usize = 50;
-const RELAXED_PHASES: usize = 10;
+const RELAXED_PHASES: usize = 20;
 
 /// Serves the relay on an already-bound listener until `shutdown` completes.
 pub async fn run(
@@ -1454,11 +1455,12 @@ fn take_queued(
 }
 
 /// How often frames are written to listeners of the relaxed class.
-pub const RELAXED_EVERY: Duration = Duration::from_millis(100);
-/// Frames a relaxed listener may have waiting before it is moved on to live: 480 ms at 20 ms
-/// frames, room for a tick that comes late; past it the newest `RELAXED_KEEP` are kept.
-pub const RELAXED_BACKLOG: usize = 24;
-pub const RELAXED_KEEP: usize = 5;
+pub const RELAXED_EVERY: Duration = Duration::from_millis(200);
+/// Frames a relaxed listener may have waiting before it is moved on to live: 960 ms at 20 ms
+/// frames, room for a tick that comes late (under the channel queue's 64); past it the newest
+/// `RELAXED_KEEP` (one write's worth) are kept.
+pub const RELAXED_BACKLOG: usize = 48;
+pub const RELAXED_KEEP: usize = 10;
 
 /// Runs a write, arming the timeout only if the write does not complete at once: nearly every
 /// write does, and a timer per frame per listener is a cost paid thousands of times a frame.
