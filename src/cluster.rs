@@ -22,6 +22,9 @@
 //! - `boothcast.nodes`: each node's heartbeat ([`NodeState`], every second): its address,
 //!   health and listeners per channel (the audience is summed over the nodes heard from
 //!   within [`NODE_STALE`]).
+//! - `boothcast.log`, `boothcast.health`: each node's own event-log entries, as logged, and
+//!   its senders' connection health, every second; every node's engineers get the merged log
+//!   and health, each entry and sender tagged with its node (`merged.rs`).
 //!
 //! JetStream key-value (memory storage) holds only what must be agreed on: the lease, the
 //! event's fingerprint (`boothcast-event`: channels, booths and hashes of the secrets, never
@@ -36,6 +39,7 @@
 //! consoles and listeners alone ("isolated": said in the log, the event log and `/metrics`)
 //! and follows the cluster again once NATS is back.
 
+mod merged;
 mod recording;
 mod view;
 
@@ -44,7 +48,7 @@ pub use recording::{
 };
 
 use crate::config::Event;
-use crate::protocol::{ConsoleState, LogKind, ServerMessage};
+use crate::protocol::{ConsoleState, LogKind, SenderHealth, ServerMessage};
 use crate::relay::{Outbound, Relay};
 use crate::rules::{Command, Session};
 use async_nats::jetstream::kv;
@@ -332,6 +336,9 @@ pub struct Link {
     recorder: Arc<recording::Coordinator>,
     /// The nodes as engineers see them (`ServerMessage::Cluster`), once a second.
     view_tx: watch::Sender<Bytes>,
+    /// The other nodes' senders' health, by node: when last heard, and what it said
+    /// (`merged.rs`).
+    peer_health: Mutex<BTreeMap<String, (Instant, Vec<SenderHealth>)>>,
     pub counters: Counters,
 }
 
@@ -398,14 +405,29 @@ impl Link {
 
     /// This node's recorder started (`Some(dir)`) or stopped: the other nodes are told at
     /// once, and this node's engineers where the cluster records.
+    /// Logged here, for every node's engineers.
     pub fn local_recording(&self, relay: &Relay, dir: Option<String>) {
-        *self.recording.lock().expect("recording lock poisoned") = dir.map(|dir| RecordingAt {
+        let now = dir.map(|dir| RecordingAt {
             dir,
             since_ms: crate::relay::unix_micros() / 1000,
             taken_over_from: self.recorder.take_over_note(),
         });
+        let text = match &now {
+            Some(RecordingAt {
+                dir,
+                taken_over_from: Some(lost),
+                ..
+            }) => format!(
+                "recording on node {} in {dir}, taken over from node {lost}",
+                self.node
+            ),
+            Some(r) => format!("recording on node {} in {}", self.node, r.dir),
+            None => format!("recording on node {} stopped", self.node),
+        };
+        *self.recording.lock().expect("recording lock poisoned") = now;
         self.beat(relay);
         self.refresh_recording(relay);
+        relay.log(LogKind::Recording, text);
     }
 
     /// Tells this node's engineers where the cluster records: this node, or the node heard
@@ -1009,6 +1031,7 @@ pub async fn join(relay: Arc<Relay>, options: Options) -> Result<Arc<Link>, Erro
         recording: Mutex::new(None),
         recorder: recorder.clone(),
         view_tx: watch::channel(Bytes::new()).0,
+        peer_health: Mutex::new(BTreeMap::new()),
         counters: Counters::default(),
     });
     relay.set_cluster(link.clone(), ((prefix as u64) << SESSION_BITS) | 1);
@@ -1017,6 +1040,7 @@ pub async fn join(relay: Arc<Relay>, options: Options) -> Result<Arc<Link>, Erro
     tokio::spawn(node_inbox(client.clone(), relay.clone(), prefix));
     tokio::spawn(state_inbox(client.clone(), relay.clone(), link.clone()));
     tokio::spawn(interest(client.clone(), relay.clone(), link.clone()));
+    tokio::spawn(merged::inbox(client.clone(), relay.clone(), link.clone()));
     drop((event_kv, nodes_kv));
     tokio::spawn(heartbeat(
         client.clone(),
@@ -1233,6 +1257,7 @@ async fn heartbeat(
         tick.tick().await;
         n += 1;
         link.beat(&relay);
+        link.publish_health(&relay);
         // A recording node gone silent no longer records, as far as engineers here can tell.
         link.refresh_recording(&relay);
         link.publish_view(&relay);
@@ -1551,13 +1576,14 @@ fn handle(relay: &Arc<Relay>, link: &Arc<Link>, epoch: u64, msg: ToLeader) {
         ToLeader::ForceMute { booth, console } => {
             let _ = relay.force_mute(&booth, &console);
         }
-        ToLeader::Gone { session, reason } => {
+        ToLeader::Gone { session, .. } => {
             link.remote
                 .lock()
                 .expect("remote lock poisoned")
                 .0
                 .remove(&session);
-            relay.unregister_because(session, reason.as_deref());
+            // Its own node logged its departure, with the reason.
+            relay.unregister_because(session, None);
         }
         ToLeader::Sync {
             epoch: e,

@@ -348,6 +348,10 @@ pub struct SenderHealth {
     /// frames stopped shows here first, before its deadline closes it.
     #[serde(default)]
     pub silent_ms: Option<u64>,
+    /// In a cluster: the node the sender is connected to, which measured these figures.
+    /// Absent from a relay alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// One relay of a cluster as the node the engineer is connected to sees it.
@@ -394,6 +398,10 @@ pub struct LogEntry {
     pub kind: LogKind,
     /// What happened, for people.
     pub text: String,
+    /// In a cluster: the node the entry is about: the node of the booth console or floor feed
+    /// it concerns, else the node that logged it. Absent from a relay alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// What an event-log entry is about.

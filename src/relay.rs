@@ -275,16 +275,52 @@ impl Relay {
         }
         self.health
             .insert(session, (who.to_string(), Health::default()));
-        self.log(LogKind::Connect, format!("{who} connected"));
+        // In a cluster the decider also learns the other nodes' senders: their own node logs
+        // them.
+        if self.here(session) {
+            self.log_about(session, LogKind::Connect, format!("{who} connected"));
+        }
     }
 
-    /// Adds an entry to the event log and sends it to the engineers.
+    /// Adds an entry to the event log and sends it to the engineers (in a cluster, to every
+    /// node's, tagged with this node).
     pub fn log(&self, kind: LogKind, text: String) {
+        let node = self.cluster.get().map(|c| c.node().to_string());
+        self.log_tagged(node, kind, text);
+    }
+
+    /// Whether `session` is connected to this relay (in a cluster, the deciding node also
+    /// knows the other nodes' senders).
+    fn here(&self, session: Session) -> bool {
+        self.cluster.get().is_none_or(|c| c.is_local(session))
+    }
+
+    /// An entry about sender `session`: in a cluster, tagged with the node it is connected to.
+    fn log_about(&self, session: Session, kind: LogKind, text: String) {
+        let node = self.cluster.get().map(|c| c.node_of(session));
+        self.log_tagged(node, kind, text);
+    }
+
+    fn log_tagged(&self, node: Option<String>, kind: LogKind, text: String) {
         let entry = LogEntry {
             t: unix_micros() / 1000,
             kind,
             text,
+            node,
         };
+        if let Some(c) = self.cluster.get() {
+            c.publish_log(&entry);
+        }
+        self.keep_log(entry);
+    }
+
+    /// An entry another node of the cluster logged: kept and sent to this node's engineers,
+    /// never published again.
+    pub fn log_remote(&self, entry: LogEntry) {
+        self.keep_log(entry);
+    }
+
+    fn keep_log(&self, entry: LogEntry) {
         let json = ServerMessage::Log {
             entries: vec![entry.clone()],
         }
@@ -327,10 +363,14 @@ impl Relay {
         self.health_tx.subscribe()
     }
 
-    fn health_report(&self) -> Vec<crate::protocol::SenderHealth> {
+    /// Connection health of this relay's own senders (in a cluster, tagged with this node:
+    /// the decider also knows the other nodes' senders, whose own nodes measure them).
+    pub fn local_health(&self) -> Vec<crate::protocol::SenderHealth> {
+        let node = self.cluster.get().map(|c| c.node().to_string());
         let mut out: Vec<_> = self
             .health
             .iter()
+            .filter(|e| self.here(*e.key()))
             .map(|e| {
                 let (who, h) = e.value();
                 crate::protocol::SenderHealth {
@@ -348,6 +388,7 @@ impl Relay {
                         .get(who)
                         .map(|n| n.saturating_sub(1))
                         .unwrap_or(0),
+                    node: node.clone(),
                 }
             })
             .collect();
@@ -367,6 +408,8 @@ impl Relay {
 
     /// A connection ended; a sender's entry in the event log says why when it is known
     /// (`no answer for 3 s (path dead)`).
+    /// In a cluster, a sender of another node is logged here only with a reason (its node is
+    /// gone, so nobody else can): its own node logs its departure.
     pub fn unregister_because(&self, session: Session, reason: Option<&str>) {
         self.sessions.remove(&session);
         if let Some((_, (who, _))) = self.health.remove(&session) {
@@ -374,7 +417,9 @@ impl Relay {
                 Some(r) => format!("{who} disconnected: {r}"),
                 None => format!("{who} disconnected"),
             };
-            self.log(LogKind::Disconnect, text);
+            if reason.is_some() || self.here(session) {
+                self.log_about(session, LogKind::Disconnect, text);
+            }
         }
         if let Some(c) = self.cluster.get() {
             c.local_gone(session);
@@ -552,7 +597,7 @@ impl Relay {
             (Ok(()), Command::Cough(_)) => None,
         };
         if let Some((kind, text)) = entry {
-            self.log(kind, text);
+            self.log_about(session, kind, text);
         }
         result
     }
@@ -896,7 +941,8 @@ impl Relay {
             }
             changed
         });
-        if changed {
+        // In a cluster the recording node logs its own start and stop, for every node.
+        if changed && self.cluster.get().is_none() {
             self.log(LogKind::Recording, text);
         }
     }
@@ -968,10 +1014,11 @@ impl Relay {
                 last_levels = levels;
             }
             if n.is_multiple_of(10) {
-                let json = ServerMessage::Health {
-                    senders: self.health_report(),
-                }
-                .to_json();
+                let senders = match self.cluster.get() {
+                    Some(c) => c.health(self.local_health()),
+                    None => self.local_health(),
+                };
+                let json = ServerMessage::Health { senders }.to_json();
                 self.health_tx.send_replace(Bytes::from(json));
                 let audience = self.audience();
                 if audience != last_audience {
@@ -1043,7 +1090,7 @@ impl Relay {
                 u8::from(c.live.is_some())
             );
         }
-        let senders = self.health_report();
+        let senders = self.local_health();
         let per_sender: [SenderMetric; 5] = [
             (
                 "boothcast_sender_rtt_seconds",

@@ -6,7 +6,9 @@ mod proc;
 mod support;
 
 use boothcast::cluster::RECORD_TTL;
-use boothcast::protocol::{ClusterNode, ConsoleState, NodeHealth, ServerMessage};
+use boothcast::protocol::{
+    ClusterNode, ConsoleState, LogEntry, NodeHealth, SenderHealth, ServerMessage,
+};
 use proc::{tmpdir, tone, Proc};
 use serde_json::json;
 use std::net::{SocketAddr, TcpListener};
@@ -1032,6 +1034,143 @@ async fn a_recording_whose_node_is_killed_is_taken_over_by_another_node() {
         -gap
     );
     assert!(gap < bound.as_secs_f64(), "{gap:.3} s");
+}
+
+/// Log entries an engineer receives until `done` says they are enough (all of them, from its
+/// connection on, kept in order).
+async fn log_until(
+    engineer: &mut Client,
+    what: &str,
+    done: impl Fn(&[LogEntry]) -> bool,
+) -> Vec<LogEntry> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut all: Vec<LogEntry> = engineer
+        .seen
+        .iter()
+        .filter_map(|m| match m {
+            ServerMessage::Log { entries } => Some(entries.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    while !done(&all) {
+        assert!(Instant::now() < deadline, "no {what} in the log: {all:#?}");
+        if let support::In::Text(ServerMessage::Log { entries }) = engineer.recv().await {
+            all.extend(entries);
+        }
+    }
+    all
+}
+
+/// The first `health` whose senders `fit`.
+async fn health_until(
+    engineer: &mut Client,
+    what: &str,
+    fit: impl Fn(&[SenderHealth]) -> bool,
+) -> Vec<SenderHealth> {
+    engineer
+        .wait_text(what, |m| match m {
+            ServerMessage::Health { senders } if fit(senders) => Some(senders.clone()),
+            _ => None,
+        })
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_s_log_and_senders_reach_the_engineer_tagged_with_their_node() {
+    // A relay alone: entries and senders carry no node.
+    let alone = support::TestRelay::start_with(EVENT, &|_| None).await;
+    let mut e = engineer(&alone.url).await;
+    let _console = Client::console(&alone.url, "en", "1").await;
+    let log = log_until(&mut e, "en/1 connected", |l| {
+        l.iter().any(|x| x.text == "en/1 connected")
+    })
+    .await;
+    assert!(log.iter().all(|x| x.node.is_none()), "{log:?}");
+    let senders = health_until(&mut e, "en/1 in health", |s| {
+        s.iter().any(|s| s.who == "en/1")
+    })
+    .await;
+    assert!(senders.iter().all(|s| s.node.is_none()), "{senders:?}");
+    alone.stop().await;
+
+    let dir = tmpdir("merged");
+    let (_nats, a, b, c) = cluster(&dir).await;
+    let mut on_c = engineer(&c.ws).await;
+    let mut on_a = engineer(&a.ws).await;
+    // A console on b, which does not decide: b logs its connection, a (deciding) its going
+    // live; both entries are about b. A floor on c itself.
+    let _floor = Client::floor(&c.ws).await;
+    let mut console = Client::console(&b.ws, "en", "1").await;
+    console.pump(4, 60);
+    let t = Instant::now();
+    console.text(json!({"type": "live"}));
+    let both = |l: &[LogEntry]| {
+        l.iter().any(|x| x.text == "en/1 connected")
+            && l.iter().any(|x| x.text == "en/1 live on plenary/en")
+            && l.iter().any(|x| x.text == "floor connected")
+    };
+    let log = log_until(&mut on_c, "b's console connected and live", both).await;
+    println!(
+        "a console command on node b in the log of an engineer on node c after {:?}",
+        t.elapsed()
+    );
+    console
+        .console_state(|s| s.live.as_deref() == Some("plenary/en"))
+        .await;
+    for text in ["en/1 connected", "en/1 live on plenary/en"] {
+        let found: Vec<&LogEntry> = log.iter().filter(|x| x.text == text).collect();
+        assert_eq!(found.len(), 1, "`{text}` not once: {log:#?}");
+        assert_eq!(found[0].node.as_deref(), Some("b"), "{:?}", found[0]);
+    }
+    let floor = log
+        .iter()
+        .find(|x| x.text == "floor connected")
+        .expect("the floor's connection in c's log");
+    assert_eq!(floor.node.as_deref(), Some("c"));
+    // The deciding node, which knows b's console too, logs it once as well.
+    let log = log_until(&mut on_a, "b's console connected and live", both).await;
+    assert_eq!(
+        log.iter().filter(|x| x.text == "en/1 connected").count(),
+        1,
+        "{log:#?}"
+    );
+    // Health: b's console as b measures it, c's floor; each once, on every node.
+    for (on, name) in [(&mut on_c, "c"), (&mut on_a, "a")] {
+        let senders = health_until(on, "b's console and c's floor with frames", |s| {
+            s.iter()
+                .any(|s| s.who == "en/1" && s.node.as_deref() == Some("b") && s.frames > 0)
+                && s.iter().any(|s| s.who == "floor")
+        })
+        .await;
+        assert_eq!(senders.len(), 2, "on {name}: {senders:#?}");
+        let floor = senders.iter().find(|s| s.who == "floor").unwrap();
+        assert_eq!(floor.node.as_deref(), Some("c"), "on {name}: {floor:?}");
+    }
+
+    // b killed: its console leaves c's health within a few seconds, and the deciding node
+    // logs its departure, about b.
+    on_c.seen.clear();
+    let t = Instant::now();
+    drop(b);
+    health_until(&mut on_c, "b's console gone", |s| {
+        s.iter().all(|s| s.node.as_deref() != Some("b"))
+    })
+    .await;
+    println!(
+        "node b killed: its console left c's health view after {:?}",
+        t.elapsed()
+    );
+    let log = log_until(&mut on_c, "b's console gone with b", |l| {
+        l.iter()
+            .any(|x| x.text == "en/1 disconnected: its relay node is gone")
+    })
+    .await;
+    let gone = log
+        .iter()
+        .find(|x| x.text == "en/1 disconnected: its relay node is gone")
+        .unwrap();
+    assert_eq!(gone.node.as_deref(), Some("b"), "{gone:?}");
 }
 
 fn listeners_of(n: &ClusterNode, channel: &str) -> Option<u32> {

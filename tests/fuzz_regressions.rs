@@ -163,6 +163,7 @@ fn figures_read_back_exactly() {
             reconnects: 0,
             overruns: 0,
             silent_ms: None,
+            node: None,
         }],
     };
     assert_eq!(ServerMessage::parse(&sent.to_json()).unwrap(), sent);

@@ -24,7 +24,7 @@ const el = {
   recHere: $('rec-here'), clusterSection: $('cluster-section'), cluster: $('cluster').tBodies[0],
   monState: $('mon-state'), volume: $('volume'), signOut: $('sign-out'), login: $('login'),
   secret: $('secret'), refusal: $('refusal'), desk: $('desk'), channels: $('channels').tBodies[0],
-  health: $('health').tBodies[0], log: $('log'), notice: $('notice'),
+  healthTable: $('health'), health: $('health').tBodies[0], log: $('log'), notice: $('notice'),
 };
 
 // What the page knows; every relay message carries complete state of its kind.
@@ -448,22 +448,28 @@ const STALL_MS = 500;
 function renderHealth(senders) {
   const liveOn = new Map(state.channels.filter((c) => c.live)
     .map((c) => [`${c.live.booth}/${c.live.console}`, c.lang]));
+  // In a cluster each sender says which relay it is connected to (and which measured it).
+  const clustered = senders.some((s) => s.node);
+  el.healthTable.classList.toggle('clustered', clustered);
   const rows = senders.map((s) => {
     const tr = document.createElement('tr');
     tr.dataset.who = s.who;
+    if (s.node) tr.dataset.node = s.node;
     const live = liveOn.get(s.who);
     // A live console (or the floor) whose frames stopped: the channel carries nothing until
     // the relay gives up on the connection (3 s) and the floor comes back after the hold.
     const stalled = (live || s.who.startsWith('floor')) && s.silent_ms > STALL_MS;
     const name = live ? `${s.who} · live ${live}` : s.who;
     const cells = [
-      stalled ? `${name} · NO FRAMES ${(s.silent_ms / 1000).toFixed(1)} s` : name, fixed(s.rtt_ms, 1), fixed(s.jitter_ms, 1), String(s.frames), String(s.lost),
+      stalled ? `${name} · NO FRAMES ${(s.silent_ms / 1000).toFixed(1)} s` : name, s.node || '',
+      fixed(s.rtt_ms, 1), fixed(s.jitter_ms, 1), String(s.frames), String(s.lost),
       String(s.reconnects), s.overruns === undefined ? '—' : String(s.overruns),
     ];
     cells.forEach((text, i) => {
       const td = tr.insertCell();
       td.textContent = text;
-      if (i > 0) td.className = 'num';
+      if (i === 1) td.className = 'node-col';
+      else if (i > 1) td.className = 'num';
     });
     // Draw the eye to what needs attention: frames stopped, a slow link, losses, a flapping
     // connection.
@@ -471,16 +477,16 @@ function renderHealth(senders) {
       tr.cells[0].classList.add('warn');
       tr.dataset.stalled = 'true';
     }
-    if (s.rtt_ms > 100 || s.jitter_ms > 20) tr.cells[1].classList.add('warn');
-    if (s.lost > 0) tr.cells[4].classList.add('warn');
-    if (s.reconnects > 0) tr.cells[5].classList.add('warn');
-    if (s.overruns > 0) tr.cells[6].classList.add('warn');
+    if (s.rtt_ms > 100 || s.jitter_ms > 20) tr.cells[2].classList.add('warn');
+    if (s.lost > 0) tr.cells[5].classList.add('warn');
+    if (s.reconnects > 0) tr.cells[6].classList.add('warn');
+    if (s.overruns > 0) tr.cells[7].classList.add('warn');
     return tr;
   });
   if (rows.length === 0) {
     const tr = document.createElement('tr');
     const td = tr.insertCell();
-    td.colSpan = 7;
+    td.colSpan = 8;
     td.className = 'empty';
     td.textContent = 'no booth console or floor feed connected';
     rows.push(tr);
@@ -607,7 +613,16 @@ function renderLog(entries) {
     kind.className = 'kind';
     kind.textContent = e.kind.replace('_', '-');
     const text = document.createElement('span');
-    text.textContent = e.text;
+    if (e.node) {
+      // In a cluster: the relay the entry is about (the sender's, else the one that logged it).
+      li.dataset.node = e.node;
+      const node = document.createElement('span');
+      node.className = 'node';
+      node.textContent = e.node;
+      node.title = `relay ${e.node}`;
+      text.append(node);
+    }
+    text.append(e.text);
     li.append(t, kind, text);
     return li;
   });

@@ -296,6 +296,8 @@ await s.run('console', async ({ launch }) => {
   s.assert(relays[1].node === 'a' && relays[1].health === 'deciding', `a deciding: ${JSON.stringify(relays)}`);
   s.assert(relays[1].text.includes(a.addr), `a's address shown: ${relays[1].text}`);
   await onB.waitForFunction(() => /REC on b/.test(document.querySelector('#rec-state').textContent));
+  // In a cluster each log entry names its relay.
+  await onB.waitForSelector('#log li[data-kind="recording"][data-node="b"] .node');
   s.assert(!(await onB.isVisible('#rec-here')), 'offers to record here where it records');
   const clusterShot = join(s.SCREENSHOTS, 'console-cluster.png');
   await onB.screenshot({ path: clusterShot });
