@@ -4,11 +4,16 @@
 #   scripts/bench.sh load LISTENERS SECONDS [CHANNELS]   listeners receiving 20 ms frames
 #   scripts/bench.sh relaxed LISTENERS SECONDS [CHANNELS] the same, listeners of the relaxed class
 #   scripts/bench.sh idle 2000,18000                      relay memory per idle listener
+# BIN=path runs that binary instead of building one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-load}
-cargo build --release --locked -q
-bin=target/release/boothcast
+if [ -n "${BIN:-}" ]; then
+    bin=$BIN
+else
+    cargo build --release --locked -q
+    bin=target/release/boothcast
+fi
 port=${BENCH_PORT:-18100}
 # One socket per listener on each side, plus a few.
 ulimit -n 20000

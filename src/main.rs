@@ -293,9 +293,13 @@ enum Cmd {
         /// One listener in this many measures every frame's delay; the rest read every 100 ms.
         #[arg(long, default_value_t = 50)]
         probe_every: usize,
-        /// Listeners ask for the relaxed delivery class (frames written every 100 ms).
+        /// Listeners ask for the relaxed delivery class (frames written every 200 ms).
         #[arg(long)]
         relaxed: bool,
+        /// Booths connect to this relay, host:port, instead of `--addr` (in a cluster: booths
+        /// on one node, listeners on another).
+        #[arg(long)]
+        booth_addr: Option<String>,
     },
 }
 
@@ -659,10 +663,12 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             idle_steps,
             probe_every,
             relaxed,
+            booth_addr,
         } => {
             let report = boothcast::bench::run(boothcast::bench::Options {
                 probe_every,
                 relaxed,
+                booth_addr,
                 addr,
                 channels,
                 listeners,

@@ -295,6 +295,7 @@ pub async fn run(opts: Options) -> Result<Report, Error> {
             idle_steps: Vec::new(),
             probe_every: 1,
             relaxed: false,
+            booth_addr: None,
         };
         for c in 0..opts.channels {
             let booth = super::booth(&bench, c).await?;

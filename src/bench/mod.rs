@@ -58,8 +58,11 @@ pub struct Options {
     /// its delay. The others read every `BULK_READ` and only check that no frame is missing,
     /// so that the load generator spends one read per several frames, not one per frame.
     pub probe_every: usize,
-    /// Listeners ask for the relaxed delivery class (frames written every 100 ms).
+    /// Listeners ask for the relaxed delivery class (frames written every 200 ms).
     pub relaxed: bool,
+    /// `host:port` the booths connect to instead of `addr`: in a cluster, booths on one node
+    /// and listeners on another, so that every frame crosses NATS.
+    pub booth_addr: Option<String>,
 }
 
 /// How often a bulk (non-probe) listener reads what has arrived.
@@ -341,7 +344,7 @@ async fn run_idle(opts: Options) -> Result<Report, Error> {
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
 async fn booth(opts: &Options, c: usize) -> Result<Ws, Error> {
-    let url = format!("ws://{}/ws", opts.addr);
+    let url = format!("ws://{}/ws", opts.booth_addr.as_ref().unwrap_or(&opts.addr));
     // No Nagle, as the booth client (see `client::open`).
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
         .await
