@@ -58,6 +58,11 @@ fn delegate_page_on_a_phone() {
 }
 
 #[test]
+fn delegate_page_outside_the_hall() {
+    run_script("remote");
+}
+
+#[test]
 fn delegate_page_halls() {
     run_script("halls");
 }

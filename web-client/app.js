@@ -93,7 +93,17 @@ const state = {
   under: stored.get('floorUnder') === '1',
   underDb: storedUnderDb(),
   underFrom: null,
+  // Listening from outside the hall (remembered; `?remote=1` in the address, the link given to
+  // a remote audience or an overflow room, sets it, `?remote=0` clears it): the relaxed
+  // delivery class, and the delay that absorbs its writes.
+  remote: storedRemote(),
 };
+
+function storedRemote() {
+  const asked = params.get('remote');
+  if (asked === '1' || asked === '0') stored.set('remote', asked);
+  return stored.get('remote') === '1';
+}
 
 function storedUnderDb() {
   const raw = stored.get('floorUnderDb');
@@ -345,6 +355,7 @@ function connect() {
     state.pingSentAt = 0;
     const hello = { type: 'hello', role: 'listener', client: 'boothcast-web' };
     if (state.code) hello.secret = state.code;
+    if (state.remote) hello.delivery = 'relaxed';
     if (state.playing && state.wanted) {
       hello.channel = state.wanted;
       if (wantsUnder()) hello.floor_under = true;
@@ -748,9 +759,15 @@ function userDelay() {
   return v === null || v === '' ? null : Number(v);
 }
 
+// The relay writes to a listener of the relaxed class every 200 ms (docs/PROTOCOL.md, hello's
+// `delivery`): frames come ten at a time, the first of each write up to 200 ms after its time.
+// Played this much later, every frame of a write is in time.
+const REMOTE_EXTRA_MS = 220;
+
 function effectiveDelay() {
   const own = userDelay();
-  return Number.isFinite(own) && own !== null ? own : state.eventDelayMs;
+  const base = Number.isFinite(own) && own !== null ? own : state.eventDelayMs;
+  return base + (state.remote ? REMOTE_EXTRA_MS : 0);
 }
 
 function applyDelay() {
@@ -778,6 +795,18 @@ setInterval(() => {
   const text = s && s.delayMs !== null ? t('ms', { n: Math.round(s.delayMs + (state.rttMs || 0) / 2) }) : t('delayUnknown');
   if (out.textContent !== text) out.textContent = text;
 }, 500);
+
+// --- listening from outside the hall ---------------------------------------------------------
+
+$('remote').checked = state.remote;
+$('remote').addEventListener('change', () => {
+  state.remote = $('remote').checked;
+  stored.set('remote', state.remote ? '1' : '0');
+  applyDelay();
+  // The delivery class is asked for in hello: a new connection asks again, and the channel
+  // being heard comes back on it.
+  if (state.ws) connect();
+});
 
 // --- the original underneath ----------------------------------------------------------------
 
