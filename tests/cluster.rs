@@ -5,7 +5,7 @@
 mod proc;
 mod support;
 
-use boothcast::cluster::RECORD_TTL;
+use boothcast::cluster::{RECORD_TTL, TAKEOVER_GIVEN_UP_AFTER, TAKEOVER_OTHERS_AFTER};
 use boothcast::protocol::{
     ClusterNode, ConsoleState, LogEntry, NodeHealth, SenderHealth, ServerMessage,
 };
@@ -993,6 +993,16 @@ async fn a_recording_whose_node_is_killed_is_taken_over_by_another_node() {
     on_c.seen.clear();
     on_c.text(json!({"type": "record", "start": false}));
     recording_on(&mut on_c, None).await;
+    // The stop is the cluster's: no node takes the recording over (one would within
+    // TAKEOVER_GIVEN_UP_AFTER + TAKEOVER_OTHERS_AFTER and two looks of the claim).
+    let quiet = Instant::now() + TAKEOVER_GIVEN_UP_AFTER + TAKEOVER_OTHERS_AFTER + RECORD_TTL / 2;
+    while Instant::now() < quiet {
+        if let support::In::Text(m @ ServerMessage::Recording { active: true, .. }) =
+            on_c.recv().await
+        {
+            panic!("recording again after the stop: {m:?}");
+        }
+    }
 
     // b's files end where b was killed: cut short, but what is there plays.
     let en_b = Path::new(&dir_b).join("plenary-en.opus");

@@ -29,6 +29,11 @@
 //! which each node tells its engineers (`recording` with `node`, and `taken_over_from` when
 //! the recording was taken over).
 
+mod takeover;
+
+use takeover::{read, Missing, Read, Wanted, WANTED};
+pub use takeover::{TAKEOVER_GIVEN_UP_AFTER, TAKEOVER_OTHERS_AFTER};
+
 use super::{bucket, Link};
 use crate::protocol::{ErrorCode, LogKind};
 use crate::record::Recorder;
@@ -60,68 +65,9 @@ const KV_TIMEOUT: Duration = Duration::from_secs(1);
 /// the moment; several engineers starting on several nodes at once end with the last one).
 const MAX_ASKS: usize = 4;
 
-/// How long a node that is not deciding leaves an expired claim to the deciding node before
-/// it tries to take the recording over itself (a deciding node without `--record` never
-/// tries).
-pub const TAKEOVER_OTHERS_AFTER: Duration = Duration::from_secs(1);
-/// How long a claim given up by its holder (deleted: a shutdown, or a move under way) is left
-/// to the node it moves to before the others take the recording over.
-pub const TAKEOVER_GIVEN_UP_AFTER: Duration = Duration::from_secs(2);
-/// How often the deciding node writes `wanted` again (it lives [`RECORD_TTL`]).
-const WANTED_REFRESH: Duration = Duration::from_secs(1);
-/// A node whose recorder failed to start when it took the recording over does not try again
-/// for this long (its disk is full, say): another node may.
-const TAKEOVER_FAILED_PAUSE: Duration = Duration::from_secs(30);
-
 const BUCKET: &str = "boothcast-record";
 const KEY: &str = "recorder";
-const WANTED: &str = "wanted";
 const ASK: &str = "boothcast.record";
-
-/// The value of `wanted`: the node that records (or, once it is lost, last recorded).
-#[derive(Debug, Serialize, Deserialize)]
-struct Wanted {
-    node: String,
-}
-
-impl Wanted {
-    fn json(node: &str) -> Bytes {
-        Bytes::from(
-            serde_json::to_vec(&Wanted {
-                node: node.to_string(),
-            })
-            .expect("serializable"),
-        )
-    }
-}
-
-/// A key as read: written (its value and revision), deleted (a marker left by a delete), or
-/// absent (never written, run out, or NATS restarted without it).
-enum Read {
-    Put(Bytes, u64),
-    Deleted,
-    Absent,
-}
-
-/// Reads `key`; `None` when NATS does not answer.
-async fn read(kv: &kv::Store, key: &str) -> Option<Read> {
-    match tokio::time::timeout(KV_TIMEOUT, kv.entry(key)).await {
-        Ok(Ok(Some(e))) if e.operation == kv::Operation::Put => {
-            Some(Read::Put(e.value, e.revision))
-        }
-        Ok(Ok(Some(_))) => Some(Read::Deleted),
-        Ok(Ok(None)) => Some(Read::Absent),
-        _ => None,
-    }
-}
-
-/// Why the claim is missing while recording is wanted, and since when (as seen here).
-#[derive(Debug, Clone, Copy)]
-struct Missing {
-    since: Instant,
-    /// Deleted by its holder rather than run out.
-    given_up: bool,
-}
 
 /// A request to the recording node: stop, because `to` records from now (`None`: the
 /// engineer stopped the recording from node `from`).
@@ -597,134 +543,6 @@ impl Coordinator {
             Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => st.resume = false,
             _ => st.kv = None,
         }
-    }
-
-    /// Every node reaching NATS, every [`RECORD_RENEW`]: the deciding node keeps `wanted`
-    /// alive; a node that can record and does not, while recording is wanted and nobody holds
-    /// the claim, takes the recording over (the deciding node at once, the others
-    /// [`TAKEOVER_OTHERS_AFTER`] later; a claim given up, [`TAKEOVER_GIVEN_UP_AFTER`] later).
-    async fn watch(&self, link: &Link, relay: &Arc<Relay>, st: &mut State) {
-        let Some(kv) = self.store(st).await else {
-            return;
-        };
-        let Some(Read::Put(value, wrev)) = read(&kv, WANTED).await else {
-            st.missing = None;
-            return;
-        };
-        let leading = link.leading();
-        if leading
-            && st
-                .wanted_written
-                .is_none_or(|t| t.elapsed() >= WANTED_REFRESH)
-        {
-            // With its revision: a stop that deleted it meanwhile stands.
-            st.wanted_written = Some(Instant::now());
-            let _ = tokio::time::timeout(KV_TIMEOUT, kv.update(WANTED, value.clone(), wrev)).await;
-        }
-        let can_record = self.recorder.get().is_some_and(Recorder::can_record);
-        if st.held.is_some()
-            || st.resume
-            || !can_record
-            || st.pause_until.is_some_and(|t| Instant::now() < t)
-        {
-            st.missing = None;
-            return;
-        }
-        let given_up = match read(&kv, KEY).await {
-            None => return,
-            Some(Read::Put(..)) => {
-                st.missing = None;
-                return;
-            }
-            Some(Read::Deleted) => true,
-            Some(Read::Absent) => false,
-        };
-        let missing = match st.missing {
-            Some(m) if m.given_up == given_up => m,
-            _ => *st.missing.insert(Missing {
-                since: Instant::now(),
-                given_up,
-            }),
-        };
-        let mut wait = Duration::ZERO;
-        if given_up {
-            wait += TAKEOVER_GIVEN_UP_AFTER;
-        }
-        if !leading {
-            wait += TAKEOVER_OTHERS_AFTER;
-        }
-        if missing.since.elapsed() < wait {
-            return;
-        }
-        let lost = serde_json::from_slice::<Wanted>(&value)
-            .map(|w| w.node)
-            .unwrap_or_else(|_| "?".into());
-        self.take_over(link, relay, st, &kv, lost, given_up).await;
-    }
-
-    /// Takes the recording over from `lost`: the claim first (one node only succeeds), then
-    /// `wanted` read again (a stop that deleted it before the claim was taken stands; one that
-    /// comes after finds the claim and asks this node), then the recorder, in files of its own.
-    async fn take_over(
-        &self,
-        link: &Link,
-        relay: &Arc<Relay>,
-        st: &mut State,
-        kv: &kv::Store,
-        lost: String,
-        given_up: bool,
-    ) {
-        let sent = Instant::now();
-        let rev =
-            match tokio::time::timeout(KV_TIMEOUT, kv.create(KEY, Bytes::from(link.node.clone())))
-                .await
-            {
-                Ok(Ok(rev)) => rev,
-                // Another node was first, or no answer.
-                _ => return,
-            };
-        st.missing = None;
-        let Some(Read::Put(_, wrev)) = read(kv, WANTED).await else {
-            let _ =
-                tokio::time::timeout(KV_TIMEOUT, kv.delete_expect_revision(KEY, Some(rev))).await;
-            return;
-        };
-        st.held = Some((rev, sent + RECORD_TTL - RECORD_MARGIN));
-        let why = if given_up {
-            format!("node {lost} let it go and no node took it")
-        } else {
-            format!("node {lost} was lost (its claim ran out)")
-        };
-        tracing::warn!(node = %link.node, lost = %lost, "taking the recording over");
-        *self
-            .taking_over_from
-            .lock()
-            .expect("takeover lock poisoned") = Some(lost);
-        let recorder = self.recorder.get().expect("checked by the caller");
-        if let Err(r) = recorder.set(relay, true).await {
-            self.take_over_note();
-            st.held = None;
-            st.pause_until = Some(Instant::now() + TAKEOVER_FAILED_PAUSE);
-            let _ =
-                tokio::time::timeout(KV_TIMEOUT, kv.delete_expect_revision(KEY, Some(rev))).await;
-            relay.log(
-                LogKind::Recording,
-                format!(
-                    "node {} cannot take the recording over ({why}): {}",
-                    link.node, r.message
-                ),
-            );
-            return;
-        }
-        let _ = tokio::time::timeout(
-            KV_TIMEOUT,
-            kv.update(WANTED, Wanted::json(&link.node), wrev),
-        )
-        .await;
-        relay.log(
-            LogKind::Recording,
-            format!("node {} took the recording over: {why}", link.node),
-        );
     }
 }
 
