@@ -2,8 +2,9 @@
 //! (the floor: `/listen/<room>/floor.opus`) answers with an endless Ogg Opus stream of the
 //! channel that VLC, mpv, ffplay/ffmpeg and an `<audio>` element play.
 //!
-//! - **As carried.** The channel's Opus packets are framed into Ogg pages as they come (one
-//!   page per packet, written at once), never decoded or re-encoded.
+//! - **As carried.** The channel's Opus packets are framed into Ogg pages (one page per
+//!   packet), never decoded or re-encoded, and written every 200 ms ([`WRITE_EVERY`]: the
+//!   relaxed class, a tenth of the writes; players buffer far more).
 //! - **One stream through every switch.** The stream follows the channel, not a source: when
 //!   the channel goes from the floor to an interpreter and back, the packets simply continue in
 //!   the same logical stream, its granule positions counting every sample sent, so a player
@@ -11,8 +12,8 @@
 //!   hold, a channel set to silence), silence packets keep the stream going in real time, so
 //!   players do not run dry and rebuffer.
 //! - **Live.** A listener starts at the next frame (no backlog); one that falls behind skips to
-//!   live, like a WebSocket listener, and one that takes nothing for [`WRITE_TIMEOUT`] is
-//!   dropped.
+//!   live, like a relaxed WebSocket listener, and one that takes nothing for [`WRITE_TIMEOUT`]
+//!   is dropped.
 //! - **Counted and bounded.** A stream listener is in the channel's audience and its metrics
 //!   like a delegate on the page, and takes a listener's place in the gate (`admission`): the
 //!   same per-address bound, the same reserve kept for senders, the same slowing of wrong
@@ -39,19 +40,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, watch};
 
-/// Pages waiting for the listener's socket: about 320 ms of 20 ms frames. A listener that
-/// cannot take them skips packets (counted) rather than hearing them late.
-pub const BODY_QUEUE: usize = 16;
+/// How often a stream's pages are written: players buffer seconds of sound, so a stream
+/// listener is of the relaxed class (docs/PROTOCOL.md, hello's `delivery`): one write of about
+/// ten pages every 200 ms instead of one a frame.
+pub const WRITE_EVERY: Duration = crate::server::RELAXED_EVERY;
+/// Writes waiting for the listener's socket: about 800 ms of sound. A listener that cannot
+/// take them skips packets (counted) rather than hearing them late.
+pub const BODY_QUEUE: usize = 4;
 /// A listener whose queue stayed full this long is not reading, and its stream ends.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Frames waiting on the channel's queue before the listener skips to the newest
-/// [`LIVE_KEEP`], as for WebSocket listeners.
-pub const MAX_BACKLOG: usize = 8;
-pub const LIVE_KEEP: usize = 2;
+/// Frames come in the channel's queue between two writes (ten at 20 ms frames); past this
+/// many the listener skips to the newest [`KEEP`], as a relaxed WebSocket listener does.
+pub const BACKLOG: usize = crate::server::RELAXED_BACKLOG;
+pub const KEEP: usize = crate::server::RELAXED_KEEP;
 /// With no frame for this long the channel is carrying nothing: silence is sent in its place.
 pub const SILENCE_AFTER: Duration = Duration::from_millis(100);
-/// How often a silent channel's stream gets its silence.
-const SILENCE_TICK: Duration = Duration::from_millis(20);
 /// The pre-skip announced: libopus's encoder look-ahead at 48 kHz, as the booths encode.
 const PRE_SKIP: u16 = 312;
 
@@ -245,7 +248,8 @@ impl Drop for Subscription {
 }
 
 /// Moves one listener's frames into Ogg pages until the listener goes, stops reading, or the
-/// relay shuts down.
+/// relay shuts down. Every [`WRITE_EVERY`] what the channel carried since the last write (or
+/// silence in its place) goes out as one piece.
 async fn run(
     mut sub: Subscription,
     mut writer: ogg::Writer<Vec<u8>>,
@@ -261,63 +265,38 @@ async fn run(
     // The time up to which sound has been sent: frames and silence keep it near now.
     let mut sent_until = Instant::now();
     let mut full_since: Option<Instant> = None;
-    let mut tick = tokio::time::interval(SILENCE_TICK);
+    let mut frames: Vec<Bytes> = Vec::with_capacity(BACKLOG);
+    let mut tick = tokio::time::interval(WRITE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let frame = tokio::select! {
+        tokio::select! {
             biased;
             _ = shutdown.changed() => return,
             _ = tx.closed() => return,
-            r = sub.rx.recv() => match r {
-                Ok(f) => Some(f),
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    fanout.frames_skipped.fetch_add(n, Ordering::Relaxed);
-                    continue;
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
-            _ = tick.tick() => None,
-        };
+            _ = tick.tick() => {}
+        }
         let now = Instant::now();
-        let (packet, samples) = match frame {
-            Some(f) => {
-                if sub.rx.len() + 1 > MAX_BACKLOG {
-                    // Too far behind to be live: only the newest frames are kept.
-                    let mut skipped = 1;
-                    while sub.rx.len() > LIVE_KEEP {
-                        if sub.rx.try_recv().is_err() {
-                            break;
-                        }
-                        skipped += 1;
-                    }
-                    fanout.frames_skipped.fetch_add(skipped, Ordering::Relaxed);
-                    continue;
-                }
-                if FrameHeader::parse(&f).is_err() {
-                    continue;
-                }
-                let packet = f.slice(HEADER_LEN..);
-                let Ok(n) = opus::packet::get_nb_samples(&packet, 48_000) else {
-                    continue;
-                };
-                (Some(packet), n as u32)
+        // What came since the last write; past BACKLOG, only the newest KEEP (live again).
+        let mut skipped = 0;
+        loop {
+            match sub.rx.try_recv() {
+                Ok(f) => frames.push(f),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => skipped += n,
+                Err(broadcast::error::TryRecvError::Empty) => break,
+                Err(broadcast::error::TryRecvError::Closed) => return,
             }
-            None => {
-                // Nothing on the channel for a while: silence, so the player keeps playing.
-                let behind = now.saturating_duration_since(sent_until);
-                if behind < SILENCE_AFTER {
-                    continue;
-                }
-                let samples = (behind.as_micros() as u64 * 48 / 1000) / 960 * 960;
-                (None, samples as u32)
-            }
-        };
+        }
+        if frames.len() > BACKLOG {
+            let cut = frames.len() - KEEP;
+            frames.drain(..cut);
+            skipped += cut as u64;
+        }
         if tx.capacity() == 0 {
             // The listener is not taking what it was sent: skip rather than queue late sound.
             let since = *full_since.get_or_insert(now);
-            if packet.is_some() {
-                fanout.frames_skipped.fetch_add(1, Ordering::Relaxed);
-            }
+            skipped += frames.len() as u64;
+            frames.clear();
+            fanout.frames_skipped.fetch_add(skipped, Ordering::Relaxed);
             if since.elapsed() > WRITE_TIMEOUT {
                 fan.stats.slow_closed.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(channel = sub.channel, "stream listener not reading: closed");
@@ -327,21 +306,44 @@ async fn run(
             continue;
         }
         full_since = None;
-        let written = match &packet {
-            Some(p) => writer.packet(p, samples),
-            None => writer.silence(samples),
-        };
-        if written.and_then(|_| writer.flush()).is_err() {
+        if skipped > 0 {
+            fanout.frames_skipped.fetch_add(skipped, Ordering::Relaxed);
+        }
+        let mut delivered = 0;
+        for f in frames.drain(..) {
+            if FrameHeader::parse(&f).is_err() {
+                continue;
+            }
+            let packet = &f[HEADER_LEN..];
+            let Ok(samples) = opus::packet::get_nb_samples(packet, 48_000) else {
+                continue;
+            };
+            if writer.packet(packet, samples as u32).is_err() {
+                return;
+            }
+            delivered += 1;
+            sent_until = sent_until.max(now.checked_sub(SILENCE_AFTER).unwrap_or(now))
+                + Duration::from_micros(samples as u64 * 1000 / 48);
+        }
+        if delivered == 0 {
+            // Nothing on the channel for a while: silence, so the player keeps playing.
+            let behind = now.saturating_duration_since(sent_until);
+            if behind < SILENCE_AFTER {
+                continue;
+            }
+            let samples = ((behind.as_micros() as u64 * 48 / 1000) / 960 * 960) as u32;
+            if writer.silence(samples).is_err() {
+                return;
+            }
+            sent_until = sent_until.max(now.checked_sub(SILENCE_AFTER).unwrap_or(now))
+                + Duration::from_micros(u64::from(samples) * 1000 / 48);
+        }
+        if writer.flush().is_err() || tx.try_send(take(&mut writer)).is_err() {
             return;
         }
-        if tx.try_send(take(&mut writer)).is_err() {
-            return;
-        }
-        if packet.is_some() {
-            fanout.frames_delivered.fetch_add(1, Ordering::Relaxed);
-        }
-        sent_until = sent_until.max(now.checked_sub(SILENCE_AFTER).unwrap_or(now))
-            + Duration::from_micros(u64::from(samples) * 1000 / 48);
+        fanout
+            .frames_delivered
+            .fetch_add(delivered, Ordering::Relaxed);
     }
 }
 

@@ -683,15 +683,19 @@ fn an_http_stream_follows_its_channel_from_the_floor_to_the_interpreter_and_back
                 .unwrap();
             let until = Instant::now() + Duration::from_secs(10);
             let mut out = Vec::new();
-            let mut buf = [0u8; 4096];
+            let mut reads = 0;
+            let mut buf = [0u8; 16384];
             while Instant::now() < until {
                 match s.read(&mut buf) {
                     Ok(0) => break,
-                    Ok(n) => out.extend_from_slice(&buf[..n]),
+                    Ok(n) => {
+                        out.extend_from_slice(&buf[..n]);
+                        reads += 1;
+                    }
                     Err(_) => {}
                 }
             }
-            out
+            (out, reads)
         })
     };
     let started = Instant::now();
@@ -715,8 +719,18 @@ fn an_http_stream_follows_its_channel_from_the_floor_to_the_interpreter_and_back
         out.status.success() && errors.trim().is_empty(),
         "ffmpeg: {errors}"
     );
-    let raw = raw.join().unwrap();
+    let (raw, reads) = raw.join().unwrap();
     ogg_is_one_continuous_stream(&raw);
+    // Written every 200 ms (the relaxed class), not a page at a time: about 50 writes in 10 s
+    // where a write a frame would be 500.
+    println!(
+        "HTTP stream: {} bytes in {reads} reads over 10 s",
+        raw.len()
+    );
+    assert!(
+        (20..=150).contains(&reads),
+        "{reads} reads in 10 s: not written every 200 ms"
+    );
     // Both gone: the relay notices at its next write (within a frame or a silence tick).
     let left = Instant::now();
     while listeners(&url, "plenary/en") != 0 {
