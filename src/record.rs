@@ -42,6 +42,14 @@ pub const WRITE_QUEUE: usize = 2500;
 /// A gap in a channel shorter than this (half a 20 ms frame) is jitter, not silence: the
 /// packet is appended. Beyond it, silence puts the packet in its place.
 pub const GAP_TOLERANCE_SAMPLES: u64 = 480;
+/// Every this long, a channel that carried nothing gets silence up to [`FILL_BEHIND`] before
+/// now, and the files' buffers go to the disk: after a crash of the relay every file of the
+/// session opens, and a silent channel's is shorter than the others by at most this, plus
+/// `FILL_BEHIND`, plus its last page (up to a second of silence), held back for the stop.
+pub const FILL_EVERY: Duration = Duration::from_secs(1);
+/// How far behind now silence is filled in: a frame that reaches the recording later than
+/// this after its time is appended where the silence ends instead of in its place.
+pub const FILL_BEHIND: Duration = Duration::from_secs(1);
 /// The least delay of a sender's frames over this long tells whether its clock drifts from
 /// the relay's.
 pub const DRIFT_WINDOW: Duration = Duration::from_secs(10);
@@ -422,7 +430,40 @@ fn writer_thread(
     }
     let since_start = |at: Instant| at.saturating_duration_since(start).as_micros() as i64;
     let mut placement = Placement::default();
-    while let Ok(job) = rx.recv() {
+    let mut next_fill = Instant::now() + FILL_EVERY;
+    loop {
+        let job = match rx.recv_timeout(next_fill.saturating_duration_since(Instant::now())) {
+            Ok(job) => Some(job),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        if Instant::now() >= next_fill {
+            next_fill = Instant::now() + FILL_EVERY;
+            let upto = Instant::now()
+                .checked_sub(FILL_BEHIND)
+                .map_or(0, |t| since_start(t).max(0) as u64 * 48 / 1000);
+            for track in &mut tracks {
+                let written = track.writer.samples();
+                let mut result = Ok(());
+                if upto > written + GAP_TOLERANCE_SAMPLES {
+                    let gap = (upto - written) / 120 * 120;
+                    result = track.writer.silence(gap.min(u32::MAX as u64) as u32);
+                }
+                let result = result.and_then(|_| {
+                    std::io::Write::flush(track.writer.get_mut()).map_err(ogg::Error::from)
+                });
+                if let Err(source) = result {
+                    if failed.is_none() {
+                        tracing::error!(file = %track.file.display(), error = %source, "recording write failed");
+                        failed = Some(Error::File {
+                            file: track.file.display().to_string(),
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        let Some(job) = job else { continue };
         match job {
             Job::Frame {
                 channel,

@@ -245,6 +245,20 @@ fn a_relay_killed_mid_recording_leaves_playable_files() {
     for line in text.lines().filter(|l| l.contains("WARNING")) {
         assert!(line.contains("EOS not set"), "{line}");
     }
+    // Every other channel carried nothing (no floor, no other booth): its file opens too, its
+    // silence written every second (up to a second before now, the last page held back), not
+    // only at the stop.
+    let mut files = 0;
+    for entry in std::fs::read_dir(&session).unwrap() {
+        let file = entry.unwrap().path();
+        if file.extension().is_some_and(|e| e == "opus") && file != en {
+            let s = ffprobe_seconds(&file);
+            println!("after kill -9 at 3 s: {} plays {s:.3} s", file.display());
+            assert!(s >= 0.9 && s < 3.5, "{}: {s:.3} s of 3 s", file.display());
+            files += 1;
+        }
+    }
+    assert!(files >= 2, "{files} silent channels' files in the session");
 }
 
 #[tokio::test]
