@@ -11,8 +11,9 @@
 //!   commands and departure (`C`, JSON [`ToLeader`]). One subject, so one node's messages
 //!   reach the decider in the order sent.
 //! - `boothcast.ch.N`: channel N's stamped frames from the decider; a node subscribes only
-//!   while it has receivers of channel N (listeners, engineers, consoles hearing it, a
-//!   recording), so a frame crosses once per node with someone hearing it.
+//!   while it has receivers of channel N (listeners, consoles hearing it, a recording) or
+//!   any engineer (whose level meters show every channel), so a frame crosses once per node
+//!   with someone hearing or watching it.
 //! - `boothcast.node.P`: the decider's messages for the sessions of node P (`console`,
 //!   notices, refusals), JSON [`ToNode`].
 //! - `boothcast.channels`: the channel list, from the decider, on change and every second.
@@ -39,9 +40,12 @@
 //! consoles and listeners alone ("isolated": said in the log, the event log and `/metrics`)
 //! and follows the cluster again once NATS is back.
 
+mod auth;
 mod merged;
 mod recording;
 mod view;
+
+pub use auth::{redact, Credentials, PASSWORD_ENV, TOKEN_ENV, USER_ENV};
 
 pub use recording::{
     RECORD_MARGIN, RECORD_RENEW, RECORD_TTL, TAKEOVER_GIVEN_UP_AFTER, TAKEOVER_OTHERS_AFTER,
@@ -109,6 +113,8 @@ pub enum Error {
     JetStream { servers: String, reason: String },
     #[error("this node's event differs from the cluster's: {0}")]
     EventDiffers(String),
+    #[error("NATS credentials: {0}")]
+    Credentials(String),
     #[error("bad node name {0:?}: 1 to 32 of a-z, A-Z, 0-9, - and _")]
     BadNode(String),
     #[error(
@@ -121,8 +127,13 @@ pub enum Error {
 /// How to join.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// NATS servers, `nats://HOST:PORT`.
+    /// NATS servers, `nats://HOST:PORT`, each possibly with `USER:PASSWORD@` or `TOKEN@`
+    /// before the host (the same on every URL; taken out and given to the client, never
+    /// shown).
     pub servers: Vec<String>,
+    /// Credentials given apart from the URLs ([`Credentials::from_env`]); refused beside
+    /// credentials in the URLs.
+    pub credentials: Option<Credentials>,
     /// This node's name, unique in the cluster.
     pub node: String,
     /// The address clients reach this node at (`ws://…` or `wss://…`), told to the others.
@@ -867,8 +878,13 @@ pub fn differences(
 ///   drains and flushes the socket whenever it has nothing more to write, so a lone frame is
 ///   not held back; calling `flush` per frame would add a round trip to the server.
 async fn connect(options: &Options) -> Result<async_nats::Client, Error> {
-    let servers = options.servers.join(",");
-    async_nats::ConnectOptions::new()
+    let servers = auth::shown(&options.servers);
+    let (urls, creds) = auth::split(&options.servers, options.credentials.clone())?;
+    let mut connect = async_nats::ConnectOptions::new();
+    if let Some(c) = &creds {
+        connect = c.apply(connect);
+    }
+    connect
         .name(format!("boothcast {}", options.node))
         .reconnect_delay_callback(|attempts| {
             Duration::from_millis(100 * attempts.saturating_sub(1).min(5) as u64)
@@ -878,11 +894,11 @@ async fn connect(options: &Options) -> Result<async_nats::Client, Error> {
         .request_timeout(Some(Duration::from_secs(1)))
         .subscription_capacity(CHANNEL_SUB_CAPACITY)
         .client_capacity(OUT_QUEUE)
-        .connect(options.servers.as_slice())
+        .connect(urls.as_slice())
         .await
         .map_err(|e| Error::Connect {
             servers,
-            reason: e.to_string(),
+            reason: auth::scrub(&e.to_string(), creds.as_ref()),
         })
 }
 
@@ -925,14 +941,17 @@ fn valid_node(name: &str) -> bool {
 /// of the cluster.
 ///
 /// # Errors
-/// [`Error::Connect`] when NATS cannot be reached, [`Error::JetStream`] when its key-value
+/// [`Error::Credentials`] when the URLs' credentials disagree (or are given twice),
+/// [`Error::Connect`] when NATS cannot be reached (or refuses the credentials: `authorization
+/// violation`), [`Error::JetStream`] when its key-value
 /// store cannot be used, [`Error::EventDiffers`] (saying what differs) when the cluster
 /// serves another event, [`Error::BadNode`] for a node name that is not an id.
 pub async fn join(relay: Arc<Relay>, options: Options) -> Result<Arc<Link>, Error> {
     if !valid_node(&options.node) {
         return Err(Error::BadNode(options.node));
     }
-    let servers = options.servers.join(",");
+    // Shown in errors and logs: credentials replaced by `***`.
+    let servers = auth::shown(&options.servers);
     let js_err = |e: &dyn std::fmt::Display| Error::JetStream {
         servers: servers.clone(),
         reason: e.to_string(),
@@ -1185,19 +1204,22 @@ async fn state_inbox(client: async_nats::Client, relay: Arc<Relay>, link: Arc<Li
 }
 
 /// Keeps a NATS subscription to each channel that has receivers here while another node
-/// decides, and none otherwise.
+/// decides, and none otherwise. While an engineer is connected here every channel has one:
+/// engineers watch every channel's level meter, which this node computes from the frames it
+/// receives.
 async fn interest(client: async_nats::Client, relay: Arc<Relay>, link: Arc<Link>) {
     let n = relay.event().channels.len();
     let mut subs: Vec<Option<tokio::task::JoinHandle<()>>> = (0..n).map(|_| None).collect();
     loop {
-        // Woken by a new receiver; receivers that leave are noticed within 200 ms.
+        // Woken by a new receiver or engineer; those that leave are noticed within 200 ms.
         let _ = tokio::time::timeout(Duration::from_millis(200), link.interest.notified()).await;
         let leading = link.leading();
+        let engineers = link.engineers() > 0;
         for (i, sub) in subs.iter_mut().enumerate() {
             if sub.as_ref().is_some_and(|h| h.is_finished()) {
                 *sub = None;
             }
-            let want = !leading && relay.fanout(i as u16).receivers() > 0;
+            let want = !leading && (engineers || relay.fanout(i as u16).receivers() > 0);
             match (want, sub.is_some()) {
                 (true, false) => {
                     let Ok(s) = client.subscribe(format!("boothcast.ch.{i}")).await else {
@@ -1338,20 +1360,31 @@ async fn lease(client: async_nats::Client, relay: Arc<Relay>, link: Arc<Link>) {
                 }
                 None => Err(()),
             };
+            // Why the lease is lost, as far as this node can tell.
+            let mut why = "";
             match r {
                 Ok(Ok(new)) => held = Some((new, epoch, sent + LEASE_TTL - LEASE_MARGIN)),
                 Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                     held = None;
+                    why = "it ran out or another node took it";
                 }
                 Ok(Err(_)) if Instant::now() >= until => {
                     held = None;
                     kv = None;
+                    why = "NATS refused the renewal";
                 }
-                _ if Instant::now() >= until => held = None,
+                _ if Instant::now() >= until => {
+                    held = None;
+                    why = if up {
+                        "NATS did not answer the renewal in time"
+                    } else {
+                        "NATS unreachable"
+                    };
+                }
                 _ => {}
             }
             if held.is_none() {
-                tracing::warn!(node = %link.node, "lost the lease: another node decides");
+                tracing::warn!(node = %link.node, "lost the lease ({why}): no longer deciding");
                 if let Some(t) = lead_task.take() {
                     t.abort();
                 }

@@ -66,7 +66,12 @@ enum Cmd {
         #[arg(long, value_name = "ADDR")]
         trusted_proxy: Vec<boothcast::admission::Network>,
         /// Join a cluster of relays through these NATS servers (nats://HOST:PORT, comma
-        /// separated; nats-server with JetStream, -js). Every node serves the same event.
+        /// separated; nats-server with JetStream, -js, running before the node starts: one
+        /// that cannot reach it exits with code 1). Every node serves the same event.
+        /// Credentials: nats://USER:PASSWORD@HOST:PORT or nats://TOKEN@HOST:PORT (the same on
+        /// every URL; %XX for @ : / , %), or, kept out of the process list, the environment
+        /// variables BOOTHCAST_NATS_USER and BOOTHCAST_NATS_PASSWORD (or BOOTHCAST_NATS_TOKEN).
+        /// They are never shown: logs and errors say nats://***@HOST:PORT.
         #[arg(long, value_name = "URLS", value_delimiter = ',', requires = "node")]
         cluster: Vec<String>,
         /// This node's name in the cluster (1 to 32 of a-z, A-Z, 0-9, - and _).
@@ -547,6 +552,8 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                     relay.clone(),
                     boothcast::cluster::Options {
                         servers: cluster,
+                        credentials: boothcast::cluster::Credentials::from_env()
+                            .context("cannot join the cluster")?,
                         node: node.clone(),
                         public_url,
                     },

@@ -62,14 +62,21 @@ fn free_port() -> u16 {
 struct Nats {
     port: u16,
     dir: PathBuf,
+    /// More arguments of `nats-server` (e.g. `--user`, `--pass`).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl Nats {
     fn start(dir: &Path) -> Nats {
+        Nats::start_with(dir, &[])
+    }
+
+    fn start_with(dir: &Path, extra: &[&str]) -> Nats {
         let mut n = Nats {
             port: free_port(),
             dir: dir.join("nats"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
         n.restart();
@@ -91,6 +98,7 @@ impl Nats {
                 "-sd",
             ])
             .arg(&self.dir)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -157,9 +165,14 @@ async fn metric(node: &Node, name: &str) -> u64 {
 
 /// Waits until `node` reports the metric line `line` (e.g. `boothcast_cluster_deciding{node="a"} 1`).
 async fn wait_metric(node: &Node, line: &str) {
+    wait_metric_at(node.http, line).await
+}
+
+/// Waits until the node serving at `http` reports the metric line `line`.
+async fn wait_metric_at(http: SocketAddr, line: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let text = support::http_get(node.http, "/metrics").await;
+        let text = support::http_get(http, "/metrics").await;
         if text.lines().any(|l| l == line) {
             return;
         }
@@ -1306,4 +1319,215 @@ async fn the_engineer_sees_every_node_its_health_and_its_listeners() {
     println!("deciding node killed: shown silent after {:?}", t.elapsed());
     let a_now = nodes.iter().find(|n| n.node == "a").unwrap();
     assert!(!a_now.connected && a_now.heard_ms > 3000, "{a_now:?}");
+}
+
+/// The password of the NATS server of the credentials test.
+const NATS_PASSWORD: &str = "s3cretpw";
+
+/// A node whose standard output and error both go to `dir/NAME.log`, started with
+/// `--cluster cluster_url` and the environment `env`; killed when dropped.
+struct LoggedNode {
+    child: Child,
+    log: PathBuf,
+    http: SocketAddr,
+}
+
+impl Drop for LoggedNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl LoggedNode {
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Starts `serve` logging at debug level (the NATS client's too), all of its output into a
+/// file; returns once it listens, or what it wrote and how it ended if it ended first.
+fn logged_node(
+    dir: &Path,
+    cluster_url: &str,
+    name: &str,
+    env: &[(&str, &str)],
+) -> Result<LoggedNode, (Option<i32>, String)> {
+    let config = dir.join(format!("event-{name}.toml"));
+    std::fs::write(&config, EVENT).unwrap();
+    let log = dir.join(format!("{name}.log"));
+    let file = std::fs::File::create(&log).unwrap();
+    let child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .args(["--cluster", cluster_url, "--node", name])
+        .env("RUST_LOG", "info,boothcast=debug,async_nats=debug")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let mut node = LoggedNode {
+        child,
+        log,
+        http: "127.0.0.1:0".parse().unwrap(),
+    };
+    const LISTENING: &str = "listening on http://";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = node.output();
+        if let Some(i) = out.find(LISTENING) {
+            // The relay listens before it joins: wait for the join to succeed or fail.
+            if out.contains(&format!("node {name} joined the cluster")) {
+                let rest = &out[i + LISTENING.len()..];
+                node.http = rest.split_whitespace().next().unwrap().parse().unwrap();
+                return Ok(node);
+            }
+        }
+        if let Some(status) = node.child.try_wait().unwrap() {
+            return Err((status.code(), node.output()));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {name} neither joined nor ended within 20 s:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// NATS credentials in the URL or in the environment are used; a wrong password is refused
+/// with NATS's reason; no output, metric or engineer's message ever shows the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_credentials_are_used_and_never_shown() {
+    let dir = tmpdir("nats-auth");
+    let nats = Nats::start_with(&dir, &["--user", "bc", "--pass", NATS_PASSWORD]);
+    let with_creds = format!("nats://bc:{NATS_PASSWORD}@127.0.0.1:{}", nats.port);
+    let a = logged_node(&dir, &with_creds, "a", &[]).unwrap_or_else(|(code, out)| {
+        panic!("node a with the credentials in its URL did not join ({code:?}):\n{out}")
+    });
+    let b = logged_node(
+        &dir,
+        &nats.url(),
+        "b",
+        &[
+            ("BOOTHCAST_NATS_USER", "bc"),
+            ("BOOTHCAST_NATS_PASSWORD", NATS_PASSWORD),
+        ],
+    )
+    .unwrap_or_else(|(code, out)| {
+        panic!("node b with the credentials in the environment did not join ({code:?}):\n{out}")
+    });
+    for n in [&a, &b] {
+        wait_metric_at(n.http, "boothcast_cluster_nodes 2").await;
+    }
+    // The engineer's view of the cluster and every metric: no password.
+    let mut eng = engineer(&format!("ws://{}/ws", a.http)).await;
+    let nodes = eng
+        .wait_text("the cluster's two nodes", |m| match m {
+            ServerMessage::Cluster { nodes } if nodes.len() == 2 => Some(format!("{m:?}")),
+            _ => None,
+        })
+        .await;
+    assert!(!nodes.contains(NATS_PASSWORD), "{nodes}");
+    for n in [&a, &b] {
+        let metrics = support::http_get(n.http, "/metrics").await;
+        assert!(!metrics.contains(NATS_PASSWORD), "{metrics}");
+    }
+
+    // A wrong password: refused, saying why and where, without the password.
+    let wrong = "wr0ng-passw0rd";
+    let url = format!("nats://bc:{wrong}@127.0.0.1:{}", nats.port);
+    let Err((code, out)) = logged_node(&dir, &url, "c", &[]) else {
+        panic!("node c joined with a wrong password");
+    };
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.to_lowercase().contains("authorization violation")
+            && out.contains(&format!("nats://***@127.0.0.1:{}", nats.port)),
+        "{out}"
+    );
+    assert!(!out.contains(wrong), "the password in the output:\n{out}");
+    // URLs carrying different credentials: refused before anything is tried.
+    let two = format!("{with_creds},nats://bc:{wrong}@127.0.0.1:{}", nats.port);
+    let Err((code, out)) = logged_node(&dir, &two, "d", &[]) else {
+        panic!("node d joined with two different credentials");
+    };
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("do not all carry the same credentials"),
+        "{out}"
+    );
+    assert!(
+        !out.contains(wrong) && !out.contains(NATS_PASSWORD),
+        "a password in the output:\n{out}"
+    );
+
+    // The joined nodes' own output, at debug level, after all that.
+    let out = a.output();
+    assert!(
+        out.contains("joined the cluster")
+            && out.contains(&format!("nats://***@127.0.0.1:{}", nats.port)),
+        "{out}"
+    );
+    for (name, n) in [("a", &a), ("b", &b)] {
+        let out = n.output();
+        assert!(
+            !out.contains(NATS_PASSWORD),
+            "node {name} printed the password:\n{out}"
+        );
+    }
+}
+
+/// An engineer on a node where no one hears a channel still sees its level meter move (the
+/// node takes every channel while an engineer is connected), and the node stops taking it
+/// once the engineer leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engineer_sees_the_level_of_a_channel_no_one_hears_on_its_node() {
+    let dir = tmpdir("levels");
+    let (_nats, _a, b, c) = cluster(&dir).await;
+    // The booth on b (which does not decide), no listener anywhere.
+    let mut console = Client::console(&b.ws, "en", "1").await;
+    console.console_state(|s| s.live.is_none()).await;
+    live(&mut console).await;
+    console.pump(7, 60);
+    let mut eng = engineer(&c.ws).await;
+    let level = eng
+        .wait_text("a level of English that is not silence", |m| match m {
+            ServerMessage::Levels { levels } => levels
+                .iter()
+                .find(|(ch, rms, _)| ch == "plenary/en" && *rms < 127)
+                .map(|(_, rms, peak)| (*rms, *peak)),
+            _ => None,
+        })
+        .await;
+    // The levels the test console puts in its frames' headers.
+    assert_eq!(level, (30, 12));
+    // The engineer on b too, where the booth is.
+    let mut on_b = engineer(&b.ws).await;
+    on_b.wait_text("English's level on node b", |m| match m {
+        ServerMessage::Levels { levels } => levels
+            .iter()
+            .any(|(ch, rms, _)| ch == "plenary/en" && *rms < 127)
+            .then_some(()),
+        _ => None,
+    })
+    .await;
+    // The engineer leaves c: frames stop crossing to c.
+    eng.close();
+    drop(eng);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut before = metric(&c, "boothcast_cluster_received_frames_total").await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = metric(&c, "boothcast_cluster_received_frames_total").await;
+        if now == before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node c still receives English 5 s after its engineer left ({now} frames)"
+        );
+        before = now;
+    }
 }

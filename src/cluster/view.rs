@@ -69,9 +69,19 @@ impl Link {
     }
 
     /// The nodes as engineers see them ([`ServerMessage::Cluster`] as JSON), renewed once a
-    /// second; empty until the first.
+    /// second; empty until the first. For engineers only, each holding it for as long as it
+    /// is connected: how many hold it is how many engineers this node has
+    /// ([`Link::engineers`]), and while any does, this node receives every channel's frames
+    /// (their level meters are computed from them).
     pub fn view_watch(&self) -> watch::Receiver<Bytes> {
-        self.view_tx.subscribe()
+        let rx = self.view_tx.subscribe();
+        self.interest_changed();
+        rx
+    }
+
+    /// Engineers connected to this node now (holders of [`Link::view_watch`]).
+    pub fn engineers(&self) -> usize {
+        self.view_tx.receiver_count()
     }
 
     pub(super) fn publish_view(&self, relay: &Relay) {
