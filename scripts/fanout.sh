@@ -18,9 +18,17 @@
 # the floor's in the same run, the growth of its resident memory per listener and the frames
 # the listeners missed. docs/BENCHMARKS.md section 11.
 #
-# Environment: FLOOR_PORT (18200), RELAY_PORT (18201), ICECAST_PORT (18202), RELAY_CPU (0),
-# LOAD_CPU (1), WARM_UP seconds (3), SERVERS (default "floor icecast boothcast"), BIN (a
-# boothcast binary to run instead of building one: a relay before and after a change).
+# TLS=1 runs the same over TLS (a self-signed P-256 certificate made here with openssl, which
+# the client trusts): the floor with `--tls-cert` (each page encrypted for each socket with
+# rustls, the relay's configuration), Icecast with a TLS listen socket (OpenSSL; its sources
+# stay on the plain port), boothcast `serve --tls-cert` (listeners and booth over wss://).
+# TLS=both runs every server plain then over TLS at each listener count, and adds a table of
+# what TLS costs each server per delivered frame.
+#
+# Environment: FLOOR_PORT (18200), RELAY_PORT (18201), ICECAST_PORT (18202; with TLS also
+# ICECAST_TLS_PORT, 18203), RELAY_CPU (0), LOAD_CPU (1), WARM_UP seconds (3), SERVERS (default
+# "floor icecast boothcast"), TLS (0, 1 or both), BIN (a boothcast binary to run instead of
+# building one: a relay before and after a change).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-20}
@@ -30,10 +38,17 @@ counts=("$@")
 floor_port=${FLOOR_PORT:-18200}
 relay_port=${RELAY_PORT:-18201}
 icecast_port=${ICECAST_PORT:-18202}
+icecast_tls_port=${ICECAST_TLS_PORT:-18203}
 relay_cpu=${RELAY_CPU:-0}
 load_cpu=${LOAD_CPU:-1}
 warm_up=${WARM_UP:-3}
 read -r -a servers <<<"${SERVERS:-floor icecast boothcast}"
+case "${TLS:-0}" in
+    0) modes=(plain) ;;
+    1) modes=(tls) ;;
+    both) modes=(plain tls) ;;
+    *) echo "TLS is 0, 1 or both" >&2; exit 1 ;;
+esac
 
 if [ -n "${BIN:-}" ]; then
     bin=$BIN
@@ -47,7 +62,7 @@ ulimit -n 20000
 log() { printf '[fanout.sh] %s\n' "$*" >&2; }
 
 open_port() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for port in "$floor_port" "$relay_port" "$icecast_port"; do
+for port in "$floor_port" "$relay_port" "$icecast_port" "$icecast_tls_port"; do
     if open_port "$port"; then
         log "port $port is taken (another run?): set FLOOR_PORT, RELAY_PORT or ICECAST_PORT"
         exit 1
@@ -55,6 +70,18 @@ for port in "$floor_port" "$relay_port" "$icecast_port"; do
 done
 
 out=$(mktemp -d "${TMPDIR:-/tmp}/boothcast-fanout.XXXXXX")
+if [ "${modes[*]}" != plain ]; then
+    # CA:FALSE: webpki refuses a certificate marked as an authority as a server's own. Icecast
+    # wants the certificate and the key in one file, and reads it as its unprivileged user:
+    # the directory and the throwaway key are readable.
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+        -addext basicConstraints=critical,CA:FALSE \
+        -keyout "$out/key.pem" -out "$out/cert.pem" 2>/dev/null
+    cat "$out/cert.pem" "$out/key.pem" >"$out/both.pem"
+    chmod 755 "$out"
+    chmod 644 "$out"/*.pem
+fi
 server_pid=
 cleanup() {
     if [ -n "$server_pid" ]; then
@@ -73,38 +100,48 @@ wait_port() { # port pid
     return 1
 }
 
+# The mode of the run under way (plain or tls): the scheme, and the server's TLS options.
+mode=plain
+scheme() { [ "$mode" = tls ] && echo https || echo http; }
+tls_server_args=()
+tls_client_args=()
+
 client() { # server url listeners pid
     taskset -c "$load_cpu" "$bin" bench-fanout --server "$1" --url "$2" --listeners "$3" \
-        --seconds "$seconds" --warm-up "$warm_up" --server-pid "$4"
+        --seconds "$seconds" --warm-up "$warm_up" --server-pid "$4" "${tls_client_args[@]}"
 }
 
 # Each run_* runs in a subshell (its output goes through tee): its own trap stops its server.
 run_floor() { # listeners
     trap cleanup EXIT
     taskset -c "$relay_cpu" "$bin" bench-floor --listen "127.0.0.1:$floor_port" \
-        >"$out/floor-$1.counters" 2>&1 &
+        "${tls_server_args[@]}" >"$out/floor-$mode-$1.counters" 2>&1 &
     server_pid=$!
-    wait_port "$floor_port" "$server_pid" || { cat "$out/floor-$1.counters" >&2; exit 1; }
-    client floor "http://127.0.0.1:$floor_port" "$1" "$server_pid"
+    wait_port "$floor_port" "$server_pid" || { cat "$out/floor-$mode-$1.counters" >&2; exit 1; }
+    client floor "$(scheme)://127.0.0.1:$floor_port" "$1" "$server_pid"
     kill -TERM "$server_pid"
     wait "$server_pid" || true
     server_pid=
-    cat "$out/floor-$1.counters"
+    cat "$out/floor-$mode-$1.counters"
 }
 
 run_icecast() { # listeners
-    OPUS_VBR=off CHANNELS=1 ICECAST_PORT=$icecast_port RELAY_CPU=$relay_cpu LOAD_CPU=$load_cpu \
-        BENCH_BIN="$bin bench-fanout --server icecast --warm-up $warm_up" \
+    local tls_env=()
+    [ "$mode" = tls ] && tls_env=(ICECAST_TLS_PEM="$out/both.pem" ICECAST_TLS_PORT="$icecast_tls_port")
+    env "${tls_env[@]}" OPUS_VBR=off CHANNELS=1 ICECAST_PORT=$icecast_port RELAY_CPU=$relay_cpu \
+        LOAD_CPU=$load_cpu \
+        BENCH_BIN="$bin bench-fanout --server icecast --warm-up $warm_up ${tls_client_args[*]}" \
         scripts/icecast.sh "$1" "$seconds"
 }
 
 run_boothcast() { # listeners
     trap cleanup EXIT
     taskset -c "$relay_cpu" "$bin" serve --config config/bench.toml \
-        --listen "127.0.0.1:$relay_port" --threads 1 >/dev/null 2>"$out/relay-$1.log" &
+        --listen "127.0.0.1:$relay_port" --threads 1 "${tls_server_args[@]}" \
+        >/dev/null 2>"$out/relay-$mode-$1.log" &
     server_pid=$!
-    wait_port "$relay_port" "$server_pid" || { cat "$out/relay-$1.log" >&2; exit 1; }
-    client boothcast "http://127.0.0.1:$relay_port" "$1" "$server_pid"
+    wait_port "$relay_port" "$server_pid" || { cat "$out/relay-$mode-$1.log" >&2; exit 1; }
+    client boothcast "$(scheme)://127.0.0.1:$relay_port" "$1" "$server_pid"
     kill "$server_pid"
     wait "$server_pid" || true
     server_pid=
@@ -115,37 +152,67 @@ load() { cut -d' ' -f1-3 /proc/loadavg; }
 load_before=$(load)
 for n in "${counts[@]}"; do
     for s in "${servers[@]}"; do
-        echo "=== $s, $n listeners, ${seconds} s (load average $(load))"
-        "run_$s" "$n" | tee "$out/$s-$n.txt"
+        for mode in "${modes[@]}"; do
+            if [ "$mode" = tls ]; then
+                tls_server_args=(--tls-cert "$out/cert.pem" --tls-key "$out/key.pem")
+                tls_client_args=(--tls-ca "$out/cert.pem")
+            else
+                tls_server_args=()
+                tls_client_args=()
+            fi
+            echo "=== $s ($mode), $n listeners, ${seconds} s (load average $(load))"
+            "run_$s" "$n" | tee "$out/$s-$mode-$n.txt"
+        done
     done
 done
 load_after=$(load)
 
-# The table: one row per server and listener count, from the clients' `result` lines.
-echo
-echo "| Listeners | Server | CPU s per million frames delivered | Ratio to the floor | Resident memory per listener | Frames lost | Delivered of expected | Bytes per frame | Frames per read | Server CPU | Server waiting for a CPU | Client CPU |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+# The tables, from the clients' `result` lines: one row per listener count, transport and
+# server, the ratio to the floor over the same transport; with both transports, what TLS adds.
 for n in "${counts[@]}"; do
     for s in "${servers[@]}"; do
-        grep -h '^result ' "$out/$s-$n.txt" | tail -n 1
-    done | awk -v n="$n" '
-        {
-            for (i = 2; i <= NF; i++) { split($i, kv, "="); f[NR, kv[1]] = kv[2] }
-            if (f[NR, "server"] == "floor") floor = f[NR, "cpu_s_per_million"]
+        for mode in "${modes[@]}"; do
+            grep -h '^result ' "$out/$s-$mode-$n.txt" | tail -n 1
+        done
+    done
+done | awk -v counts="${counts[*]}" -v servers="${servers[*]}" -v modes="${modes[*]}" '
+    {
+        for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+        k = f["listeners"] SUBSEP f["server"] SUBSEP f["tls"]
+        for (name in f) r[k, name] = f[name]
+        have[k] = 1
+        delete f
+    }
+    function label(s, t) { return s (t == 1 ? " over TLS" : "") }
+    END {
+        nc = split(counts, cs, " "); ns = split(servers, ss, " "); nm = split(modes, ms, " ")
+        print ""
+        print "| Listeners | Server | CPU s per million frames delivered | Ratio to the floor | Resident memory per listener | Frames lost | Delivered of expected | Bytes per frame (read) | Frames per read | Server CPU | Server waiting for a CPU | Client CPU |"
+        print "|---|---|---|---|---|---|---|---|---|---|---|---|"
+        for (c = 1; c <= nc; c++) for (m = 1; m <= nm; m++) for (j = 1; j <= ns; j++) {
+            n = cs[c]; t = (ms[m] == "tls") ? 1 : 0; k = n SUBSEP ss[j] SUBSEP t
+            if (!(k in have)) continue
+            per = r[k, "cpu_s_per_million"]; floor = r[n, "floor", t, "cpu_s_per_million"]
+            ratio = (floor != "" && floor != "na" && per != "na") ? sprintf("%.2f", per / floor) : "n/a"
+            listeners = (r[k, "connected"] == n) ? n : sprintf("%s (%s in)", n, r[k, "connected"])
+            expected = r[k, "expected"] > 0 ? r[k, "expected"] : 1
+            printf "| %s | %s | %s | %s | %s KiB | %s | %.2f %% | %s (%s) | %s | %.0f %% | %.1f %% | %.0f %% |\n",
+                listeners, label(ss[j], t), per, ratio, r[k, "rss_kib_per_listener"], r[k, "lost"],
+                100 * r[k, "frames"] / expected, r[k, "bytes_per_frame"], r[k, "wire_bytes_per_frame"],
+                r[k, "frames_per_read"], 100 * r[k, "cpu_s"] / r[k, "seconds"],
+                100 * r[k, "server_wait_share"], 100 * r[k, "client_cpu_share"]
         }
-        END {
-            for (r = 1; r <= NR; r++) {
-                per = f[r, "cpu_s_per_million"]
-                ratio = (floor != "" && floor != "na" && per != "na") ? sprintf("%.2f", per / floor) : "n/a"
-                listeners = (f[r, "connected"] == n) ? n : sprintf("%s (%s in)", n, f[r, "connected"])
-                expected = f[r, "expected"] > 0 ? f[r, "expected"] : 1
-                printf "| %s | %s | %s | %s | %s KiB | %s | %.2f %% | %s | %s | %.0f %% | %.1f %% | %.0f %% |\n",
-                    listeners, f[r, "server"], per, ratio, f[r, "rss_kib_per_listener"], f[r, "lost"],
-                    100 * f[r, "frames"] / expected, f[r, "bytes_per_frame"], f[r, "frames_per_read"],
-                    100 * f[r, "cpu_s"] / f[r, "seconds"], 100 * f[r, "server_wait_share"],
-                    100 * f[r, "client_cpu_share"]
-            }
-        }'
-done
+        if (nm < 2) exit
+        print ""
+        print "What TLS adds (CPU s per million frames = CPU µs per frame):"
+        print ""
+        print "| Listeners | Server | Plain | Over TLS | TLS adds, µs per frame | Over TLS / plain |"
+        print "|---|---|---|---|---|---|"
+        for (c = 1; c <= nc; c++) for (j = 1; j <= ns; j++) {
+            n = cs[c]; p = r[n, ss[j], 0, "cpu_s_per_million"]; q = r[n, ss[j], 1, "cpu_s_per_million"]
+            if (p == "" || q == "" || p == "na" || q == "na") continue
+            printf "| %s | %s | %s | %s | %.2f | %.2f |\n", n, ss[j], p, q, q - p, q / p
+        }
+    }'
 echo
 echo "Load average (1, 5, 15 min): $load_before before, $load_after after. Logs: $out"

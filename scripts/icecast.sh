@@ -18,6 +18,8 @@
 #   OPUS_VBR      libopus rate control of the speech sample: on (default) or off (constant
 #                 80-byte packets, the size of the relay's bench frames)
 #   KEEP_TMP=1    keep the temp dir (config, logs) for inspection
+#   ICECAST_TLS_PEM  a certificate and its key in one PEM file: listeners come over TLS on
+#                 ICECAST_TLS_PORT (default listen port + 1); the sources stay on the plain port
 set -euo pipefail
 
 LISTENERS=${1:?usage: $0 LISTENERS SECONDS}
@@ -29,6 +31,16 @@ LOAD_CPU=${LOAD_CPU:-1}
 SOURCE_CPU=${SOURCE_CPU:-$LOAD_CPU}
 BENCH_BIN=${BENCH_BIN:-target/release/boothcast bench-icecast}
 SOURCE_PASSWORD=bench-source
+TLS_PEM=${ICECAST_TLS_PEM:-}
+TLS_PORT=${ICECAST_TLS_PORT:-$((PORT + 1))}
+TLS_SOCKET=""
+TLS_CERT=""
+LISTEN_URL="http://127.0.0.1:$PORT"
+if [ -n "$TLS_PEM" ]; then
+    TLS_SOCKET="<listen-socket><port>$TLS_PORT</port><bind-address>127.0.0.1</bind-address><ssl>1</ssl></listen-socket>"
+    TLS_CERT="<ssl-certificate>$TLS_PEM</ssl-certificate>"
+    LISTEN_URL="https://127.0.0.1:$TLS_PORT"
+fi
 ADMIN_PASSWORD=bench-admin
 
 log() { printf '[icecast.sh] %s\n' "$*" >&2; }
@@ -123,6 +135,7 @@ cat >"$TMP/icecast.xml" <<XML
         <port>$PORT</port>
         <bind-address>127.0.0.1</bind-address>
     </listen-socket>
+    $TLS_SOCKET
     <fileserve>1</fileserve>
     <paths>
         <basedir>$TMP</basedir>
@@ -130,6 +143,7 @@ cat >"$TMP/icecast.xml" <<XML
         <webroot>/usr/share/icecast2/web</webroot>
         <adminroot>/usr/share/icecast2/admin</adminroot>
         <pidfile>$TMP/log/icecast.pid</pidfile>
+        $TLS_CERT
     </paths>
     <logging>
         <accesslog>access.log</accesslog>
@@ -193,7 +207,7 @@ fi
 
 read -r -a BENCH <<<"$BENCH_BIN"
 log "running ${BENCH[*]} with $LISTENERS listeners for $SECONDS_MEASURED s (cpu $LOAD_CPU)"
-taskset -c "$LOAD_CPU" "${BENCH[@]}" --url "http://127.0.0.1:$PORT" --mounts "$CHANNELS" \
+taskset -c "$LOAD_CPU" "${BENCH[@]}" --url "$LISTEN_URL" --mounts "$CHANNELS" \
     --listeners "$LISTENERS" --seconds "$SECONDS_MEASURED" --server-pid "$ICECAST_PID" &
 CLIENT_PID=$!
 PIDS+=("$CLIENT_PID")

@@ -228,6 +228,13 @@ enum Cmd {
         /// Connections held at most.
         #[arg(long, default_value_t = 20_000)]
         max_listeners: usize,
+        /// Serve over TLS with this certificate chain (PEM), as `serve --tls-cert`; needs
+        /// --tls-key.
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Load client of the fan-out benchmark (scripts/fanout.sh): listeners reading every frame
     /// the same way from the floor (bench-floor), Icecast or the relay (config/bench.toml).
@@ -235,9 +242,14 @@ enum Cmd {
         /// floor, icecast or boothcast.
         #[arg(long)]
         server: boothcast::bench::fanout::Server,
-        /// The server, http://IP:PORT on loopback.
+        /// The server, http://IP:PORT on loopback; https://IP:PORT for listeners over TLS
+        /// (the relay's booths then connect over wss://).
         #[arg(long, default_value = "http://127.0.0.1:18200")]
         url: String,
+        /// With https://: a certificate (PEM) to trust beside the system's, e.g. the server's
+        /// self-signed one.
+        #[arg(long, value_name = "FILE")]
+        tls_ca: Option<PathBuf>,
         /// Channels l0.. (Icecast mounts /l0.opus..), listeners spread over them.
         #[arg(long, alias = "mounts", default_value_t = 1)]
         channels: usize,
@@ -756,14 +768,21 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             listen,
             frame_bytes,
             max_listeners,
+            tls_cert,
+            tls_key,
         } => {
             use boothcast::bench::floor;
             use std::sync::atomic::{AtomicBool, Ordering};
             let listener = std::net::TcpListener::bind(&listen)
                 .with_context(|| format!("cannot listen on {listen}"))?;
+            let tls = match (&tls_cert, &tls_key) {
+                (Some(cert), Some(key)) => Some(boothcast::tls::load(cert, key)?),
+                _ => None,
+            };
             let opts = floor::Options {
                 frame_bytes,
                 max_listeners,
+                tls,
             };
             let stop = Arc::new(AtomicBool::new(false));
             let mut floor = tokio::task::spawn_blocking({
@@ -783,6 +802,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::BenchFanout {
             server,
             url,
+            tls_ca,
             channels,
             listeners,
             seconds,
@@ -802,6 +822,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 server_pid,
                 secret,
                 frame_bytes,
+                ca: tls_ca,
             })
             .await?;
             print!("{report}");

@@ -11,12 +11,21 @@
 //! Every connection gets the same stream whatever it asks for: a `200` response head, the
 //! OpusHead and OpusTags pages, then the live pages from the one it joins at (page sequence
 //! numbers count on, so a listener sees a skipped page as a gap).
+//!
+//! **Over TLS** (`Options::tls`, the relay's own rustls configuration) the same, with what TLS
+//! adds and nothing else: each connection's handshake is driven once a frame (non-blocking),
+//! then every page is encrypted for each socket on its own (one record: `writer()`, then
+//! `write_tls`, one `writev`). A socket whose previous record has not all left skips the page
+//! (its encryption would only queue); nothing is cut, a record's rest goes out at the next
+//! frame.
 
 use crate::ogg;
 use std::io::{ErrorKind, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_rustls::rustls;
 
 /// Opus look-ahead of libopus at 48 kHz, as the relay's streams declare it.
 const PRE_SKIP: u16 = 312;
@@ -24,6 +33,8 @@ const PRE_SKIP: u16 = 312;
 pub const FRAME: Duration = Duration::from_millis(20);
 /// Samples in a 20 ms packet, at the 48 kHz of every Opus granule position.
 const FRAME_SAMPLES: u32 = 960;
+/// Frames a TLS handshake may take (5 s) before its connection is closed and refused.
+const HANDSHAKE_FRAMES: u32 = 250;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -41,8 +52,11 @@ pub enum Error {
 pub struct Options {
     /// Opus packet bytes per page, 1..=1275 (80 is 32 kbit/s at 20 ms).
     pub frame_bytes: usize,
-    /// Connections held at most; more are closed as they come (counted as `refused`).
+    /// Connections held at most, handshakes included; more are closed as they come (counted
+    /// as `refused`).
     pub max_listeners: usize,
+    /// Serve over TLS with this configuration (see the module's docs).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for Options {
@@ -50,6 +64,7 @@ impl Default for Options {
         Options {
             frame_bytes: 80,
             max_listeners: 20_000,
+            tls: None,
         }
     }
 }
@@ -59,15 +74,17 @@ impl Default for Options {
 pub struct Counters {
     /// Connections taken (each got the response head and the header pages).
     pub accepted: u64,
-    /// Connections closed at once: over `max_listeners`, or the head did not fit.
+    /// Connections closed at once: over `max_listeners`, or the head did not fit; over TLS
+    /// also a handshake that failed or took longer than 5 s.
     pub refused: u64,
     /// Live pages made (one per frame).
     pub pages: u64,
     /// Pages written whole to a socket.
     pub writes: u64,
-    /// Pages a socket skipped because it would have blocked.
+    /// Pages a socket skipped because it would have blocked (over TLS: its last record had
+    /// not all left).
     pub skipped: u64,
-    /// Sockets closed because they took only part of a page.
+    /// Sockets closed because they took only part of a page (never over TLS).
     pub cut: u64,
     /// Sockets closed by the listener (the send failed).
     pub closed: u64,
@@ -116,6 +133,31 @@ pub fn run(listener: TcpListener, opts: &Options, stop: &AtomicBool) -> Result<C
     packet[0] = 31 << 3;
 
     let mut counters = Counters::default();
+    if let Some(config) = &opts.tls {
+        let mut tls = Tls {
+            config: config.clone(),
+            handshaking: Vec::new(),
+            live: Vec::new(),
+        };
+        let mut next = Instant::now() + FRAME;
+        while !stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            } else if now - next > FRAME {
+                counters.late += 1;
+            }
+            next += FRAME;
+            tls.accept(&listener, opts.max_listeners, &mut counters)?;
+            tls.handshake(&head, &mut counters);
+            pages.packet(&packet, FRAME_SAMPLES)?;
+            pages.flush()?;
+            let page = std::mem::take(pages.get_mut());
+            counters.pages += 1;
+            tls.send(&page, &mut counters);
+        }
+        return Ok(counters);
+    }
     // Bounded by `max_listeners`.
     let mut socks: Vec<TcpStream> = Vec::new();
     let mut next = Instant::now() + FRAME;
@@ -159,6 +201,126 @@ pub fn run(listener: TcpListener, opts: &Options, stop: &AtomicBool) -> Result<C
         }
     }
     Ok(counters)
+}
+
+/// The listeners of the floor over TLS.
+struct Tls {
+    config: Arc<rustls::ServerConfig>,
+    /// Connections whose handshake is under way, with the frames it has taken. With `live`,
+    /// bounded by `max_listeners`.
+    handshaking: Vec<(TcpStream, rustls::ServerConnection, u32)>,
+    live: Vec<(TcpStream, rustls::ServerConnection)>,
+}
+
+impl Tls {
+    /// Takes every waiting connection into a handshake.
+    fn accept(
+        &mut self,
+        listener: &TcpListener,
+        max: usize,
+        counters: &mut Counters,
+    ) -> std::io::Result<()> {
+        loop {
+            let sock = match listener.accept() {
+                Ok((sock, _)) => sock,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                // As in the plain `accept`: the listener itself is fine.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::ConnectionAborted | ErrorKind::Interrupted
+                    ) || e.raw_os_error() == Some(libc::EMFILE) =>
+                {
+                    counters.refused += 1;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
+            if self.handshaking.len() + self.live.len() >= max {
+                counters.refused += 1;
+                continue;
+            }
+            let ready = sock.set_nonblocking(true).is_ok() && sock.set_nodelay(true).is_ok();
+            match rustls::ServerConnection::new(self.config.clone()) {
+                Ok(conn) if ready => self.handshaking.push((sock, conn, 0)),
+                _ => counters.refused += 1,
+            }
+        }
+    }
+
+    /// Moves every handshake on as far as the bytes that came allow; one that is done gets
+    /// `head` (response head and header pages, a record or two) and goes live.
+    fn handshake(&mut self, head: &[u8], counters: &mut Counters) {
+        let mut i = 0;
+        while i < self.handshaking.len() {
+            let (sock, conn, frames) = &mut self.handshaking[i];
+            *frames += 1;
+            let mut ok = *frames <= HANDSHAKE_FRAMES;
+            // The client's flight is a few hundred bytes: one read takes it.
+            match conn.read_tls(sock) {
+                Ok(0) => ok = false,
+                Ok(_) => ok &= conn.process_new_packets().is_ok(),
+                Err(e) => ok &= e.kind() == ErrorKind::WouldBlock,
+            }
+            if ok && !conn.is_handshaking() {
+                ok = conn.writer().write_all(head).is_ok();
+            }
+            while ok && conn.wants_write() {
+                match conn.write_tls(sock) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(_) => ok = false,
+                }
+            }
+            if !ok {
+                counters.refused += 1;
+                self.handshaking.swap_remove(i);
+                continue;
+            }
+            if !conn.is_handshaking() {
+                let (sock, conn, _) = self.handshaking.swap_remove(i);
+                counters.accepted += 1;
+                self.live.push((sock, conn));
+                continue;
+            }
+            i += 1;
+        }
+    }
+
+    /// Encrypts `page` for every live socket and writes it (one `writev` each).
+    fn send(&mut self, page: &[u8], counters: &mut Counters) {
+        let mut i = 0;
+        while i < self.live.len() {
+            let (sock, conn) = &mut self.live[i];
+            // Whatever the last frame left goes first; while some is left, this page is
+            // skipped, as a plain socket that would block skips it.
+            let fresh = !conn.wants_write();
+            if fresh && conn.writer().write_all(page).is_err() {
+                counters.closed += 1;
+                self.live.swap_remove(i);
+                continue;
+            }
+            let mut open = true;
+            while open && conn.wants_write() {
+                match conn.write_tls(sock) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(_) => open = false,
+                }
+            }
+            if !open {
+                counters.closed += 1;
+                self.live.swap_remove(i);
+                continue;
+            }
+            if fresh {
+                counters.writes += 1;
+            } else {
+                counters.skipped += 1;
+            }
+            i += 1;
+        }
+    }
 }
 
 /// Takes every waiting connection: each gets `head` in one write, or is closed.

@@ -1,6 +1,10 @@
 //! The reader thread of the fan-out load client: every listener's socket in one
 //! level-triggered epoll set, one `read()` per readiness, and the two framings (Ogg pages, the
 //! relay's WebSocket frames) cut out of the bytes and counted.
+//!
+//! A listener over TLS keeps its rustls session: on readiness, `read_tls` (the same one
+//! `read()`), `process_new_packets` (decryption), then the plaintext from its `reader()` goes
+//! through the same cut. What it sends back (pongs, TLS alerts) goes through `write_tls`.
 
 use crate::bench::ws;
 use crate::protocol::FrameHeader;
@@ -8,6 +12,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc;
+use tokio_rustls::rustls;
 
 /// A listener's unread bytes never exceed this (a frame of the relay is at most 3,857
 /// bytes, an Ogg page at most 65,307): more means a stream this client cannot parse.
@@ -36,6 +41,8 @@ pub(super) struct Tally {
     pub(super) reads: u64,
     pub(super) lost: u64,
     pub(super) bytes: u64,
+    /// Bytes read from the sockets: the frames' bytes, plus the TLS record overhead.
+    pub(super) wire: u64,
     pub(super) dropped: u64,
 }
 
@@ -137,9 +144,20 @@ fn ws_frames(
     Ok((at, pings))
 }
 
+/// A listener handed to the reader thread, its request answered.
+pub(super) struct Joined {
+    /// Non-blocking.
+    pub(super) socket: std::net::TcpStream,
+    /// Stream bytes (plaintext) read past the response head.
+    pub(super) rest: Vec<u8>,
+    /// The session of a listener over TLS, its handshake done.
+    pub(super) tls: Option<Box<rustls::ClientConnection>>,
+}
+
 /// One listener on the reader thread.
 struct Conn {
     socket: std::net::TcpStream,
+    tls: Option<Box<rustls::ClientConnection>>,
     /// Bytes of an incomplete frame, kept for the next read.
     pending: Vec<u8>,
     track: Track,
@@ -176,8 +194,104 @@ impl Conn {
         for _ in 0..pings {
             // A few bytes into a send buffer that holds nothing else: it fits.
             let pong = ws::masked(ws::opcode::PONG, &[]);
-            if self.socket.write(&pong).ok() != Some(pong.len()) {
+            let sent = match self.tls.as_mut() {
+                None => self.socket.write(&pong).ok() == Some(pong.len()),
+                Some(tls) => tls.writer().write_all(&pong).is_ok(),
+            };
+            if !sent {
                 return false;
+            }
+        }
+        true
+    }
+
+    /// One readiness of a plain listener: one `read()`, its bytes cut. False once the stream
+    /// cannot go on.
+    fn read_plain(
+        &mut self,
+        chunk: &mut [u8],
+        ogg: bool,
+        counting: bool,
+        tally: &mut Tally,
+    ) -> bool {
+        match self.socket.read(chunk) {
+            Ok(0) => false,
+            Ok(n) => {
+                if counting {
+                    tally.reads += 1;
+                    tally.wire += n as u64;
+                }
+                self.take(ogg, &chunk[..n], counting, tally)
+            }
+            Err(e) => matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted),
+        }
+    }
+
+    /// One readiness of a listener over TLS: one `read_tls` (one `read()`), the records
+    /// decrypted and their plaintext cut, then whatever the session has to send.
+    fn read_encrypted(
+        &mut self,
+        chunk: &mut [u8],
+        ogg: bool,
+        counting: bool,
+        tally: &mut Tally,
+    ) -> bool {
+        let Some(tls) = self.tls.as_mut() else {
+            return false;
+        };
+        match tls.read_tls(&mut self.socket) {
+            Ok(0) => return false,
+            Ok(n) => {
+                if counting {
+                    tally.reads += 1;
+                    tally.wire += n as u64;
+                }
+            }
+            Err(e) => return matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted),
+        }
+        if tls.process_new_packets().is_err() {
+            return false;
+        }
+        self.drain_plaintext(chunk, ogg, counting, tally) && self.flush_tls()
+    }
+
+    /// Cuts the plaintext the session holds; false once the stream cannot go on (the server's
+    /// `close_notify` included).
+    fn drain_plaintext(
+        &mut self,
+        chunk: &mut [u8],
+        ogg: bool,
+        counting: bool,
+        tally: &mut Tally,
+    ) -> bool {
+        loop {
+            let Some(tls) = self.tls.as_mut() else {
+                return true;
+            };
+            match tls.reader().read(chunk) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    if !self.take(ogg, &chunk[..n], counting, tally) {
+                        return false;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Writes what the session has queued (a pong, an alert), as far as the socket takes it:
+    /// the rest goes at the next readiness.
+    fn flush_tls(&mut self) -> bool {
+        let Some(tls) = self.tls.as_mut() else {
+            return true;
+        };
+        while tls.wants_write() {
+            match tls.write_tls(&mut self.socket) {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                Err(_) => return false,
             }
         }
         true
@@ -188,7 +302,7 @@ impl Conn {
 /// until the phase is `STOPPED`, and returns what was counted while `MEASURING`.
 pub(super) fn read_all(
     ogg: bool,
-    incoming: mpsc::Receiver<(std::net::TcpStream, Vec<u8>)>,
+    incoming: mpsc::Receiver<Joined>,
     phase: &AtomicU8,
 ) -> std::io::Result<Tally> {
     // SAFETY: epoll_create1 has no preconditions; the descriptor it returns is ours alone.
@@ -206,13 +320,18 @@ pub(super) fn read_all(
             return Ok(tally);
         }
         let counting = now == phase::MEASURING;
-        while let Ok((socket, rest)) = incoming.try_recv() {
+        while let Ok(joined) = incoming.try_recv() {
             let mut conn = Conn {
-                socket,
+                socket: joined.socket,
+                tls: joined.tls,
                 pending: Vec::new(),
                 track: Track::default(),
             };
-            if !conn.take(ogg, &rest, counting, &mut tally) {
+            // Plaintext the session decrypted during the request, not yet read, is cut now:
+            // the next readiness may be a frame away.
+            if !(conn.take(ogg, &joined.rest, counting, &mut tally)
+                && conn.drain_plaintext(&mut chunk, ogg, counting, &mut tally))
+            {
                 tally.dropped += 1;
                 continue;
             }
@@ -254,13 +373,10 @@ pub(super) fn read_all(
         for event in &events[..n as usize] {
             let slot = &mut conns[event.u64 as usize];
             let Some(conn) = slot.as_mut() else { continue };
-            let open = match conn.socket.read(&mut chunk) {
-                Ok(0) => false,
-                Ok(n) => {
-                    tally.reads += u64::from(counting);
-                    conn.take(ogg, &chunk[..n], counting, &mut tally)
-                }
-                Err(e) => matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted),
+            let open = if conn.tls.is_some() {
+                conn.read_encrypted(&mut chunk, ogg, counting, &mut tally)
+            } else {
+                conn.read_plain(&mut chunk, ogg, counting, &mut tally)
             };
             if !open {
                 // Closing the socket takes it out of the epoll set.
