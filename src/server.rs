@@ -67,7 +67,7 @@ pub const LIVE_KEEP: usize = 2;
 pub const NOTSENT_LOWAT: u32 = 8 * 1024;
 /// WebSocket read buffer per connection: messages are at most 4 KiB, and there may be
 /// thousands of connections (the library's default is 128 KiB).
-pub const READ_BUFFER: usize = 4096;
+pub const READ_BUFFER: usize = 256;
 
 /// How `serve` is set up.
 #[derive(Debug, Clone)]
@@ -109,8 +109,20 @@ impl Default for Options {
     }
 }
 
+/// What every request handler shares, behind one pointer: a WebSocket connection's task keeps
+/// a copy for its whole life, and there may be tens of thousands of them.
 #[derive(Clone)]
-struct AppState {
+struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+struct Shared {
     relay: Arc<Relay>,
     shutdown: watch::Receiver<bool>,
     write_timeout: Duration,
@@ -125,25 +137,47 @@ struct AppState {
     /// on the one their session falls on (one timer for all of them, not one each, and never
     /// all of them at once: a ping to twenty thousand listeners at the same moment would hold
     /// up everyone's audio).
-    ping: Arc<[watch::Receiver<()>]>,
+    ping: Arc<[watch::Receiver<bool>]>,
     /// Tick every [`RELAXED_EVERY`], at phases spread the same way: listeners of the relaxed
     /// class are written to on theirs.
-    relaxed: Arc<[watch::Receiver<()>]>,
+    relaxed: Arc<[watch::Receiver<bool>]>,
     web_dir: Arc<PathBuf>,
 }
 
 /// `phases` watches that each tick every `period`, one after the other `period / phases`
-/// apart, from one timer: many tasks wake on few timers, a share of them at a time.
-fn ticker(period: Duration, phases: usize) -> Arc<[watch::Receiver<()>]> {
-    let (txs, rxs): (Vec<_>, Vec<_>) = (0..phases.max(1)).map(|_| watch::channel(())).unzip();
+/// apart, from one timer: many tasks wake on few timers, a share of them at a time. With
+/// `stop`, every watch turns `true` once `stop` does (the relay is shutting down) and the
+/// timer ends: whoever waits for its tick learns of the shutdown without waiting on it too.
+fn ticker(
+    period: Duration,
+    phases: usize,
+    mut stop: Option<watch::Receiver<bool>>,
+) -> Arc<[watch::Receiver<bool>]> {
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..phases.max(1)).map(|_| watch::channel(false)).unzip();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(period / txs.len() as u32);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         for k in 0.. {
-            tick.tick().await;
+            let stopping = async {
+                match stop.as_mut() {
+                    Some(stop) => {
+                        let _ = stop.wait_for(|stopping| *stopping).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stopping => {
+                    for tx in &txs {
+                        tx.send_replace(true);
+                    }
+                    return;
+                }
+            }
             // Everyone gone (the relay stopped): so does the timer.
-            if txs[k % txs.len()].send(()).is_err() && txs.iter().all(|t| t.is_closed()) {
+            if txs[k % txs.len()].send(false).is_err() && txs.iter().all(|t| t.is_closed()) {
                 return;
             }
         }
@@ -191,9 +225,9 @@ pub async fn run(
     );
     let gate = Gate::new(limits);
     let accept_counters = Arc::new(crate::accept::Counters::default());
-    let ping_rx = ticker(LISTENER_PING, PING_PHASES);
-    let relaxed_rx = ticker(RELAXED_EVERY, RELAXED_PHASES);
-    let state = AppState {
+    let ping_rx = ticker(LISTENER_PING, PING_PHASES, Some(stop_rx.clone()));
+    let relaxed_rx = ticker(RELAXED_EVERY, RELAXED_PHASES, None);
+    let state = AppState(Arc::new(Shared {
         relay: relay.clone(),
         shutdown: stop_rx.clone(),
         write_timeout: options.write_timeout,
@@ -206,7 +240,7 @@ pub async fn run(
         ping: ping_rx,
         relaxed: relaxed_rx,
         web_dir: Arc::new(options.web_dir.clone()),
-    };
+    }));
     let app = Router::new()
         .route("/ws", get(ws_handler))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -222,10 +256,10 @@ pub async fn run(
                  axum::extract::Path((room, file)): axum::extract::Path<(String, String)>,
                  headers: axum::http::HeaderMap| {
                     let cx = crate::stream::Context {
-                        relay: s.relay,
-                        shutdown: s.shutdown,
-                        gate: s.gate,
-                        attempts: s.attempts,
+                        relay: s.relay.clone(),
+                        shutdown: s.shutdown.clone(),
+                        gate: s.gate.clone(),
+                        attempts: s.attempts.clone(),
                     };
                     crate::stream::listen(cx, peer, ticket.map(|t| t.0), room, file, headers)
                 },
@@ -620,6 +654,30 @@ impl Connection {
             .map(|(c, _)| self.relay.event().channels[*c as usize].id.clone())
     }
 
+    /// The `welcome` this connection gets once its hello is accepted.
+    fn welcome(&self) -> ServerMessage {
+        let relay = &self.relay;
+        let (booth, console) = match &self.peer {
+            Peer::Console { booth, console } => (Some(booth.clone()), Some(console.clone())),
+            _ => (None, None),
+        };
+        let role = match self.peer {
+            Peer::Listener => Role::Listener,
+            Peer::Engineer => Role::Engineer,
+            Peer::Floor => Role::Floor,
+            Peer::Console { .. } => Role::Interpreter,
+        };
+        ServerMessage::Welcome {
+            role,
+            event: relay.event().name.clone(),
+            booth,
+            console,
+            listener_delay_ms: matches!(self.peer, Peer::Listener)
+                .then_some(relay.event().listener_delay_ms),
+            relays: relay.cluster().map(|c| c.relays()).unwrap_or_default(),
+        }
+    }
+
     /// What `subscribed` says: the channel heard and the floor under it.
     fn subscribed(&self) -> ServerMessage {
         ServerMessage::Subscribed {
@@ -651,7 +709,49 @@ impl Drop for Connection {
     }
 }
 
-async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr, ticket: Ticket) {
+/// A WebSocket connection from its upgrade to its end.
+// Not an `async fn`: its arguments would each be stored twice in the task (the WebSocket alone
+// is 368 bytes), and a relay holds tens of thousands of these tasks.
+#[allow(clippy::manual_async_fn)]
+fn connection(
+    mut ws: WebSocket,
+    state: AppState,
+    addr: SocketAddr,
+    ticket: Ticket,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let Some(mut admitted) = hello(&mut ws, &state, addr, &ticket).await else {
+            return;
+        };
+        if matches!(admitted.conn.peer, Peer::Listener) {
+            // Delegates come by the thousand: one task each, and nothing in it they do not use.
+            listener(&mut ws, &mut admitted).await;
+        } else {
+            // Few, and with more to follow: kept off the delegates' (smaller) task.
+            Box::pin(talker(ws, admitted, state.shutdown.clone())).await;
+        }
+        drop(ticket);
+    }
+}
+
+/// A connection whose hello was accepted, with all it needs from then on.
+struct Accepted {
+    conn: Connection,
+    reader: Reader,
+    /// The relay's messages for this connection.
+    ctl: mpsc::Receiver<Outbound>,
+    first_channel: Option<u16>,
+    ticks: Ticks,
+}
+
+/// Waits for the connection's hello and admits it; `None` if it was refused (the client is
+/// told why), did not come in time, or the client left.
+async fn hello(
+    ws: &mut WebSocket,
+    state: &AppState,
+    addr: SocketAddr,
+    ticket: &Ticket,
+) -> Option<Accepted> {
     let relay = state.relay.clone();
     let (session, ctl) = relay.register();
     // A place in the reserve is given back soon if no sender or engineer takes it.
@@ -662,7 +762,7 @@ async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr, ticket
     };
     let first = async {
         tokio::select! {
-            m = tokio::time::timeout(hello_within, first_message(&mut ws)) => Some(m),
+            m = tokio::time::timeout(hello_within, first_message(ws)) => Some(m),
             // The gate needs this place for a newer connection.
             _ = ticket.evicted() => None,
         }
@@ -670,14 +770,14 @@ async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr, ticket
     let hello = match first.await {
         None => {
             relay.unregister(session);
-            return;
+            return None;
         }
         Some(Ok(Some(Ok(text)))) => ClientMessage::parse(&text)
             .map_err(|e| Ending::new(ErrorCode::BadMessage, e.to_string())),
         Some(Ok(Some(Err(ending)))) => Err(ending),
         Some(Ok(None)) => {
             relay.unregister(session);
-            return;
+            return None;
         }
         Some(Err(_)) => {
             state
@@ -691,7 +791,7 @@ async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr, ticket
             ))
         }
     };
-    let accepted = hello.and_then(|h| admit(&state, &ticket, addr, session, h));
+    let accepted = hello.and_then(|h| admit(state, ticket, addr, session, h));
     let ((peer, first_channel), (delivery, floor_under)) = match accepted {
         Ok(p) => p,
         Err(ending) => {
@@ -725,8 +825,8 @@ async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr, ticket
                 }
             }
             relay.unregister(session);
-            close(&mut ws, ending).await;
-            return;
+            close(ws, ending, CLOSE_WITHIN).await;
+            return None;
         }
     };
     // Delegates come and go by the thousand (and a script by the hundred thousand): their
@@ -736,7 +836,7 @@ async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr, ticket
     } else {
         tracing::info!(peer = %addr, session, who = ?peer, "connected");
     }
-    let mut conn = Connection {
+    let conn = Connection {
         relay,
         session,
         peer,
@@ -750,40 +850,83 @@ async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr, ticket
         recorder: state.recorder.clone(),
         released: false,
     };
+    let ticks = Ticks {
+        ping: state.ping[session as usize % state.ping.len()].clone(),
+        relaxed: (delivery == Delivery::Relaxed)
+            .then(|| state.relaxed[session as usize % state.relaxed.len()].clone()),
+    };
+    let reader = Reader::new(&conn, state.quiet.clone());
+    Some(Accepted {
+        conn,
+        reader,
+        ctl,
+        first_channel,
+        ticks,
+    })
+}
+
+/// A delegate's connection: one task writes its frames and messages and reads what it sends
+/// (pongs, `subscribe`, `ping`), with the same bounds as a sender's reader task.
+async fn listener(ws: &mut WebSocket, a: &mut Accepted) {
+    let ending = listen(ws, a).await;
+    if !end(ws, &mut a.conn, ending).await {
+        drain(ws).await;
+    }
+}
+
+/// A booth console's, floor feed's or engineer's connection. Reading has its own task: a
+/// console's microphone frames go on to the relay even while a write to it is waiting.
+async fn talker(ws: WebSocket, a: Accepted, shutdown: watch::Receiver<bool>) {
+    let Accepted {
+        mut conn,
+        reader,
+        ctl,
+        first_channel,
+        ticks,
+    } = a;
+    match &conn.peer {
+        Peer::Console { booth, console } => conn
+            .relay
+            .sender_connected(conn.session, &format!("{booth}/{console}")),
+        Peer::Floor => conn.relay.sender_connected(conn.session, "floor"),
+        _ => {}
+    }
     let (mut sink, stream) = ws.split();
-    // Reading has its own task: a console's microphone frames go on to the relay even while a
-    // write to it is waiting, and a listener's task wakes for its audio without also polling
-    // an idle socket each time.
     let (incoming_tx, incoming) = mpsc::channel(INCOMING_QUEUE);
     let (stop_reading, stop) = watch::channel(false);
-    let mut reader = tokio::spawn(read_loop(
-        stream,
-        (conn.relay.clone(), state.quiet.clone()),
-        conn.session,
-        conn.peer.clone(),
-        addr,
-        incoming_tx,
-        stop,
-    ));
+    let mut reading = tokio::spawn(read_loop(stream, reader, incoming_tx, stop));
     let ending = serve(
         &mut sink,
         &mut conn,
         ctl,
         incoming,
         first_channel,
-        Ticks {
-            shutdown: state.shutdown,
-            ping: state.ping[session as usize % state.ping.len()].clone(),
-            relaxed: (delivery == Delivery::Relaxed)
-                .then(|| state.relaxed[session as usize % state.relaxed.len()].clone()),
-        },
+        ticks,
+        shutdown,
     )
     .await;
     let _ = stop_reading.send(true);
+    // The reader takes what the client still sends until it closes (briefly), so the socket is
+    // not closed with unread data: that would reset the connection, and the reset can destroy
+    // the error message before the client has read it.
+    if end(&mut sink, &mut conn, ending).await
+        || tokio::time::timeout(DRAIN, &mut reading).await.is_err()
+    {
+        reading.abort();
+    }
+}
+
+/// Logs why a connection ends, leaves the relay and tells the client. True on a dead path:
+/// nothing more will come from it, so nobody waits for its close.
+async fn end<S>(ws: &mut S, conn: &mut Connection, ending: Option<Ending>) -> bool
+where
+    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+{
     let reason = ending
         .as_ref()
         .map(|e| e.message.as_str())
         .unwrap_or("closed by the client");
+    let session = conn.session;
     if matches!(conn.peer, Peer::Listener) {
         tracing::debug!(peer = %conn.addr, session, delivered = conn.delivered, skipped = conn.skipped, reason, "disconnected");
     } else {
@@ -795,24 +938,21 @@ async fn connection(mut ws: WebSocket, state: AppState, addr: SocketAddr, ticket
     conn.release(ending.as_ref().map(|e| e.message.as_str()));
     if let Some(ending) = ending {
         // On a dead path nothing would arrive: close without waiting on it.
-        if dead {
-            let _ =
-                tokio::time::timeout(Duration::from_millis(100), close(&mut sink, ending)).await;
+        let limit = if dead {
+            Duration::from_millis(100)
         } else {
-            close(&mut sink, ending).await;
-        }
+            CLOSE_WITHIN
+        };
+        close(ws, ending, limit).await;
     }
-    // The reader takes what the client still sends until it closes (briefly), so the socket is
-    // not closed with unread data: that would reset the connection, and the reset can destroy
-    // the error message before the client has read it.
-    if dead || tokio::time::timeout(DRAIN, &mut reader).await.is_err() {
-        reader.abort();
-    }
-    drop(ticket);
+    dead
 }
 
 /// How often booth consoles and floor feeds are pinged to measure their round-trip time.
 pub const PING_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a closing connection may take to write why it closes.
+const CLOSE_WITHIN: Duration = Duration::from_secs(2);
 
 /// How long a closing connection keeps reading, waiting for the client's close.
 const DRAIN: Duration = Duration::from_secs(1);
@@ -858,24 +998,37 @@ fn input_error(e: axum::Error) -> Option<Ending> {
     }
 }
 
-async fn close<S>(ws: &mut S, ending: Ending)
+/// Tells the client why its connection ends (an `error`, then a close frame), within `limit`.
+async fn close<S>(ws: &mut S, ending: Ending, limit: Duration)
 where
     S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
 {
-    let msg = ServerMessage::error(ending.code, ending.message.clone(), true).to_json();
+    let code = close_code(ending.code);
     let reason = serde_json::to_value(ending.code)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
-    let send = async {
-        ws.send(Message::Text(msg.into())).await?;
-        ws.send(Message::Close(Some(CloseFrame {
-            code: close_code(ending.code),
+    let msg = ServerMessage::error(ending.code, ending.message, true).to_json();
+    let mut frames = [
+        Some(Message::Text(msg.into())),
+        Some(Message::Close(Some(CloseFrame {
+            code,
             reason: Utf8Bytes::from(reason),
-        })))
-        .await
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(2), send).await;
+        }))),
+    ];
+    // Written by hand rather than with two `send` futures: this is part of every
+    // connection's task, and so is its size.
+    let send = std::future::poll_fn(|cx| {
+        for frame in frames.iter_mut() {
+            if frame.is_some() {
+                std::task::ready!(std::pin::Pin::new(&mut *ws).poll_ready(cx))?;
+                let message = frame.take().expect("a frame to send");
+                std::pin::Pin::new(&mut *ws).start_send(message)?;
+            }
+        }
+        std::pin::Pin::new(&mut *ws).poll_flush(cx)
+    });
+    let _ = tokio::time::timeout(limit, send).await;
 }
 
 /// Checks a secret given by `addr` for `target`, slowing down guessing (see `attempts.rs`):
@@ -1064,11 +1217,11 @@ type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
 
 /// What a connection's writer wakes up for besides its own queues: shared, one timer each.
 struct Ticks {
-    shutdown: watch::Receiver<bool>,
-    /// Every [`LISTENER_PING`]: listeners and engineers are pinged.
-    ping: watch::Receiver<()>,
+    /// Every [`LISTENER_PING`]: listeners and engineers are pinged. Turns `true` when the
+    /// relay shuts down (a delegate's task has one wake-up less to wait on).
+    ping: watch::Receiver<bool>,
     /// Every [`RELAXED_EVERY`], for a listener of the relaxed class.
-    relaxed: Option<watch::Receiver<()>>,
+    relaxed: Option<watch::Receiver<bool>>,
 }
 
 /// What the reader task passes to the connection's task.
@@ -1089,9 +1242,9 @@ async fn serve(
     mut incoming: mpsc::Receiver<Incoming>,
     first_channel: Option<u16>,
     ticks: Ticks,
+    mut shutdown: watch::Receiver<bool>,
 ) -> Option<Ending> {
     let Ticks {
-        mut shutdown,
         ping: mut slow_ping,
         mut relaxed,
     } = ticks;
@@ -1112,27 +1265,10 @@ async fn serve(
         .cluster()
         .filter(|_| is_engineer)
         .map(|c| c.view_watch());
-    let (booth, console) = match &conn.peer {
-        Peer::Console { booth, console } => (Some(booth.clone()), Some(console.clone())),
-        _ => (None, None),
-    };
-    let role = match conn.peer {
-        Peer::Listener => Role::Listener,
-        Peer::Engineer => Role::Engineer,
-        Peer::Floor => Role::Floor,
-        Peer::Console { .. } => Role::Interpreter,
-    };
-    let welcome = ServerMessage::Welcome {
-        role,
-        event: relay.event().name.clone(),
-        booth,
-        console,
-        listener_delay_ms: matches!(conn.peer, Peer::Listener)
-            .then_some(relay.event().listener_delay_ms),
-        relays: relay.cluster().map(|c| c.relays()).unwrap_or_default(),
-    };
     let channels_now = channels.borrow_and_update().clone();
-    if send_text(ws, welcome.to_json().into()).await.is_err()
+    if send_text(ws, conn.welcome().to_json().into())
+        .await
+        .is_err()
         || send_bytes_text(ws, channels_now).await.is_err()
     {
         return None;
@@ -1181,65 +1317,15 @@ async fn serve(
             // Audio first: it is what every wake-up is for, nearly always.
             biased;
             n = next_frames(&mut conn.audio, &mut conn.under, &mut batch, &mut relaxed) => {
-                let Taken { delivered, skipped, under, under_skipped } = n;
-                if skipped > 0 {
-                    conn.skipped += skipped;
-                    if let Some((ch, _)) = &conn.audio {
-                        relay.fanout(*ch).frames_skipped.fetch_add(skipped, Ordering::Relaxed);
-                    }
-                }
-                if let Some((floor, _)) = conn.under.as_ref().filter(|_| under + under_skipped > 0) {
-                    let fan = relay.fanout(*floor);
-                    fan.frames_skipped.fetch_add(under_skipped, Ordering::Relaxed);
-                    fan.frames_delivered.fetch_add(under, Ordering::Relaxed);
-                    conn.skipped += under_skipped;
-                }
-                let delivered_all = delivered + under;
-                if delivered_all > 0 {
-                    let write = async {
-                        for frame in batch.drain(..) {
-                            ws.feed(Message::Binary(frame)).await?;
-                        }
-                        ws.flush().await
-                    };
-                    match write_within(conn.write_timeout, write).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => return None,
-                        Err(_) => {
-                            relay.stats.slow_closed.fetch_add(1, Ordering::Relaxed);
-                            conn.count_undelivered();
-                            return Some(Ending::new(
-                                ErrorCode::TooSlow,
-                                format!("not reading: no frame could be written for {:.1} s", conn.write_timeout.as_secs_f64()),
-                            ));
-                        }
-                    }
-                    conn.delivered += delivered_all;
-                    if let Some((ch, _)) = &conn.audio {
-                        relay.fanout(*ch).frames_delivered.fetch_add(delivered, Ordering::Relaxed);
-                    }
+                if let Err(ending) = deliver(ws, conn, n, &mut batch).await {
+                    return ending;
                 }
             }
-            msg = ctl.recv() => match msg {
-                Some(Outbound::Message(m)) => {
-                    if send_text(ws, m.to_json().into()).await.is_err() { return None; }
+            msg = ctl.recv() => {
+                if let Err(ending) = outbound(ws, conn, msg).await {
+                    return ending;
                 }
-                Some(Outbound::Console(state, input)) => {
-                    conn.hear(Some(input));
-                    if send_text(ws, ServerMessage::Console(*state).to_json().into()).await.is_err() {
-                        return None;
-                    }
-                }
-                Some(Outbound::Close(m)) => {
-                    let ServerMessage::Error { code, message, .. } = *m else {
-                        return Some(Ending::new(ErrorCode::TooSlow, "too slow to take the relay's messages"));
-                    };
-                    return Some(Ending::new(code, message));
-                }
-                None => {
-                    return Some(Ending::new(ErrorCode::TooSlow, "too slow to take the relay's messages"));
-                }
-            },
+            }
             msg = incoming.recv() => match msg {
                 Some(Incoming::Control(msg)) => {
                     let reply = match *msg {
@@ -1257,15 +1343,9 @@ async fn serve(
                         }
                         msg => control(conn, msg),
                     };
-                    let text = match reply {
-                        Ok(Some(m)) => m.to_json(),
-                        Ok(None) => continue,
-                        Err(r) => {
-                            tracing::info!(peer = %conn.addr, session = conn.session, code = ?r.code, reason = %r.message, "refused");
-                            ServerMessage::error(r.code, r.message, false).to_json()
-                        }
-                    };
-                    if send_text(ws, text.into()).await.is_err() { return None; }
+                    if let Some(text) = answer(conn, reply) {
+                        if send_text(ws, text.into()).await.is_err() { return None; }
+                    }
                 }
                 Some(Incoming::Ended(ending)) => return ending,
                 None => return None,
@@ -1280,7 +1360,7 @@ async fn serve(
                 if ws.send(Message::Ping(Bytes::copy_from_slice(&stamp))).await.is_err() { return None; }
             }
             r = slow_ping.changed(), if !is_sender => {
-                if r.is_err() { return None; }
+                if r.is_err() || *slow_ping.borrow_and_update() { return None; }
                 // Not timed: a listener's reader notices a missing pong by its deadline.
                 if send_within(ws, Message::Ping(Bytes::new())).await.is_err() { return None; }
             }
@@ -1315,6 +1395,189 @@ async fn serve(
             _ = shutdown.changed() => {
                 return Some(Ending::new(ErrorCode::ShuttingDown, "the relay is shutting down"));
             }
+        }
+    }
+}
+
+/// A delegate's writer and reader in one loop: frames of the channel heard, the relay's
+/// messages, what the client sends (read by its [`Reader`], with its bounds), the channel list,
+/// pings and shutdown. What it returns ends the connection.
+async fn listen(ws: &mut WebSocket, a: &mut Accepted) -> Option<Ending> {
+    // Reset by every message: one timer per connection, moved rather than made anew.
+    let silence = tokio::time::sleep(a.reader.deadline());
+    let mut silence = std::pin::pin!(silence);
+    let mut channels = a.conn.relay.channels_watch();
+    let text = a.conn.welcome().to_json();
+    if send_text(ws, text.into()).await.is_err() {
+        return None;
+    }
+    let json = channels.borrow_and_update().clone();
+    if send_bytes_text(ws, json).await.is_err() {
+        return None;
+    }
+    if a.first_channel.is_some() {
+        a.conn.hear(a.first_channel);
+        let text = a.conn.subscribed().to_json();
+        if send_text(ws, text.into()).await.is_err() {
+            return None;
+        }
+    }
+    let mut batch: Vec<Bytes> = Vec::new();
+    loop {
+        let conn = &mut a.conn;
+        tokio::select! {
+            // Audio first: it is what every wake-up is for, nearly always.
+            biased;
+            n = next_frames(&mut conn.audio, &mut conn.under, &mut batch, &mut a.ticks.relaxed) => {
+                if let Err(ending) = deliver(ws, conn, n, &mut batch).await {
+                    return ending;
+                }
+            }
+            msg = a.ctl.recv() => {
+                if let Err(ending) = outbound(ws, conn, msg).await {
+                    return ending;
+                }
+            }
+            read = a.reader.next(ws, silence.as_mut()) => match read {
+                Read::Control(msg) => {
+                    let reply = control(conn, *msg);
+                    if let Some(text) = answer(conn, reply) {
+                        if send_text(ws, text.into()).await.is_err() { return None; }
+                    }
+                }
+                Read::Ended(ending) => return ending,
+            },
+            r = channels.changed() => {
+                if r.is_err() { return None; }
+                let json = channels.borrow_and_update().clone();
+                if send_bytes_text(ws, json).await.is_err() { return None; }
+            }
+            r = a.ticks.ping.changed() => {
+                if r.is_err() { return None; }
+                if *a.ticks.ping.borrow_and_update() {
+                    return Some(Ending::new(ErrorCode::ShuttingDown, "the relay is shutting down"));
+                }
+                // Not timed: a missing pong is noticed by the reader's deadline.
+                if send_within(ws, Message::Ping(Bytes::new())).await.is_err() { return None; }
+            }
+        }
+    }
+}
+
+/// Counts what [`next_frames`] took and writes the batch. `Err` ends the connection: `None`
+/// when the write failed (the client is gone), `too_slow` when not a single frame could be
+/// written within the write timeout.
+async fn deliver<S>(
+    ws: &mut S,
+    conn: &mut Connection,
+    taken: Taken,
+    batch: &mut Vec<Bytes>,
+) -> Result<(), Option<Ending>>
+where
+    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+{
+    let Taken {
+        delivered,
+        skipped,
+        under,
+        under_skipped,
+    } = taken;
+    let relay = &conn.relay;
+    if skipped > 0 {
+        conn.skipped += skipped;
+        if let Some((ch, _)) = &conn.audio {
+            relay
+                .fanout(*ch)
+                .frames_skipped
+                .fetch_add(skipped, Ordering::Relaxed);
+        }
+    }
+    if let Some((floor, _)) = conn.under.as_ref().filter(|_| under + under_skipped > 0) {
+        let fan = relay.fanout(*floor);
+        fan.frames_skipped
+            .fetch_add(under_skipped, Ordering::Relaxed);
+        fan.frames_delivered.fetch_add(under, Ordering::Relaxed);
+        conn.skipped += under_skipped;
+    }
+    let delivered_all = delivered + under;
+    if delivered_all == 0 {
+        return Ok(());
+    }
+    let mut next = 0;
+    let written = write_within(conn.write_timeout, |cx| {
+        poll_batch(ws, batch, &mut next, cx)
+    })
+    .await;
+    batch.clear();
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Err(None),
+        Err(_) => {
+            conn.relay.stats.slow_closed.fetch_add(1, Ordering::Relaxed);
+            conn.count_undelivered();
+            return Err(Some(Ending::new(
+                ErrorCode::TooSlow,
+                format!(
+                    "not reading: no frame could be written for {:.1} s",
+                    conn.write_timeout.as_secs_f64()
+                ),
+            )));
+        }
+    }
+    conn.delivered += delivered_all;
+    if let Some((ch, _)) = &conn.audio {
+        conn.relay
+            .fanout(*ch)
+            .frames_delivered
+            .fetch_add(delivered, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Acts on what the relay has for this connection (`None`: its queue was dropped, the client
+/// was too slow to take it). `Err` ends the connection as [`deliver`]'s does.
+async fn outbound<S>(
+    ws: &mut S,
+    conn: &mut Connection,
+    msg: Option<Outbound>,
+) -> Result<(), Option<Ending>>
+where
+    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+{
+    let text = match msg {
+        Some(Outbound::Message(m)) => m.to_json(),
+        Some(Outbound::Console(state, input)) => {
+            conn.hear(Some(input));
+            ServerMessage::Console(*state).to_json()
+        }
+        Some(Outbound::Close(m)) => {
+            let ServerMessage::Error { code, message, .. } = *m else {
+                return Err(Some(Ending::new(
+                    ErrorCode::TooSlow,
+                    "too slow to take the relay's messages",
+                )));
+            };
+            return Err(Some(Ending::new(code, message)));
+        }
+        None => {
+            return Err(Some(Ending::new(
+                ErrorCode::TooSlow,
+                "too slow to take the relay's messages",
+            )))
+        }
+    };
+    send_text(ws, text.into()).await.map_err(|_| None)
+}
+
+/// The text of the reply to a control message, if it has one; a refusal is logged and
+/// answered with an `error` that leaves the connection open.
+fn answer(conn: &Connection, reply: Result<Option<ServerMessage>, Refusal>) -> Option<String> {
+    match reply {
+        Ok(Some(m)) => Some(m.to_json()),
+        Ok(None) => None,
+        Err(r) => {
+            tracing::info!(peer = %conn.addr, session = conn.session, code = ?r.code, reason = %r.message, "refused");
+            Some(ServerMessage::error(r.code, r.message, false).to_json())
         }
     }
 }
@@ -1363,7 +1626,7 @@ async fn next_frames(
     audio: &mut Option<(u16, broadcast::Receiver<Bytes>)>,
     under: &mut Option<(u16, broadcast::Receiver<Bytes>)>,
     batch: &mut Vec<Bytes>,
-    relaxed: &mut Option<watch::Receiver<()>>,
+    relaxed: &mut Option<watch::Receiver<bool>>,
 ) -> Taken {
     let Some((_, rx)) = audio else {
         return std::future::pending().await;
@@ -1462,38 +1725,81 @@ pub const RELAXED_EVERY: Duration = Duration::from_millis(200);
 pub const RELAXED_BACKLOG: usize = 48;
 pub const RELAXED_KEEP: usize = 10;
 
-/// Runs a write, arming the timeout only if the write does not complete at once: nearly every
-/// write does, and a timer per frame per listener is a cost paid thousands of times a frame.
-async fn write_within<F: Future>(
+/// Runs a write (`write` polls it), arming the timeout only if the write does not complete at
+/// once: nearly every write does, and a timer per frame per listener is a cost paid thousands
+/// of times a frame.
+async fn write_within<T>(
     limit: Duration,
-    write: F,
-) -> Result<F::Output, tokio::time::error::Elapsed> {
-    let mut write = std::pin::pin!(write);
-    let first = std::future::poll_fn(|cx| match write.as_mut().poll(cx) {
-        std::task::Poll::Ready(out) => std::task::Poll::Ready(Some(out)),
-        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    mut write: impl FnMut(&mut std::task::Context<'_>) -> std::task::Poll<T>,
+) -> Result<T, tokio::time::error::Elapsed> {
+    let first = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match write(cx) {
+            std::task::Poll::Ready(out) => Some(out),
+            std::task::Poll::Pending => None,
+        })
     })
     .await;
     match first {
         Some(out) => Ok(out),
-        None => tokio::time::timeout(limit, write).await,
+        None => tokio::time::timeout(limit, std::future::poll_fn(write)).await,
     }
 }
 
-async fn send_text(ws: &mut Sink, text: Utf8Bytes) -> Result<(), axum::Error> {
-    send_within(ws, Message::Text(text)).await
+/// Feeds the frames of `batch` from `*next` on to `ws` and flushes them (what `feed` for each
+/// and `flush` would do, without a future holding a message of its own).
+fn poll_batch<S>(
+    ws: &mut S,
+    batch: &mut [Bytes],
+    next: &mut usize,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<Result<(), axum::Error>>
+where
+    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+{
+    while let Some(frame) = batch.get_mut(*next) {
+        std::task::ready!(std::pin::Pin::new(&mut *ws).poll_ready(cx))?;
+        std::pin::Pin::new(&mut *ws).start_send(Message::Binary(std::mem::take(frame)))?;
+        *next += 1;
+    }
+    std::pin::Pin::new(&mut *ws).poll_flush(cx)
 }
 
-async fn send_within(ws: &mut Sink, msg: Message) -> Result<(), axum::Error> {
+// The three below are plain functions returning the future of the send, not `async fn`s, and
+// so add nothing to it: they are part of every connection's task.
+
+fn send_text<'a, S>(
+    ws: &'a mut S,
+    text: Utf8Bytes,
+) -> impl Future<Output = Result<(), axum::Error>> + 'a
+where
+    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+{
+    send_within(ws, Message::Text(text))
+}
+
+fn send_within<'a, S>(
+    ws: &'a mut S,
+    msg: Message,
+) -> impl Future<Output = Result<(), axum::Error>> + 'a
+where
+    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+{
+    use futures_util::FutureExt;
     tokio::time::timeout(WRITE_TIMEOUT, ws.send(msg))
-        .await
-        .unwrap_or_else(|_| Err(axum::Error::new("write timed out")))
+        .map(|r| r.unwrap_or_else(|_| Err(axum::Error::new("write timed out"))))
 }
 
-async fn send_bytes_text(ws: &mut Sink, json: Bytes) -> Result<(), axum::Error> {
+fn send_bytes_text<'a, S>(
+    ws: &'a mut S,
+    json: Bytes,
+) -> impl Future<Output = Result<(), axum::Error>> + 'a
+where
+    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+{
+    use futures_util::future::Either;
     match Utf8Bytes::try_from(json) {
-        Ok(text) => send_text(ws, text).await,
-        Err(e) => Err(axum::Error::new(e)),
+        Ok(text) => Either::Left(send_text(ws, text)),
+        Err(e) => Either::Right(std::future::ready(Err(axum::Error::new(e)))),
     }
 }
 
@@ -1544,158 +1850,273 @@ impl Budget {
     }
 }
 
-/// Reads the client's messages until it leaves or sends what ends the connection: audio
-/// frames go straight to the relay, control messages to the connection's task.
-async fn read_loop(
-    mut stream: futures_util::stream::SplitStream<WebSocket>,
-    (relay, quiet): (Arc<Relay>, Arc<crate::admission::Quiet>),
+/// What reading a client brings its connection's task.
+enum Read {
+    /// A control message to act on.
+    Control(Box<ClientMessage>),
+    /// The client left (`None`) or sent what ends the connection.
+    Ended(Option<Ending>),
+}
+
+/// What a client may send besides control messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sends {
+    Nothing,
+    ConsoleFrames,
+    FloorFrames,
+}
+
+/// The reading side of a connection: audio frames go straight to the relay, control messages
+/// to the connection's task; the client's budgets and the dead-path deadline apply. All its
+/// state is here rather than in [`Reader::next`]'s future, which may be dropped between any
+/// two messages (a delegate's task drops it whenever it writes a frame).
+struct Reader {
+    relay: Arc<Relay>,
+    quiet: Arc<crate::admission::Quiet>,
     session: Session,
-    peer: Peer,
     addr: SocketAddr,
-    tx: mpsc::Sender<Incoming>,
-    mut stop: watch::Receiver<bool>,
-) {
-    // Refusals are said in the log once per address and kind per 10 s: a script repeating one
-    // must not fill the disk.
-    let host = crate::admission::host_key(addr.ip());
-    let mut frames = Budget::new(FRAME_BURST, FRAME_RATE);
-    let mut control = Budget::new(CONTROL_BURST, CONTROL_RATE);
-    let deadline = match peer {
-        Peer::Console { .. } | Peer::Floor => SENDER_DEADLINE,
-        Peer::Listener | Peer::Engineer => LISTENER_DEADLINE,
-    };
-    // Reset by every message: one timer per connection, moved rather than made anew.
-    let silence = tokio::time::sleep(deadline);
-    let mut silence = std::pin::pin!(silence);
-    match &peer {
-        Peer::Console { booth, console } => {
-            relay.sender_connected(session, &format!("{booth}/{console}"))
+    /// Refusals are said in the log once per address and kind per 10 s: a script repeating
+    /// one must not fill the disk.
+    host: std::net::IpAddr,
+    sends: Sends,
+    frames: Budget,
+    control: Budget,
+    /// A control message read past the budget, waiting for its turn.
+    held: Option<Message>,
+}
+
+impl Reader {
+    fn new(conn: &Connection, quiet: Arc<crate::admission::Quiet>) -> Reader {
+        Reader {
+            relay: conn.relay.clone(),
+            quiet,
+            session: conn.session,
+            addr: conn.addr,
+            host: crate::admission::host_key(conn.addr.ip()),
+            sends: match conn.peer {
+                Peer::Console { .. } => Sends::ConsoleFrames,
+                Peer::Floor => Sends::FloorFrames,
+                Peer::Listener | Peer::Engineer => Sends::Nothing,
+            },
+            frames: Budget::new(FRAME_BURST, FRAME_RATE),
+            control: Budget::new(CONTROL_BURST, CONTROL_RATE),
+            held: None,
         }
-        Peer::Floor => relay.sender_connected(session, "floor"),
-        _ => {}
     }
-    let ending = loop {
-        let next = tokio::select! {
-            next = stream.next() => next,
-            // The connection's task is ending it: take nothing more from this client.
-            _ = stop.changed() => {
-                drain(&mut stream).await;
-                return;
-            }
-            _ = silence.as_mut() => {
-                relay.stats.dead_paths.fetch_add(1, Ordering::Relaxed);
-                // A sender's is worth a line each; delegates' once per address per 10 s.
-                let sender = matches!(peer, Peer::Console { .. } | Peer::Floor);
-                if sender || quiet.allow(host, "dead_path", std::time::Instant::now()) {
-                    tracing::warn!(peer = %addr, session, deadline_s = deadline.as_secs(), "no answer: path taken to be dead");
-                }
-                let _ = tx.send(Incoming::Ended(Some(Ending::new(
-                    ErrorCode::Timeout,
-                    format!("no answer for {} s (path dead)", deadline.as_secs()),
-                )))).await;
-                return;
-            }
-        };
-        silence
-            .as_mut()
-            .reset(tokio::time::Instant::now() + deadline);
-        let msg = match next {
-            Some(Ok(m)) => m,
-            Some(Err(e)) => break input_error(e),
-            None => break None,
-        };
-        if !matches!(msg, Message::Binary(_)) {
-            let mut paced = false;
-            while let Err(wait) = control.take() {
+
+    /// How long nothing may come from this client before its path is taken to be dead.
+    fn deadline(&self) -> Duration {
+        match self.sends {
+            Sends::ConsoleFrames | Sends::FloorFrames => SENDER_DEADLINE,
+            Sends::Nothing => LISTENER_DEADLINE,
+        }
+    }
+
+    /// Reads until there is something for the connection's task. `silence` is the
+    /// connection's one timer: the dead-path deadline, reset by every message, or while a
+    /// control message waits for its turn, that turn.
+    async fn next<S>(
+        &mut self,
+        stream: &mut S,
+        mut silence: std::pin::Pin<&mut tokio::time::Sleep>,
+    ) -> Read
+    where
+        S: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+    {
+        loop {
+            if self.held.is_some() {
                 // Paced, not dropped: the message waits its turn, and while it does nothing
                 // more is read from this client.
-                if !paced {
-                    paced = true;
-                    relay.stats.paced_messages.fetch_add(1, Ordering::Relaxed);
-                    if quiet.allow(host, "paced", std::time::Instant::now()) {
-                        tracing::warn!(peer = %addr.ip(), session, rate = CONTROL_RATE, "control messages faster than a person sends them: read at that pace");
-                    }
+                silence.as_mut().await;
+                if let Err(wait) = self.control.take() {
+                    silence.as_mut().reset(tokio::time::Instant::now() + wait);
+                    continue;
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.changed() => {
-                        drain(&mut stream).await;
-                        return;
-                    }
-                }
-            }
-            if paced {
                 silence
                     .as_mut()
-                    .reset(tokio::time::Instant::now() + deadline);
+                    .reset(tokio::time::Instant::now() + self.deadline());
+                let msg = self.held.take().expect("a held message");
+                match self.take(msg) {
+                    Some(read) => return read,
+                    None => continue,
+                }
+            }
+            let next = tokio::select! {
+                // What has come counts before the deadline.
+                biased;
+                next = stream.next() => next,
+                _ = silence.as_mut() => return self.dead(),
+            };
+            silence
+                .as_mut()
+                .reset(tokio::time::Instant::now() + self.deadline());
+            let msg = match next {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => return Read::Ended(input_error(e)),
+                None => return Read::Ended(None),
+            };
+            if !matches!(msg, Message::Binary(_)) {
+                if let Err(wait) = self.control.take() {
+                    self.relay
+                        .stats
+                        .paced_messages
+                        .fetch_add(1, Ordering::Relaxed);
+                    if self
+                        .quiet
+                        .allow(self.host, "paced", std::time::Instant::now())
+                    {
+                        tracing::warn!(peer = %self.addr.ip(), session = self.session, rate = CONTROL_RATE, "control messages faster than a person sends them: read at that pace");
+                    }
+                    self.held = Some(msg);
+                    silence.as_mut().reset(tokio::time::Instant::now() + wait);
+                    continue;
+                }
+            }
+            if let Some(read) = self.take(msg) {
+                return read;
             }
         }
+    }
+
+    /// Nothing came within the deadline: the path is taken to be dead.
+    fn dead(&self) -> Read {
+        let deadline = self.deadline();
+        self.relay.stats.dead_paths.fetch_add(1, Ordering::Relaxed);
+        // A sender's is worth a line each; delegates' once per address per 10 s.
+        if self.sends != Sends::Nothing
+            || self
+                .quiet
+                .allow(self.host, "dead_path", std::time::Instant::now())
+        {
+            tracing::warn!(peer = %self.addr, session = self.session, deadline_s = deadline.as_secs(), "no answer: path taken to be dead");
+        }
+        Read::Ended(Some(Ending::new(
+            ErrorCode::Timeout,
+            format!("no answer for {} s (path dead)", deadline.as_secs()),
+        )))
+    }
+
+    /// Takes one message within the budgets: what the connection's task must know, if anything.
+    fn take(&mut self, msg: Message) -> Option<Read> {
+        let (relay, session, addr, host) = (&self.relay, self.session, self.addr, self.host);
         match msg {
             Message::Binary(frame) => {
-                if frames.take().is_err() {
+                if self.frames.take().is_err() {
                     relay.stats.refused_frames.fetch_add(1, Ordering::Relaxed);
-                    if quiet.allow(host, "frames_too_fast", std::time::Instant::now()) {
+                    if self
+                        .quiet
+                        .allow(host, "frames_too_fast", std::time::Instant::now())
+                    {
                         tracing::warn!(peer = %addr, session, "frames faster than real time");
                     }
-                    break Some(Ending::new(
+                    return Some(Read::Ended(Some(Ending::new(
                         ErrorCode::BadFrame,
                         format!(
                             "frames sent faster than real time (more than {FRAME_RATE} a second)"
                         ),
-                    ));
+                    ))));
                 }
-                let result = match peer {
-                    Peer::Console { .. } => relay.console_frame(session, &frame),
-                    Peer::Floor => relay.floor_frame(session, &frame),
-                    _ => {
-                        break Some(Ending::new(
+                let result = match self.sends {
+                    Sends::ConsoleFrames => relay.console_frame(session, &frame),
+                    Sends::FloorFrames => relay.floor_frame(session, &frame),
+                    Sends::Nothing => {
+                        return Some(Read::Ended(Some(Ending::new(
                             ErrorCode::Forbidden,
                             "only booth consoles and the floor send audio",
-                        ))
+                        ))))
                     }
                 };
                 if let Err(e) = result {
                     relay.stats.refused_frames.fetch_add(1, Ordering::Relaxed);
-                    if quiet.allow(host, "bad_frame", std::time::Instant::now()) {
+                    if self
+                        .quiet
+                        .allow(host, "bad_frame", std::time::Instant::now())
+                    {
                         tracing::warn!(peer = %addr, session, error = %e, "bad frame");
                     }
-                    break Some(Ending::new(ErrorCode::BadFrame, e.to_string()));
+                    return Some(Read::Ended(Some(Ending::new(
+                        ErrorCode::BadFrame,
+                        e.to_string(),
+                    ))));
                 }
+                None
             }
             Message::Text(text) => match ClientMessage::parse(&text) {
-                Ok(msg) => {
-                    if tx.send(Incoming::Control(Box::new(msg))).await.is_err() {
-                        return;
-                    }
-                }
+                Ok(msg) => Some(Read::Control(Box::new(msg))),
                 Err(e) => {
                     relay.stats.refused_messages.fetch_add(1, Ordering::Relaxed);
-                    if quiet.allow(host, "bad_message", std::time::Instant::now()) {
+                    if self
+                        .quiet
+                        .allow(host, "bad_message", std::time::Instant::now())
+                    {
                         tracing::warn!(peer = %addr, session, error = %e, "bad message");
                     }
-                    break Some(Ending::new(ErrorCode::BadMessage, e.to_string()));
+                    Some(Read::Ended(Some(Ending::new(
+                        ErrorCode::BadMessage,
+                        e.to_string(),
+                    ))))
                 }
             },
-            Message::Close(_) => break None,
+            Message::Close(_) => Some(Read::Ended(None)),
             Message::Pong(payload) => {
                 // Our own ping's send time came back: the round trip.
                 if let Ok(sent) = <[u8; 8]>::try_from(payload.as_ref()) {
                     let rtt = crate::relay::unix_micros().saturating_sub(u64::from_be_bytes(sent));
                     relay.health_update(session, |h| h.rtt_ms = Some(rtt as f64 / 1000.0));
                 }
+                None
             }
-            Message::Ping(_) => {}
+            Message::Ping(_) => None,
         }
-    };
-    let closing = ending.is_some();
-    let _ = tx.send(Incoming::Ended(ending)).await;
-    if closing {
-        drain(&mut stream).await;
+    }
+}
+
+/// A sender's or engineer's reader task: reads the client's messages until it leaves or sends
+/// what ends the connection, or until the connection's task stops it.
+async fn read_loop(
+    mut stream: futures_util::stream::SplitStream<WebSocket>,
+    mut reader: Reader,
+    tx: mpsc::Sender<Incoming>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let silence = tokio::time::sleep(reader.deadline());
+    let mut silence = std::pin::pin!(silence);
+    loop {
+        let read = tokio::select! {
+            read = reader.next(&mut stream, silence.as_mut()) => read,
+            // The connection's task is ending it: take nothing more from this client.
+            _ = stop.changed() => {
+                drain(&mut stream).await;
+                return;
+            }
+        };
+        match read {
+            Read::Control(msg) => {
+                if tx.send(Incoming::Control(msg)).await.is_err() {
+                    return;
+                }
+            }
+            Read::Ended(ending) => {
+                // After a dead path nothing more will come; after a refusal the client's
+                // remaining messages are read until it closes.
+                let closing = ending
+                    .as_ref()
+                    .is_some_and(|e| e.code != ErrorCode::Timeout);
+                let _ = tx.send(Incoming::Ended(ending)).await;
+                if closing {
+                    drain(&mut stream).await;
+                }
+                return;
+            }
+        }
     }
 }
 
 /// Reads and drops what a client sends until it closes, for at most `DRAIN`.
-async fn drain(stream: &mut futures_util::stream::SplitStream<WebSocket>) {
+async fn drain<S>(stream: &mut S)
+where
+    S: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
     let _ = tokio::time::timeout(DRAIN, async {
         while let Some(Ok(m)) = stream.next().await {
             if matches!(m, Message::Close(_)) {
