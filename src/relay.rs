@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, watch, Notify};
 
 /// Frames each channel's queue holds. A listener further behind than this has lost frames
 /// and is moved on to live. 64 frames is 1.28 s at 20 ms frames: a relaxed listener, written
@@ -112,8 +112,82 @@ pub struct Stats {
     pub recording_lost: AtomicU64,
 }
 
+/// The relay's end of a connection's control queue.
 struct SessionHandle {
-    tx: mpsc::Sender<Outbound>,
+    tx: Arc<ControlQueue>,
+}
+
+impl SessionHandle {
+    /// Queues a message; `Err` when the queue is full (or its connection gone).
+    fn try_send(&self, msg: Outbound) -> Result<(), Outbound> {
+        let mut q = self.tx.state.lock().expect("control queue lock poisoned");
+        if q.receiver_gone || q.messages.len() >= SESSION_QUEUE {
+            return Err(msg);
+        }
+        q.messages.push_back(msg);
+        drop(q);
+        self.tx.ready.notify_one();
+        Ok(())
+    }
+}
+
+impl Drop for SessionHandle {
+    fn drop(&mut self) {
+        self.tx
+            .state
+            .lock()
+            .expect("control queue lock poisoned")
+            .sender_gone = true;
+        self.tx.ready.notify_one();
+    }
+}
+
+/// A connection's control messages from the relay, in order, at most [`SESSION_QUEUE`]; the
+/// relay never waits on it. A deque that grows only when a message comes, and a `Notify`:
+/// about a hundred bytes a connection, where a Tokio `mpsc` channel takes a kilobyte at once,
+/// and a delegate seldom gets a control message at all.
+struct ControlQueue {
+    state: Mutex<ControlState>,
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct ControlState {
+    messages: VecDeque<Outbound>,
+    /// The relay dropped the queue: it was full, the connection is too slow.
+    sender_gone: bool,
+    receiver_gone: bool,
+}
+
+/// The connection's end of its control queue (see [`Relay::register`]).
+pub struct Controls(Arc<ControlQueue>);
+
+impl Controls {
+    /// The next message; `None` once the relay dropped the queue (it was full). Cancel-safe:
+    /// a message is taken only when it is returned.
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        loop {
+            {
+                let mut q = self.0.state.lock().expect("control queue lock poisoned");
+                if let Some(msg) = q.messages.pop_front() {
+                    return Some(msg);
+                }
+                if q.sender_gone {
+                    return None;
+                }
+            }
+            // A message queued since the check above left a permit: this returns at once.
+            self.0.ready.notified().await;
+        }
+    }
+}
+
+impl Drop for Controls {
+    fn drop(&mut self) {
+        let mut q = self.0.state.lock().expect("control queue lock poisoned");
+        q.receiver_gone = true;
+        q.messages.clear();
+    }
 }
 
 /// Bound on the identities whose reconnects are counted (consoles and floors of an event are
@@ -260,10 +334,14 @@ impl Relay {
     }
 
     /// A new connection: its session number and the queue the relay talks to it through.
-    pub fn register(&self) -> (Session, mpsc::Receiver<Outbound>) {
+    pub fn register(&self) -> (Session, Controls) {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
-        self.sessions.insert(session, SessionHandle { tx });
+        let queue = Arc::new(ControlQueue {
+            state: Mutex::new(ControlState::default()),
+            ready: Notify::new(),
+        });
+        let rx = Controls(queue.clone());
+        self.sessions.insert(session, SessionHandle { tx: queue });
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         (session, rx)
     }
@@ -506,7 +584,7 @@ impl Relay {
         if let Some(h) = self.sessions.get(&session) {
             // A connection that cannot take a control message within its queue is stuck;
             // its own task notices (the queue closes when it is dropped) and goes.
-            if h.tx.try_send(msg).is_err() {
+            if h.try_send(msg).is_err() {
                 tracing::warn!(session, "control queue full; the connection is closed");
                 drop(h);
                 self.sessions.remove(&session);

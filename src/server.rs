@@ -22,7 +22,6 @@ use crate::protocol::{
 use crate::record::Recorder;
 use crate::relay::{Outbound, Relay};
 use crate::rules::{Command, Refusal, Session};
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -37,6 +36,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tower::ServiceExt;
 use tower_http::compression::Compression;
 use tower_http::services::ServeFile;
@@ -68,6 +71,16 @@ pub const NOTSENT_LOWAT: u32 = 8 * 1024;
 /// WebSocket read buffer per connection: messages are at most 4 KiB, and there may be
 /// thousands of connections (the library's default is 128 KiB).
 pub const READ_BUFFER: usize = 256;
+/// Text messages longer than this are sent in fragments of at most this many bytes, each
+/// written at once: the WebSocket's write buffer keeps the capacity of the longest write it
+/// made, and the channel list alone is over a kilobyte.
+pub const FRAGMENT: usize = 512;
+
+/// A client's WebSocket, straight on the upgraded connection (tungstenite's, without axum's
+/// wrapper: the relay writes some messages in fragments).
+type WebSocket =
+    tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+type WsError = tokio_tungstenite::tungstenite::Error;
 
 /// How `serve` is set up.
 #[derive(Debug, Clone)]
@@ -512,12 +525,15 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn ws_handler(
-    ws: WebSocketUpgrade,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ticket: Option<axum::Extension<Ticket>>,
-    headers: axum::http::HeaderMap,
     State(state): State<AppState>,
+    mut req: axum::extract::Request,
 ) -> axum::response::Response {
+    let (on_upgrade, accept) = match upgrade(&mut req) {
+        Ok(u) => u,
+        Err(refusal) => return refusal.into_response(),
+    };
     let ticket = match ticket {
         Some(axum::Extension(t)) => t,
         // Only a router served without the accept loop has none: admit here.
@@ -528,15 +544,85 @@ async fn ws_handler(
             }
         },
     };
-    let client = crate::admission::client_addr(peer.ip(), &headers, &state.gate);
+    let client = crate::admission::client_addr(peer.ip(), req.headers(), &state.gate);
     let peer = SocketAddr::new(client, if client == peer.ip() { peer.port() } else { 0 });
-    ws.read_buffer_size(READ_BUFFER)
+    tokio::spawn(connection(on_upgrade, state, peer, ticket));
+    (
+        axum::http::StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (axum::http::header::CONNECTION, "upgrade".to_string()),
+            (axum::http::header::UPGRADE, "websocket".to_string()),
+            (axum::http::header::SEC_WEBSOCKET_ACCEPT, accept),
+        ],
+    )
+        .into_response()
+}
+
+/// Checks a WebSocket upgrade request as axum's `WebSocketUpgrade` does, with its answers to a
+/// bad one; the connection's upgrade to come and the `Sec-WebSocket-Accept` value.
+fn upgrade(
+    req: &mut axum::extract::Request,
+) -> Result<(hyper::upgrade::OnUpgrade, String), (axum::http::StatusCode, &'static str)> {
+    use axum::http::{header, Method, StatusCode};
+    let refuse = |status: StatusCode, body: &'static str| Err((status, body));
+    let headers = req.headers();
+    let has = |name: header::HeaderName, value: &str| {
+        headers
+            .get(name)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(value.as_bytes()))
+    };
+    if req.method() != Method::GET {
+        return refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Request method must be `GET`",
+        );
+    }
+    let connection_upgrade = headers
+        .get(header::CONNECTION)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"));
+    if !connection_upgrade {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "Connection header did not include 'upgrade'",
+        );
+    }
+    if !has(header::UPGRADE, "websocket") {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "`Upgrade` header did not include 'websocket'",
+        );
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "`Sec-WebSocket-Key` header missing",
+        );
+    };
+    if !has(header::SEC_WEBSOCKET_VERSION, "13") {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "`Sec-WebSocket-Version` header did not include '13'",
+        );
+    }
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    match req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() {
+        Some(on_upgrade) => Ok((on_upgrade, accept)),
+        None => refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "WebSocket request couldn't be upgraded since no upgrade state was present",
+        ),
+    }
+}
+
+/// The WebSocket settings of every connection.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(8 * 1024)
         .max_write_buffer_size(256 * 1024)
-        .max_message_size(MAX_CONTROL_LEN.max(MAX_FRAME_LEN))
-        .max_frame_size(MAX_CONTROL_LEN.max(MAX_FRAME_LEN))
-        .on_upgrade(move |socket| connection(socket, state, peer, ticket))
-        .into_response()
+        .max_message_size(Some(MAX_CONTROL_LEN.max(MAX_FRAME_LEN)))
+        .max_frame_size(Some(MAX_CONTROL_LEN.max(MAX_FRAME_LEN)))
 }
 
 /// Why a connection ends, with what the client is told.
@@ -597,7 +683,6 @@ struct Connection {
     skipped: u64,
     delivered: u64,
     write_timeout: Duration,
-    recorder: Recorder,
     /// Already left the relay (see [`Connection::release`]).
     released: bool,
 }
@@ -714,12 +799,25 @@ impl Drop for Connection {
 // is 368 bytes), and a relay holds tens of thousands of these tasks.
 #[allow(clippy::manual_async_fn)]
 fn connection(
-    mut ws: WebSocket,
+    on_upgrade: hyper::upgrade::OnUpgrade,
     state: AppState,
     addr: SocketAddr,
     ticket: Ticket,
 ) -> impl Future<Output = ()> + Send {
     async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(peer = %addr, error = %e, "WebSocket upgrade failed");
+                return;
+            }
+        };
+        let mut ws = WebSocket::from_raw_socket(
+            hyper_util::rt::TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            Some(ws_config()),
+        )
+        .await;
         let Some(mut admitted) = hello(&mut ws, &state, addr, &ticket).await else {
             return;
         };
@@ -728,7 +826,8 @@ fn connection(
             listener(&mut ws, &mut admitted).await;
         } else {
             // Few, and with more to follow: kept off the delegates' (smaller) task.
-            Box::pin(talker(ws, admitted, state.shutdown.clone())).await;
+            let (shutdown, recorder) = (state.shutdown.clone(), state.recorder.clone());
+            Box::pin(talker(ws, admitted, shutdown, recorder)).await;
         }
         drop(ticket);
     }
@@ -739,7 +838,7 @@ struct Accepted {
     conn: Connection,
     reader: Reader,
     /// The relay's messages for this connection.
-    ctl: mpsc::Receiver<Outbound>,
+    ctl: crate::relay::Controls,
     first_channel: Option<u16>,
     ticks: Ticks,
 }
@@ -847,7 +946,6 @@ async fn hello(
         skipped: 0,
         delivered: 0,
         write_timeout: state.write_timeout,
-        recorder: state.recorder.clone(),
         released: false,
     };
     let ticks = Ticks {
@@ -876,7 +974,7 @@ async fn listener(ws: &mut WebSocket, a: &mut Accepted) {
 
 /// A booth console's, floor feed's or engineer's connection. Reading has its own task: a
 /// console's microphone frames go on to the relay even while a write to it is waiting.
-async fn talker(ws: WebSocket, a: Accepted, shutdown: watch::Receiver<bool>) {
+async fn talker(ws: WebSocket, a: Accepted, shutdown: watch::Receiver<bool>, recorder: Recorder) {
     let Accepted {
         mut conn,
         reader,
@@ -902,7 +1000,7 @@ async fn talker(ws: WebSocket, a: Accepted, shutdown: watch::Receiver<bool>) {
         incoming,
         first_channel,
         ticks,
-        shutdown,
+        (shutdown, recorder),
     )
     .await;
     let _ = stop_reading.send(true);
@@ -920,7 +1018,7 @@ async fn talker(ws: WebSocket, a: Accepted, shutdown: watch::Receiver<bool>) {
 /// nothing more will come from it, so nobody waits for its close.
 async fn end<S>(ws: &mut S, conn: &mut Connection, ending: Option<Ending>) -> bool
 where
-    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+    S: futures_util::Sink<Message, Error = WsError> + Unpin,
 {
     let reason = ending
         .as_ref()
@@ -960,9 +1058,9 @@ const DRAIN: Duration = Duration::from_secs(1);
 /// The first text message (WebSocket pings before it are fine); `None` if the client left.
 async fn first_message(ws: &mut WebSocket) -> Option<Result<Utf8Bytes, Ending>> {
     loop {
-        match ws.recv().await? {
+        match ws.next().await? {
             Ok(Message::Text(text)) => return Some(Ok(text)),
-            Ok(Message::Ping(_) | Message::Pong(_)) => {}
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
             Ok(Message::Close(_)) => return None,
             Ok(Message::Binary(_)) => {
                 return Some(Err(Ending::new(
@@ -977,33 +1075,33 @@ async fn first_message(ws: &mut WebSocket) -> Option<Result<Utf8Bytes, Ending>> 
 
 /// A read error: a message over the size limit is refused with the reason; anything else
 /// means the client is gone (reset, closed without a handshake) and nothing is sent.
-fn input_error(e: axum::Error) -> Option<Ending> {
-    use tokio_tungstenite::tungstenite::Error as WsError;
-    match e.into_inner().downcast::<WsError>() {
-        Ok(e) => match *e {
-            WsError::Capacity(c) => Some(Ending::new(
+fn input_error(e: WsError) -> Option<Ending> {
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
+    match e {
+        WsError::Capacity(c) => Some(Ending::new(
+            ErrorCode::BadMessage,
+            format!("message too long: {c} (limit {MAX_CONTROL_LEN} bytes)"),
+        )),
+        WsError::Utf8(_) => Some(Ending::new(
+            ErrorCode::BadMessage,
+            "text message is not valid UTF-8",
+        )),
+        WsError::Protocol(p) if !matches!(p, ProtocolError::ResetWithoutClosingHandshake) => {
+            Some(Ending::new(
                 ErrorCode::BadMessage,
-                format!("message too long: {c} (limit {MAX_CONTROL_LEN} bytes)"),
-            )),
-            WsError::Utf8(_) => Some(Ending::new(
-                ErrorCode::BadMessage,
-                "text message is not valid UTF-8",
-            )),
-            WsError::Protocol(p) if !matches!(p, tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => {
-                Some(Ending::new(ErrorCode::BadMessage, format!("WebSocket protocol error: {p}")))
-            }
-            _ => None,
-        },
-        Err(_) => None,
+                format!("WebSocket protocol error: {p}"),
+            ))
+        }
+        _ => None,
     }
 }
 
 /// Tells the client why its connection ends (an `error`, then a close frame), within `limit`.
 async fn close<S>(ws: &mut S, ending: Ending, limit: Duration)
 where
-    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+    S: futures_util::Sink<Message, Error = WsError> + Unpin,
 {
-    let code = close_code(ending.code);
+    let code = CloseCode::from(close_code(ending.code));
     let reason = serde_json::to_value(ending.code)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
@@ -1238,11 +1336,11 @@ const INCOMING_QUEUE: usize = 16;
 async fn serve(
     ws: &mut Sink,
     conn: &mut Connection,
-    mut ctl: mpsc::Receiver<Outbound>,
+    mut ctl: crate::relay::Controls,
     mut incoming: mpsc::Receiver<Incoming>,
     first_channel: Option<u16>,
     ticks: Ticks,
-    mut shutdown: watch::Receiver<bool>,
+    (mut shutdown, recorder): (watch::Receiver<bool>, Recorder),
 ) -> Option<Ending> {
     let Ticks {
         ping: mut slow_ping,
@@ -1338,7 +1436,7 @@ async fn serve(
                                     link.record(&relay, conn.session, start);
                                     Ok(None)
                                 }
-                                None => conn.recorder.set(&relay, start).await.map(|_| None),
+                                None => recorder.set(&relay, start).await.map(|_| None),
                             }
                         }
                         msg => control(conn, msg),
@@ -1474,7 +1572,7 @@ async fn deliver<S>(
     batch: &mut Vec<Bytes>,
 ) -> Result<(), Option<Ending>>
 where
-    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+    S: futures_util::Sink<Message, Error = WsError> + Unpin,
 {
     let Taken {
         delivered,
@@ -1542,7 +1640,7 @@ async fn outbound<S>(
     msg: Option<Outbound>,
 ) -> Result<(), Option<Ending>>
 where
-    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+    S: futures_util::Sink<Message, Error = WsError> + Unpin,
 {
     let text = match msg {
         Some(Outbound::Message(m)) => m.to_json(),
@@ -1631,14 +1729,11 @@ async fn next_frames(
     let Some((_, rx)) = audio else {
         return std::future::pending().await;
     };
-    let mut taken = Taken {
-        delivered: 0,
-        skipped: 0,
-        under: 0,
-        under_skipped: 0,
-    };
-    let mut first = None;
+    batch.clear();
+    // The first frame of the channel goes straight into `batch`; one of the floor waits here
+    // for the channel's queued frames to go before it.
     let mut first_under = None;
+    let (mut skipped, mut under_skipped) = (0, 0);
     let (backlog, keep) = match relaxed {
         Some(tick) => {
             if tick.changed().await.is_err() {
@@ -1648,7 +1743,7 @@ async fn next_frames(
         }
         None => {
             // Lagging is never fatal: the queue moved on without us; count and go on.
-            while first.is_none() && first_under.is_none() {
+            while batch.is_empty() && first_under.is_none() {
                 let (got, is_under) = match under {
                     None => (rx.recv().await, false),
                     Some((_, floor)) => tokio::select! {
@@ -1658,10 +1753,10 @@ async fn next_frames(
                     },
                 };
                 match (got, is_under) {
-                    (Ok(f), false) => first = Some(f),
+                    (Ok(f), false) => batch.push(f),
                     (Ok(f), true) => first_under = Some(f),
-                    (Err(broadcast::error::RecvError::Lagged(n)), false) => taken.skipped += n,
-                    (Err(broadcast::error::RecvError::Lagged(n)), true) => taken.under_skipped += n,
+                    (Err(broadcast::error::RecvError::Lagged(n)), false) => skipped += n,
+                    (Err(broadcast::error::RecvError::Lagged(n)), true) => under_skipped += n,
                     (Err(broadcast::error::RecvError::Closed), _) => {
                         return std::future::pending().await
                     }
@@ -1670,10 +1765,13 @@ async fn next_frames(
             (MAX_BACKLOG, LIVE_KEEP)
         }
     };
-    batch.clear();
-    batch.extend(first);
-    taken.skipped += take_queued(rx, batch, 0, backlog, keep);
-    taken.delivered = batch.len() as u64;
+    skipped += take_queued(rx, batch, 0, backlog, keep);
+    let mut taken = Taken {
+        delivered: batch.len() as u64,
+        skipped,
+        under: 0,
+        under_skipped,
+    };
     if let Some((_, floor)) = under {
         let at = batch.len();
         batch.extend(first_under);
@@ -1752,9 +1850,9 @@ fn poll_batch<S>(
     batch: &mut [Bytes],
     next: &mut usize,
     cx: &mut std::task::Context<'_>,
-) -> std::task::Poll<Result<(), axum::Error>>
+) -> std::task::Poll<Result<(), WsError>>
 where
-    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+    S: futures_util::Sink<Message, Error = WsError> + Unpin,
 {
     while let Some(frame) = batch.get_mut(*next) {
         std::task::ready!(std::pin::Pin::new(&mut *ws).poll_ready(cx))?;
@@ -1770,36 +1868,71 @@ where
 fn send_text<'a, S>(
     ws: &'a mut S,
     text: Utf8Bytes,
-) -> impl Future<Output = Result<(), axum::Error>> + 'a
+) -> impl Future<Output = Result<(), WsError>> + 'a
 where
-    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+    S: futures_util::Sink<Message, Error = WsError> + Unpin,
 {
-    send_within(ws, Message::Text(text))
+    use futures_util::future::Either;
+    if text.len() <= FRAGMENT {
+        Either::Left(send_within(ws, Message::Text(text)))
+    } else {
+        Either::Right(send_fragments(ws, text))
+    }
 }
 
-fn send_within<'a, S>(
-    ws: &'a mut S,
-    msg: Message,
-) -> impl Future<Output = Result<(), axum::Error>> + 'a
+/// Sends a long text message in fragments of at most [`FRAGMENT`] bytes (cut between
+/// characters), each written at once, all within the write timeout.
+async fn send_fragments<S>(ws: &mut S, text: Utf8Bytes) -> Result<(), WsError>
 where
-    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+    S: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    let send = async {
+        let mut at = 0;
+        while at < text.len() {
+            let mut end = (at + FRAGMENT).min(text.len());
+            while !text.as_str().is_char_boundary(end) {
+                end -= 1;
+            }
+            let opcode = if at == 0 { Data::Text } else { Data::Continue };
+            let bytes = Bytes::from(text.clone()).slice(at..end);
+            let frame = Frame::message(bytes, OpCode::Data(opcode), end == text.len());
+            ws.send(Message::Frame(frame)).await?;
+            at = end;
+        }
+        Ok(())
+    };
+    tokio::time::timeout(WRITE_TIMEOUT, send)
+        .await
+        .unwrap_or_else(|_| Err(write_timed_out()))
+}
+
+fn write_timed_out() -> WsError {
+    WsError::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "write timed out",
+    ))
+}
+
+fn send_within<'a, S>(ws: &'a mut S, msg: Message) -> impl Future<Output = Result<(), WsError>> + 'a
+where
+    S: futures_util::Sink<Message, Error = WsError> + Unpin,
 {
     use futures_util::FutureExt;
     tokio::time::timeout(WRITE_TIMEOUT, ws.send(msg))
-        .map(|r| r.unwrap_or_else(|_| Err(axum::Error::new("write timed out"))))
+        .map(|r| r.unwrap_or_else(|_| Err(write_timed_out())))
 }
 
 fn send_bytes_text<'a, S>(
     ws: &'a mut S,
     json: Bytes,
-) -> impl Future<Output = Result<(), axum::Error>> + 'a
+) -> impl Future<Output = Result<(), WsError>> + 'a
 where
-    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+    S: futures_util::Sink<Message, Error = WsError> + Unpin,
 {
     use futures_util::future::Either;
     match Utf8Bytes::try_from(json) {
         Ok(text) => Either::Left(send_text(ws, text)),
-        Err(e) => Either::Right(std::future::ready(Err(axum::Error::new(e)))),
+        Err(e) => Either::Right(std::future::ready(Err(WsError::Utf8(e.to_string())))),
     }
 }
 
@@ -1817,35 +1950,32 @@ pub const CONTROL_BURST: f64 = 40.0;
 /// up in the client's own socket instead of costing every listener's frames.
 pub const CONTROL_RATE: f64 = 20.0;
 
-/// A token bucket: `burst` at once, `rate` a second sustained.
+/// A token bucket: `burst` at once, `rate` a second sustained (given at each take: they are
+/// constants, and every connection holds two buckets).
 struct Budget {
     tokens: f64,
-    burst: f64,
-    rate: f64,
     last: std::time::Instant,
 }
 
 impl Budget {
-    fn new(burst: f64, rate: f64) -> Budget {
+    fn new(burst: f64) -> Budget {
         Budget {
             tokens: burst,
-            burst,
-            rate,
             last: std::time::Instant::now(),
         }
     }
 
     /// Takes a token; `Err` with how long until the next one when there is none.
-    fn take(&mut self) -> Result<(), Duration> {
+    fn take(&mut self, burst: f64, rate: f64) -> Result<(), Duration> {
         let now = std::time::Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.burst);
+        let refill = now.duration_since(self.last).as_secs_f64() * rate;
+        self.tokens = (self.tokens + refill).min(burst);
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
         }
     }
 }
@@ -1898,8 +2028,8 @@ impl Reader {
                 Peer::Floor => Sends::FloorFrames,
                 Peer::Listener | Peer::Engineer => Sends::Nothing,
             },
-            frames: Budget::new(FRAME_BURST, FRAME_RATE),
-            control: Budget::new(CONTROL_BURST, CONTROL_RATE),
+            frames: Budget::new(FRAME_BURST),
+            control: Budget::new(CONTROL_BURST),
             held: None,
         }
     }
@@ -1921,14 +2051,14 @@ impl Reader {
         mut silence: std::pin::Pin<&mut tokio::time::Sleep>,
     ) -> Read
     where
-        S: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+        S: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
     {
         loop {
             if self.held.is_some() {
                 // Paced, not dropped: the message waits its turn, and while it does nothing
                 // more is read from this client.
                 silence.as_mut().await;
-                if let Err(wait) = self.control.take() {
+                if let Err(wait) = self.control.take(CONTROL_BURST, CONTROL_RATE) {
                     silence.as_mut().reset(tokio::time::Instant::now() + wait);
                     continue;
                 }
@@ -1956,7 +2086,7 @@ impl Reader {
                 None => return Read::Ended(None),
             };
             if !matches!(msg, Message::Binary(_)) {
-                if let Err(wait) = self.control.take() {
+                if let Err(wait) = self.control.take(CONTROL_BURST, CONTROL_RATE) {
                     self.relay
                         .stats
                         .paced_messages
@@ -2001,7 +2131,7 @@ impl Reader {
         let (relay, session, addr, host) = (&self.relay, self.session, self.addr, self.host);
         match msg {
             Message::Binary(frame) => {
-                if self.frames.take().is_err() {
+                if self.frames.take(FRAME_BURST, FRAME_RATE).is_err() {
                     relay.stats.refused_frames.fetch_add(1, Ordering::Relaxed);
                     if self
                         .quiet
@@ -2066,7 +2196,8 @@ impl Reader {
                 }
                 None
             }
-            Message::Ping(_) => None,
+            // Reading yields whole messages, never raw frames.
+            Message::Ping(_) | Message::Frame(_) => None,
         }
     }
 }
@@ -2115,7 +2246,7 @@ async fn read_loop(
 /// Reads and drops what a client sends until it closes, for at most `DRAIN`.
 async fn drain<S>(stream: &mut S)
 where
-    S: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+    S: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
 {
     let _ = tokio::time::timeout(DRAIN, async {
         while let Some(Ok(m)) = stream.next().await {
