@@ -1,6 +1,9 @@
-//! HTTP and WebSocket transport: accepts connections, authenticates them, and runs one task
-//! per connection that moves control messages and audio frames between the socket and the
-//! relay (`relay.rs`).
+//! HTTP and WebSocket transport: accepts connections, authenticates them, and runs a task per
+//! connection that moves control messages and audio frames between the socket and the relay
+//! (`relay.rs`): one for a delegate, a reader and a writer for a sender or an engineer. A relay
+//! holds tens of thousands of delegates: what each connection keeps (its task's future, its
+//! buffers and queues) is kept small on purpose, and `docs/BENCHMARKS.md` section 2 says where
+//! its bytes go.
 //!
 //! Routes: `/ws` (the protocol of `docs/PROTOCOL.md`), `/` (the delegate's page from
 //! `web-client/`), `/console` (the engineer's page), `/join` and `/qr.svg` (the join address),
@@ -68,8 +71,9 @@ pub const LIVE_KEEP: usize = 2;
 /// Keeps a stalled listener's backlog in the relay's queue, where it can be skipped, rather
 /// than in the kernel, where it would be played late.
 pub const NOTSENT_LOWAT: u32 = 8 * 1024;
-/// WebSocket read buffer per connection: messages are at most 4 KiB, and there may be
-/// thousands of connections (the library's default is 128 KiB).
+/// WebSocket read buffer per connection, to start with: a delegate sends little after
+/// `hello`, and there may be tens of thousands of them (the library's default is 128 KiB). A
+/// longer message grows it (messages are at most 4 KiB); a read takes at most this much.
 pub const READ_BUFFER: usize = 256;
 /// Text messages longer than this are sent in fragments of at most this many bytes, each
 /// written at once: the WebSocket's write buffer keeps the capacity of the longest write it
@@ -795,8 +799,8 @@ impl Drop for Connection {
 }
 
 /// A WebSocket connection from its upgrade to its end.
-// Not an `async fn`: its arguments would each be stored twice in the task (the WebSocket alone
-// is 368 bytes), and a relay holds tens of thousands of these tasks.
+// Not an `async fn`: its arguments would each be stored twice in the task (a WebSocket is over
+// 300 bytes), and a relay holds tens of thousands of these tasks.
 #[allow(clippy::manual_async_fn)]
 fn connection(
     on_upgrade: hyper::upgrade::OnUpgrade,
@@ -1458,7 +1462,10 @@ async fn serve(
                 if ws.send(Message::Ping(Bytes::copy_from_slice(&stamp))).await.is_err() { return None; }
             }
             r = slow_ping.changed(), if !is_sender => {
-                if r.is_err() || *slow_ping.borrow_and_update() { return None; }
+                if r.is_err() { return None; }
+                if *slow_ping.borrow_and_update() {
+                    return Some(Ending::new(ErrorCode::ShuttingDown, "the relay is shutting down"));
+                }
                 // Not timed: a listener's reader notices a missing pong by its deadline.
                 if send_within(ws, Message::Ping(Bytes::new())).await.is_err() { return None; }
             }
