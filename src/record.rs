@@ -45,11 +45,13 @@ pub const GAP_TOLERANCE_SAMPLES: u64 = 480;
 /// Every this long, a channel that carried nothing gets silence up to [`FILL_BEHIND`] before
 /// now, and the files' buffers go to the disk: after a crash of the relay every file of the
 /// session opens, and a silent channel's is shorter than the others by at most this, plus
-/// `FILL_BEHIND`, plus its last page (up to a second of silence), held back for the stop.
-pub const FILL_EVERY: Duration = Duration::from_secs(1);
-/// How far behind now silence is filled in: a frame that reaches the recording later than
-/// this after its time is appended where the silence ends instead of in its place.
-pub const FILL_BEHIND: Duration = Duration::from_secs(1);
+/// `FILL_BEHIND`, plus its last page (what the last fill wrote), held back for the stop.
+pub const FILL_EVERY: Duration = Duration::from_millis(500);
+/// How far behind now silence is filled in: the relay's deadline for a silent sender
+/// (`server::SENDER_DEADLINE`), so that the frames of a booth whose path stalled for less
+/// than that, coming late in a burst, still find their places; a sender silent for longer is
+/// gone, and its channel carries nothing.
+pub const FILL_BEHIND: Duration = crate::server::SENDER_DEADLINE;
 /// The least delay of a sender's frames over this long tells whether its clock drifts from
 /// the relay's.
 pub const DRIFT_WINDOW: Duration = Duration::from_secs(10);

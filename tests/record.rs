@@ -206,8 +206,8 @@ fn a_relay_killed_mid_recording_leaves_playable_files() {
         Duration::from_secs(10),
     );
     let booth = booth(&url, &said);
-    // Three seconds of recording, then the kill in the middle of the speech.
-    std::thread::sleep(Duration::from_secs(3));
+    // Five seconds of recording, then the kill.
+    std::thread::sleep(Duration::from_secs(5));
     drop(relay); // SIGKILL: no chance to finish the files
     let mut booth = booth;
     let _ = booth.kill();
@@ -222,12 +222,12 @@ fn a_relay_killed_mid_recording_leaves_playable_files() {
     let en = session.join("plenary-en.opus");
     let seconds = ffprobe_seconds(&en);
     println!(
-        "after kill -9 at 3 s: {} plays {seconds:.3} s",
+        "after kill -9 at 5 s: {} plays {seconds:.3} s",
         en.display()
     );
     assert!(
-        seconds > 2.0 && seconds < 3.5,
-        "{seconds:.3} s survived of 3 s"
+        seconds > 2.0 && seconds < 5.5,
+        "{seconds:.3} s survived of 5 s"
     );
     let decoded = ffmpeg_decode(&en);
     assert!(decoded.len() as f64 / 48_000.0 > 2.0);
@@ -246,17 +246,17 @@ fn a_relay_killed_mid_recording_leaves_playable_files() {
         assert!(line.contains("EOS not set"), "{line}");
     }
     // Every other channel carried nothing (no floor, no other booth): its file opens too, its
-    // silence written every second (up to a second before now, the last page held back), not
+    // silence written every half second (up to 3 s before now, the last page held back), not
     // only at the stop.
     let mut files = 0;
     for entry in std::fs::read_dir(&session).unwrap() {
         let file = entry.unwrap().path();
         if file.extension().is_some_and(|e| e == "opus") && file != en {
             let s = ffprobe_seconds(&file);
-            println!("after kill -9 at 3 s: {} plays {s:.3} s", file.display());
+            println!("after kill -9 at 5 s: {} plays {s:.3} s", file.display());
             assert!(
-                (0.9..3.5).contains(&s),
-                "{}: {s:.3} s of 3 s",
+                (0.4..5.5).contains(&s),
+                "{}: {s:.3} s of 5 s",
                 file.display()
             );
             files += 1;
