@@ -96,6 +96,8 @@ async function firefox(env, realtime) {
     executablePath: rt(FIREFOX, realtime),
     headless: true,
     env: { ...process.env, ...env },
+    // FIREFOX_DUMPIO=1: Firefox's own output on this script's, to see what a stuck page did.
+    dumpio: process.env.FIREFOX_DUMPIO === '1',
     extraPrefsFirefox: {
       // Sound without a gesture the test cannot give through a headless window's input.
       'media.autoplay.default': 0,
