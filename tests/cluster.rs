@@ -15,7 +15,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{assert_contiguous, marker, Client};
+use support::{assert_contiguous, ffmpeg_decode, ffprobe_seconds, marker, Client};
 
 const BIN: &str = env!("CARGO_BIN_EXE_boothcast");
 
@@ -865,41 +865,6 @@ async fn recording_runs_on_one_node_moves_when_started_elsewhere_and_stops_from_
     );
 }
 
-/// Decodes an Ogg Opus file with ffmpeg to 48 kHz mono samples.
-fn decoded(file: &Path) -> Vec<f32> {
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(file)
-        .args(["-f", "s16le", "-ac", "1", "-ar", "48000", "-"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ffmpeg could not decode {}: {}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-        .chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0)
-        .collect()
-}
-
-/// How many seconds of `file` ffprobe reads.
-fn seconds(file: &Path) -> f64 {
-    let probe = Command::new("ffprobe")
-        .args(["-v", "error", "-show_entries", "format=duration"])
-        .args(["-of", "csv=p=0"])
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(probe.status.success(), "ffprobe refused {}", file.display());
-    String::from_utf8_lossy(&probe.stdout)
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recording_whose_node_is_killed_is_taken_over_by_another_node() {
     let dir = tmpdir("takeover");
@@ -1037,14 +1002,17 @@ async fn a_recording_whose_node_is_killed_is_taken_over_by_another_node() {
     for line in text.lines().filter(|l| l.contains("WARNING")) {
         assert!(line.contains("EOS not set"), "{line}");
     }
-    let b_seconds = seconds(&en_b);
+    let b_seconds = ffprobe_seconds(&en_b);
     let peak = |pcm: &[f32]| pcm.iter().fold(0f32, |m, s| m.max(s.abs()));
     assert!(b_seconds > 1.0, "b's file holds {b_seconds:.3} s");
-    assert!(peak(&decoded(&en_b)) > 0.2, "no tone in b's file");
+    assert!(peak(&ffmpeg_decode(&en_b)) > 0.2, "no tone in b's file");
     // The new node's files: closed properly, with the tone in English.
     let (start_new, _) = closed_session(Path::new(&dir_new));
     let en_new = Path::new(&dir_new).join("plenary-en.opus");
-    assert!(peak(&decoded(&en_new)) > 0.2, "no tone in {node}'s file");
+    assert!(
+        peak(&ffmpeg_decode(&en_new)) > 0.2,
+        "no tone in {node}'s file"
+    );
     // Never two copies at once: the new session starts after b's file ends.
     let b_end = index_b["started_unix_us"].as_u64().unwrap() as f64 / 1e6 + b_seconds;
     let gap = start_new as f64 / 1e6 - b_end;
