@@ -804,11 +804,18 @@ mod tests {
         (dir, cert, key)
     }
 
-    /// The floor over TLS and this client over TLS: every listener gets in through a real
-    /// handshake, every page arrives decrypted (108 bytes) in its own record (22 bytes more on
-    /// the wire: a TLS 1.3 record's header, content type and tag), none is missing.
-    #[tokio::test]
-    async fn floor_over_tls_delivers_every_page_in_its_own_record() {
+    type FloorThread =
+        std::thread::JoinHandle<Result<super::super::floor::Counters, super::super::floor::Error>>;
+
+    /// The floor serving TLS with a self-signed certificate on a loopback port of its own:
+    /// the certificate's directory, the certificate, the address, the stop flag, the thread.
+    fn tls_floor() -> (
+        PathBuf,
+        PathBuf,
+        std::net::SocketAddr,
+        Arc<std::sync::atomic::AtomicBool>,
+        FloorThread,
+    ) {
         let (dir, cert, key) = self_signed();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
@@ -821,6 +828,15 @@ mod tests {
             let stop = stop.clone();
             move || super::super::floor::run(listener, &floor_opts, &stop)
         });
+        (dir, cert, addr, stop, floor)
+    }
+
+    /// The floor over TLS and this client over TLS: every listener gets in through a real
+    /// handshake, every page arrives decrypted (108 bytes) in its own record (22 bytes more on
+    /// the wire: a TLS 1.3 record's header, content type and tag), none is missing.
+    #[tokio::test]
+    async fn floor_over_tls_delivers_every_page_in_its_own_record() {
+        let (dir, cert, addr, stop, floor) = tls_floor();
         let opts = Options {
             server: Server::Floor,
             url: format!("https://{addr}"),
@@ -853,18 +869,7 @@ mod tests {
     /// certificate: no listener gets in, and the error says why.
     #[tokio::test]
     async fn an_untrusted_certificate_is_refused() {
-        let (dir, cert, key) = self_signed();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let floor_opts = super::super::floor::Options {
-            tls: Some(crate::tls::load(&cert, &key).unwrap()),
-            ..Default::default()
-        };
-        let floor = std::thread::spawn({
-            let stop = stop.clone();
-            move || super::super::floor::run(listener, &floor_opts, &stop)
-        });
+        let (dir, _cert, addr, stop, floor) = tls_floor();
         let opts = Options {
             server: Server::Floor,
             url: format!("https://{addr}"),
