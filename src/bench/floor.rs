@@ -221,20 +221,8 @@ impl Tls {
         counters: &mut Counters,
     ) -> std::io::Result<()> {
         loop {
-            let sock = match listener.accept() {
-                Ok((sock, _)) => sock,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-                // As in the plain `accept`: the listener itself is fine.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::ConnectionAborted | ErrorKind::Interrupted
-                    ) || e.raw_os_error() == Some(libc::EMFILE) =>
-                {
-                    counters.refused += 1;
-                    return Ok(());
-                }
-                Err(e) => return Err(e),
+            let Some(sock) = take(listener, counters)? else {
+                return Ok(());
             };
             if self.handshaking.len() + self.live.len() >= max {
                 counters.refused += 1;
@@ -323,6 +311,25 @@ impl Tls {
     }
 }
 
+/// The next waiting connection, or none for now: none waiting, or one that went before it was
+/// taken or a descriptor limit reached (counted refused; the listener itself is fine).
+fn take(listener: &TcpListener, counters: &mut Counters) -> std::io::Result<Option<TcpStream>> {
+    match listener.accept() {
+        Ok((sock, _)) => Ok(Some(sock)),
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(None),
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::ConnectionAborted | ErrorKind::Interrupted
+            ) || e.raw_os_error() == Some(libc::EMFILE) =>
+        {
+            counters.refused += 1;
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Takes every waiting connection: each gets `head` in one write, or is closed.
 fn accept(
     listener: &TcpListener,
@@ -332,21 +339,8 @@ fn accept(
     counters: &mut Counters,
 ) -> std::io::Result<()> {
     loop {
-        let sock = match listener.accept() {
-            Ok((sock, _)) => sock,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-            // A connection that went before it was taken, or a descriptor limit reached:
-            // the listener itself is fine.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::ConnectionAborted | ErrorKind::Interrupted
-                ) || e.raw_os_error() == Some(libc::EMFILE) =>
-            {
-                counters.refused += 1;
-                return Ok(());
-            }
-            Err(e) => return Err(e),
+        let Some(sock) = take(listener, counters)? else {
+            return Ok(());
         };
         if socks.len() >= max {
             counters.refused += 1;
