@@ -72,6 +72,12 @@ pub struct Counters {
     pub accept_errors: AtomicU64,
 }
 
+/// A request's connection is plain TCP on this socket (not TLS): its WebSocket, if it
+/// becomes one, may be written by a channel's writer (`direct.rs`). Put in every such request's
+/// extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct PlainSocket(pub std::os::fd::RawFd);
+
 /// What the accept loop needs.
 pub struct Accept {
     pub gate: Arc<Gate>,
@@ -179,13 +185,16 @@ async fn connection(
     http: &http1::Builder,
     stop: watch::Receiver<bool>,
 ) {
+    use std::os::fd::AsRawFd;
+    let plain = PlainSocket(tcp.as_raw_fd());
     // Every byte from the client is read within its address's budget until it proves to be a
     // sender (`admission::READ_RATE`).
     let tcp = ticket.paced(tcp);
+    let conn = (peer, ticket);
     match &accept.tls {
-        None => serve_http(tcp, peer, ticket, app, accept, http, stop).await,
+        None => serve_http(tcp, conn, Some(plain), app, accept, http, stop).await,
         Some(tls) => match tokio::time::timeout(HANDSHAKE_DEADLINE, tls.accept(tcp)).await {
-            Ok(Ok(stream)) => serve_http(stream, peer, ticket, app, accept, http, stop).await,
+            Ok(Ok(stream)) => serve_http(stream, conn, None, app, accept, http, stop).await,
             Ok(Err(e)) => {
                 accept
                     .counters
@@ -206,8 +215,8 @@ async fn connection(
 
 async fn serve_http<I>(
     io: I,
-    peer: SocketAddr,
-    ticket: Ticket,
+    (peer, ticket): (SocketAddr, Ticket),
+    plain: Option<PlainSocket>,
     app: Router,
     accept: &Accept,
     http: &http1::Builder,
@@ -229,6 +238,9 @@ async fn serve_http<I>(
                 }
                 req.extensions_mut().insert(ConnectInfo(peer));
                 req.extensions_mut().insert(ticket);
+                if let Some(plain) = plain {
+                    req.extensions_mut().insert(plain);
+                }
                 app.oneshot(req).await
             }
         });

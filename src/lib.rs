@@ -11,6 +11,8 @@
 //! - [`rules`]: who is live and what each channel carries: auto-floor, interlock, handover,
 //!   cough, relay. A state machine with time as an input; no I/O.
 //! - [`relay`]: the fan-out: one queue per channel shared by its listeners; feeds [`rules`].
+//!   [`direct`]: a channel's writers, which send each frame to its caught-up delegates' sockets
+//!   without waking their tasks.
 //! - [`server`]: HTTP and WebSocket transport around [`relay`]; [`accept`] takes connections
 //!   within the bounds of [`admission`] (how many, from whom) and [`attempts`] slows the
 //!   guessing of secrets; [`tls`] for HTTPS/WSS and [`join`] for the address delegates join at
@@ -35,6 +37,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod device;
+pub mod direct;
 pub mod input;
 pub mod jitter;
 pub mod join;

@@ -69,12 +69,17 @@ pub struct Fanout {
     pub frames_in: AtomicU64,
     pub frames_delivered: AtomicU64,
     pub frames_skipped: AtomicU64,
+    /// Delegates written by the channel's writers rather than by their own tasks.
+    pub direct: crate::direct::Channel,
 }
 
 /// A channel's outbound sequence numbers and the senders behind them.
 #[derive(Default)]
 struct Sequence {
     next: u32,
+    /// The sequence number of the frame the channel's queue gets next, as far as anyone can
+    /// know: one past the last frame put on it (its own, or one the deciding node stamped).
+    expected: u32,
     /// (first sequence number, sending session) of the latest [`SENDER_CHANGES`] senders.
     senders: VecDeque<(u32, Session)>,
 }
@@ -85,6 +90,40 @@ struct Sequence {
 pub const SENDER_CHANGES: usize = 16;
 
 impl Fanout {
+    /// Puts a frame on the channel's queue and gives it to its writers; `seq` is the
+    /// channel's sequence lock, held across both so that a delegate joining a writer sees
+    /// every frame either on its queue or through the writer.
+    fn publish(&self, seq: &mut Sequence, frame: Bytes) {
+        seq.expected = crate::direct::sequence(&frame).wrapping_add(1);
+        self.direct.publish(&frame);
+        // No receiver is not an error: a channel nobody listens to still runs.
+        let _ = self.tx.send(frame);
+    }
+
+    /// Makes a delegate hearing this channel through `rx` a member of one of its writers,
+    /// if nothing is waiting on `rx` for it (it is caught up); true if it joined.
+    pub fn join_direct(
+        &self,
+        listener: &mut crate::direct::Listener,
+        rx: &broadcast::Receiver<Bytes>,
+    ) -> bool {
+        listener.join(&self.direct, || {
+            let seq = self.seq.lock().expect("sequence lock poisoned");
+            rx.is_empty().then_some(seq.expected)
+        })
+    }
+
+    /// Frames written to listeners, by their tasks and by the channel's writers.
+    pub fn delivered(&self) -> u64 {
+        self.frames_delivered.load(Ordering::Relaxed)
+            + self.direct.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Frames skipped for listeners that fell behind, by their tasks and by the writers.
+    pub fn skipped(&self) -> u64 {
+        self.frames_skipped.load(Ordering::Relaxed) + self.direct.skipped.load(Ordering::Relaxed)
+    }
+
     /// Receivers of the channel's queue now: listeners, engineers, consoles hearing it as
     /// their input, a recording.
     pub fn receivers(&self) -> usize {
@@ -269,6 +308,7 @@ impl Relay {
                 frames_in: AtomicU64::new(0),
                 frames_delivered: AtomicU64::new(0),
                 frames_skipped: AtomicU64::new(0),
+                direct: crate::direct::Channel::default(),
             })
             .collect();
         let channels_json = Bytes::from(
@@ -796,8 +836,7 @@ impl Relay {
         if let Some(c) = self.cluster.get() {
             c.publish_frame(channel, &frame);
         }
-        // No receiver is not an error: a channel nobody listens to still runs.
-        let _ = fan.tx.send(frame);
+        fan.publish(&mut seq, frame);
     }
 
     /// The session that sent `channel`'s frame number `sequence` (a recent one: the last
@@ -830,12 +869,9 @@ impl Relay {
         fan.frames_in.fetch_add(1, Ordering::Relaxed);
         // Its sender is another node's: what this node knew of the channel's senders no
         // longer holds (a recording here places these frames by their arrival).
-        fan.seq
-            .lock()
-            .expect("sequence lock poisoned")
-            .senders
-            .clear();
-        let _ = fan.tx.send(frame);
+        let mut seq = fan.seq.lock().expect("sequence lock poisoned");
+        seq.senders.clear();
+        fan.publish(&mut seq, frame);
     }
 
     /// The sequence number each channel's next frame gets here.
@@ -1143,10 +1179,8 @@ impl Relay {
                 let v = match name {
                     "boothcast_listeners" => f.listeners.load(Ordering::Relaxed) as u64,
                     "boothcast_frames_in_total" => f.frames_in.load(Ordering::Relaxed),
-                    "boothcast_frames_delivered_total" => {
-                        f.frames_delivered.load(Ordering::Relaxed)
-                    }
-                    _ => f.frames_skipped.load(Ordering::Relaxed),
+                    "boothcast_frames_delivered_total" => f.delivered(),
+                    _ => f.skipped(),
                 };
                 let _ = writeln!(out, "{name}{{channel=\"{}\"}} {v}", c.id);
             }

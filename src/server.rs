@@ -531,6 +531,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 async fn ws_handler(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ticket: Option<axum::Extension<Ticket>>,
+    plain: Option<axum::Extension<crate::accept::PlainSocket>>,
     State(state): State<AppState>,
     mut req: axum::extract::Request,
 ) -> axum::response::Response {
@@ -550,7 +551,8 @@ async fn ws_handler(
     };
     let client = crate::admission::client_addr(peer.ip(), req.headers(), &state.gate);
     let peer = SocketAddr::new(client, if client == peer.ip() { peer.port() } else { 0 });
-    tokio::spawn(connection(on_upgrade, state, peer, ticket));
+    let plain = plain.map(|axum::Extension(p)| p);
+    tokio::spawn(connection(on_upgrade, state, (peer, plain), ticket));
     (
         axum::http::StatusCode::SWITCHING_PROTOCOLS,
         [
@@ -673,6 +675,9 @@ enum Peer {
     Console { booth: String, console: String },
 }
 
+/// A channel heard, with the connection's place in its queue.
+type Heard = (u16, broadcast::Receiver<Bytes>);
+
 struct Connection {
     relay: Arc<Relay>,
     session: Session,
@@ -684,6 +689,8 @@ struct Connection {
     wants_floor_under: bool,
     /// That floor, with its place in the floor's queue (none while a floor is heard).
     under: Option<(u16, broadcast::Receiver<Bytes>)>,
+    /// Frames written by the channel's writer while this delegate is caught up.
+    direct: Direct,
     skipped: u64,
     delivered: u64,
     write_timeout: Duration,
@@ -691,9 +698,42 @@ struct Connection {
     released: bool,
 }
 
+/// A delegate's direct delivery (`direct.rs`): its place among its channel's writers' members,
+/// and what it must do after leaving them.
+#[derive(Default)]
+struct Direct {
+    /// Delegates of the live class on plain TCP only.
+    listener: Option<crate::direct::Listener>,
+    /// After leaving: the frames on the queue before this sequence number were written.
+    resume: Option<u32>,
+    /// After leaving: the end of a message the writer began, to be written before anything.
+    rest: Option<Bytes>,
+    /// Frames written by the writers, and skipped by them, for this delegate.
+    delivered: u64,
+    skipped: u64,
+}
+
+impl Direct {
+    /// Takes the socket back from the channel's writer, if it has it.
+    fn leave(&mut self) {
+        if let Some(left) = self.listener.as_mut().and_then(|l| l.leave()) {
+            self.resume = Some(left.next);
+            self.delivered += left.delivered;
+            self.skipped += left.skipped;
+            if left.rest.is_some() {
+                self.rest = left.rest;
+            }
+        }
+    }
+}
+
 impl Connection {
     fn hear(&mut self, channel: Option<u16>) {
         if self.audio.as_ref().map(|(c, _)| *c) != channel {
+            // Another channel's numbering: what was written of this one no longer matters,
+            // but a message begun must still be finished.
+            self.direct.leave();
+            self.direct.resume = None;
             if let Some((old, _)) = self.audio.take() {
                 self.relay.unsubscribe(old, self.counted());
             }
@@ -805,7 +845,7 @@ impl Drop for Connection {
 fn connection(
     on_upgrade: hyper::upgrade::OnUpgrade,
     state: AppState,
-    addr: SocketAddr,
+    (addr, plain): (SocketAddr, Option<crate::accept::PlainSocket>),
     ticket: Ticket,
 ) -> impl Future<Output = ()> + Send {
     async move {
@@ -822,7 +862,9 @@ fn connection(
             Some(ws_config()),
         )
         .await;
-        let Some(mut admitted) = hello(&mut ws, &state, addr, &ticket).await else {
+        // Declared after `ws`, and so dropped before it: a channel's writer may be writing to
+        // this socket until the delegate leaves it (`direct.rs`), which dropping it does.
+        let Some(mut admitted) = hello(&mut ws, &state, (addr, plain), &ticket).await else {
             return;
         };
         if matches!(admitted.conn.peer, Peer::Listener) {
@@ -852,7 +894,7 @@ struct Accepted {
 async fn hello(
     ws: &mut WebSocket,
     state: &AppState,
-    addr: SocketAddr,
+    (addr, plain): (SocketAddr, Option<crate::accept::PlainSocket>),
     ticket: &Ticket,
 ) -> Option<Accepted> {
     let relay = state.relay.clone();
@@ -939,9 +981,18 @@ async fn hello(
     } else {
         tracing::info!(peer = %addr, session, who = ?peer, "connected");
     }
+    // A channel's writers send to delegates of the live class over plain TCP (`direct.rs`);
+    // a TLS session's records are its own, and the relaxed class has its tick.
+    let direct = Direct {
+        listener: plain
+            .filter(|_| matches!(peer, Peer::Listener) && delivery == Delivery::Live)
+            .map(|p| crate::direct::Listener::new(p.0)),
+        ..Direct::default()
+    };
     let conn = Connection {
         relay,
         session,
+        direct,
         peer,
         addr,
         audio: None,
@@ -971,6 +1022,11 @@ async fn hello(
 /// (pongs, `subscribe`, `ping`), with the same bounds as a sender's reader task.
 async fn listener(ws: &mut WebSocket, a: &mut Accepted) {
     let ending = listen(ws, a).await;
+    // The close goes after whatever a channel's writer began, or not at all.
+    if hold(ws, &mut a.conn).await.is_err() {
+        a.conn.release(None);
+        return;
+    }
     if !end(ws, &mut a.conn, ending).await {
         drain(ws).await;
     }
@@ -1030,7 +1086,11 @@ where
         .unwrap_or("closed by the client");
     let session = conn.session;
     if matches!(conn.peer, Peer::Listener) {
-        tracing::debug!(peer = %conn.addr, session, delivered = conn.delivered, skipped = conn.skipped, reason, "disconnected");
+        let (delivered, skipped) = (
+            conn.delivered + conn.direct.delivered,
+            conn.skipped + conn.direct.skipped,
+        );
+        tracing::debug!(peer = %conn.addr, session, delivered, skipped, reason, "disconnected");
     } else {
         tracing::info!(peer = %conn.addr, session, delivered = conn.delivered, skipped = conn.skipped, reason, "disconnected");
     }
@@ -1414,11 +1474,12 @@ async fn serve(
         }
     }
     let mut batch: Vec<Bytes> = Vec::new();
+    let mut no_direct = Direct::default();
     loop {
         tokio::select! {
             // Audio first: it is what every wake-up is for, nearly always.
             biased;
-            n = next_frames(&mut conn.audio, &mut conn.under, &mut batch, &mut relaxed) => {
+            n = next_frames((&mut conn.audio, &mut conn.under), &mut batch, &mut relaxed, (&relay, &mut no_direct)) => {
                 if let Err(ending) = deliver(ws, conn, n, &mut batch).await {
                     return ending;
                 }
@@ -1533,27 +1594,36 @@ async fn listen(ws: &mut WebSocket, a: &mut Accepted) -> Option<Ending> {
         tokio::select! {
             // Audio first: it is what every wake-up is for, nearly always.
             biased;
-            n = next_frames(&mut conn.audio, &mut conn.under, &mut batch, &mut a.ticks.relaxed) => {
+            n = next_frames((&mut conn.audio, &mut conn.under), &mut batch, &mut a.ticks.relaxed, (&conn.relay, &mut conn.direct)) => {
+                if let Err(ending) = hold(ws, conn).await { return ending; }
                 if let Err(ending) = deliver(ws, conn, n, &mut batch).await {
                     return ending;
                 }
             }
             msg = a.ctl.recv() => {
+                if let Err(ending) = hold(ws, conn).await { return ending; }
                 if let Err(ending) = outbound(ws, conn, msg).await {
                     return ending;
                 }
             }
             read = a.reader.next(ws, silence.as_mut()) => match read {
                 Read::Control(msg) => {
+                    if let Err(ending) = hold(ws, conn).await { return ending; }
                     let reply = control(conn, *msg);
                     if let Some(text) = answer(conn, reply) {
                         if send_text(ws, text.into()).await.is_err() { return None; }
                     }
                 }
+                Read::Pinged => {
+                    // Its pong waits in the WebSocket, to go before anything more is read.
+                    if let Err(ending) = hold(ws, conn).await { return ending; }
+                    if send_flush(ws).await.is_err() { return None; }
+                }
                 Read::Ended(ending) => return ending,
             },
             r = channels.changed() => {
                 if r.is_err() { return None; }
+                if let Err(ending) = hold(ws, conn).await { return ending; }
                 let json = channels.borrow_and_update().clone();
                 if send_bytes_text(ws, json).await.is_err() { return None; }
             }
@@ -1562,6 +1632,7 @@ async fn listen(ws: &mut WebSocket, a: &mut Accepted) -> Option<Ending> {
                 if *a.ticks.ping.borrow_and_update() {
                     return Some(Ending::new(ErrorCode::ShuttingDown, "the relay is shutting down"));
                 }
+                if let Err(ending) = hold(ws, conn).await { return ending; }
                 // Not timed: a missing pong is noticed by the reader's deadline.
                 if send_within(ws, Message::Ping(Bytes::new())).await.is_err() { return None; }
             }
@@ -1727,13 +1798,17 @@ struct Taken {
 /// `relaxed` (every [`RELAXED_EVERY`], one timer for all of them) and takes what came
 /// meanwhile (up to `RELAXED_BACKLOG` of each). The channel's frames come first in `batch`,
 /// then the floor's. Pending forever when no channel is heard.
+///
+/// A delegate with a [`Direct`] listener that is caught up joins the channel's writer instead
+/// of waiting on its queue, and returns once handed back: with `direct.rest` to write first,
+/// or with the frames its writer did not write.
 async fn next_frames(
-    audio: &mut Option<(u16, broadcast::Receiver<Bytes>)>,
-    under: &mut Option<(u16, broadcast::Receiver<Bytes>)>,
+    (audio, under): (&mut Option<Heard>, &mut Option<Heard>),
     batch: &mut Vec<Bytes>,
     relaxed: &mut Option<watch::Receiver<bool>>,
+    (relay, direct): (&Relay, &mut Direct),
 ) -> Taken {
-    let Some((_, rx)) = audio else {
+    let Some((channel, rx)) = audio else {
         return std::future::pending().await;
     };
     batch.clear();
@@ -1750,7 +1825,20 @@ async fn next_frames(
         }
         None => {
             // Lagging is never fatal: the queue moved on without us; count and go on.
-            while batch.is_empty() && first_under.is_none() {
+            loop {
+                if let Some(next) = direct.resume.take() {
+                    skipped += resume(rx, next, batch);
+                }
+                if !batch.is_empty() || first_under.is_some() || direct.rest.is_some() {
+                    break;
+                }
+                if let Some(listener) = direct.listener.as_mut().filter(|_| under.is_none()) {
+                    if relay.fanout(*channel).join_direct(listener, rx) {
+                        listener.handed_back().await;
+                        direct.leave();
+                        continue;
+                    }
+                }
                 let (got, is_under) = match under {
                     None => (rx.recv().await, false),
                     Some((_, floor)) => tokio::select! {
@@ -1786,6 +1874,53 @@ async fn next_frames(
         taken.under = (batch.len() - at) as u64;
     }
     taken
+}
+
+/// After a channel's writer wrote a delegate every frame before `next`: drops those from its
+/// queue (`Lagged` there is no loss: they were written) and puts the first frame it still
+/// needs in `batch`. Returns the frames it never got (they left the queue unwritten).
+fn resume(rx: &mut broadcast::Receiver<Bytes>, next: u32, batch: &mut Vec<Bytes>) -> u64 {
+    loop {
+        match rx.try_recv() {
+            Ok(f) => {
+                let seq = crate::direct::sequence(&f);
+                if crate::direct::before(seq, next) {
+                    continue;
+                }
+                batch.push(f);
+                return (seq.wrapping_sub(next) as u64).min(crate::relay::CHANNEL_QUEUE as u64);
+            }
+            Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+            Err(_) => return 0,
+        }
+    }
+}
+
+/// Takes a delegate's socket back from its channel's writer and writes what the writer began
+/// (within the write timeout): from here on its task may write. `Err` ends the connection as
+/// [`deliver`]'s does.
+async fn hold(ws: &mut WebSocket, conn: &mut Connection) -> Result<(), Option<Ending>> {
+    conn.direct.leave();
+    let Some(rest) = conn.direct.rest.take() else {
+        return Ok(());
+    };
+    use tokio::io::AsyncWriteExt;
+    // The WebSocket's own write buffer is empty: a delegate joins its writer only after a
+    // write of its own completed.
+    match tokio::time::timeout(conn.write_timeout, ws.get_mut().write_all(&rest)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(None),
+        Err(_) => {
+            conn.relay.stats.slow_closed.fetch_add(1, Ordering::Relaxed);
+            Err(Some(Ending::new(
+                ErrorCode::TooSlow,
+                format!(
+                    "not reading: no frame could be written for {:.1} s",
+                    conn.write_timeout.as_secs_f64()
+                ),
+            )))
+        }
+    }
 }
 
 /// Appends what `rx` has queued to `batch` (whose frames from `start` on are this queue's),
@@ -1920,6 +2055,16 @@ fn write_timed_out() -> WsError {
     ))
 }
 
+/// Writes what the WebSocket has queued of its own (a pong), within the write timeout.
+fn send_flush<'a, S>(ws: &'a mut S) -> impl Future<Output = Result<(), WsError>> + 'a
+where
+    S: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    use futures_util::{FutureExt, SinkExt};
+    tokio::time::timeout(WRITE_TIMEOUT, ws.flush())
+        .map(|r| r.unwrap_or_else(|_| Err(write_timed_out())))
+}
+
 fn send_within<'a, S>(ws: &'a mut S, msg: Message) -> impl Future<Output = Result<(), WsError>> + 'a
 where
     S: futures_util::Sink<Message, Error = WsError> + Unpin,
@@ -1991,6 +2136,9 @@ impl Budget {
 enum Read {
     /// A control message to act on.
     Control(Box<ClientMessage>),
+    /// A WebSocket ping: its pong is queued in the WebSocket, written by its next read,
+    /// write or flush.
+    Pinged,
     /// The client left (`None`) or sent what ends the connection.
     Ended(Option<Ending>),
 }
@@ -2203,8 +2351,9 @@ impl Reader {
                 }
                 None
             }
+            Message::Ping(_) => Some(Read::Pinged),
             // Reading yields whole messages, never raw frames.
-            Message::Ping(_) | Message::Frame(_) => None,
+            Message::Frame(_) => None,
         }
     }
 }
@@ -2234,6 +2383,8 @@ async fn read_loop(
                     return;
                 }
             }
+            // Its pong goes with the next read.
+            Read::Pinged => {}
             Read::Ended(ending) => {
                 // After a dead path nothing more will come; after a refusal the client's
                 // remaining messages are read until it closes.
