@@ -77,9 +77,20 @@ pub fn before(a: u32, b: u32) -> bool {
 #[derive(Default)]
 pub struct Channel {
     shards: Mutex<Vec<Arc<Shard>>>,
-    /// Frames this channel's writers wrote and skipped (each once per listener).
-    pub delivered: Arc<AtomicU64>,
-    pub skipped: Arc<AtomicU64>,
+    pub counters: Arc<Counters>,
+}
+
+/// What a channel's writers did, each counted once per listener.
+#[derive(Default)]
+pub struct Counters {
+    /// Frames written.
+    pub delivered: AtomicU64,
+    /// Frames skipped for listeners whose writer fell behind.
+    pub skipped: AtomicU64,
+    /// Listeners handed back to their tasks (their sockets could not take a whole write).
+    pub handed_back: AtomicU64,
+    /// Of those, the ones whose socket took part of a message (the rest written by the task).
+    pub cut: AtomicU64,
 }
 
 /// One writer's listeners and the frames waiting for it.
@@ -177,11 +188,7 @@ impl Channel {
                         count: AtomicUsize::new(0),
                     });
                     shards.push(s.clone());
-                    tokio::spawn(write(
-                        s.clone(),
-                        self.delivered.clone(),
-                        self.skipped.clone(),
-                    ));
+                    tokio::spawn(write(s.clone(), self.counters.clone()));
                     s
                 }
             }
@@ -199,6 +206,14 @@ impl Channel {
         shard.count.store(members.len(), Ordering::Relaxed);
         drop(members);
         Some(shard)
+    }
+}
+
+impl Channel {
+    /// Listeners its writers send to now.
+    pub fn members(&self) -> usize {
+        let shards = self.shards.lock().expect("direct shards lock poisoned");
+        shards.iter().map(|s| s.count.load(Ordering::Relaxed)).sum()
     }
 }
 
@@ -331,7 +346,7 @@ struct Round {
 }
 
 /// A shard's writer: on each frame given, writes what each member needs with one `send()`.
-async fn write(shard: Arc<Shard>, delivered: Arc<AtomicU64>, skipped: Arc<AtomicU64>) {
+async fn write(shard: Arc<Shard>, counters: Arc<Counters>) {
     let mut taken: VecDeque<Bytes> = VecDeque::new();
     let mut buf = BytesMut::new();
     let mut frames = Vec::new();
@@ -365,18 +380,16 @@ async fn write(shard: Arc<Shard>, delivered: Arc<AtomicU64>, skipped: Arc<Atomic
             frames: std::mem::take(&mut frames),
             dropped_from,
         };
-        let (d, s) = send_round(&shard, &round);
+        send_round(&shard, &round, &counters);
         frames = round.frames;
-        delivered.fetch_add(d, Ordering::Relaxed);
-        skipped.fetch_add(s, Ordering::Relaxed);
     }
 }
 
-/// Writes one round to every member; returns the frames delivered and skipped.
-fn send_round(shard: &Shard, round: &Round) -> (u64, u64) {
-    let (mut delivered, mut skipped) = (0u64, 0u64);
+/// Writes one round to every member, and counts what it did.
+fn send_round(shard: &Shard, round: &Round, counters: &Counters) {
+    let (mut delivered, mut skipped, mut handed_back, mut cut) = (0u64, 0u64, 0u64, 0u64);
     let Some(&(first, _)) = round.frames.first() else {
-        return (0, 0);
+        return;
     };
     let last = round.frames.last().map(|f| f.0).unwrap_or(first);
     let mut members = shard.members.lock().expect("direct members lock poisoned");
@@ -399,6 +412,7 @@ fn send_round(shard: &Shard, round: &Round) -> (u64, u64) {
         let Some(k) = round.frames.iter().position(|f| f.0 == m.next) else {
             // It needs a frame this writer does not have: its task takes it from its queue.
             hand_back(&mut members, i, None);
+            handed_back += 1;
             continue;
         };
         let from = round.frames[k].1;
@@ -427,13 +441,24 @@ fn send_round(shard: &Shard, round: &Round) -> (u64, u64) {
                 m.next = last.wrapping_add(1);
                 let rest = round.bytes.slice(from + sent..);
                 hand_back(&mut members, i, Some(rest));
+                handed_back += 1;
+                cut += 1;
             }
             // None of it: full, or failed (its task will find out when it writes).
-            _ => hand_back(&mut members, i, None),
+            _ => {
+                hand_back(&mut members, i, None);
+                handed_back += 1;
+            }
         }
     }
     shard.count.store(members.len(), Ordering::Relaxed);
-    (delivered, skipped)
+    drop(members);
+    counters.delivered.fetch_add(delivered, Ordering::Relaxed);
+    counters.skipped.fetch_add(skipped, Ordering::Relaxed);
+    counters
+        .handed_back
+        .fetch_add(handed_back, Ordering::Relaxed);
+    counters.cut.fetch_add(cut, Ordering::Relaxed);
 }
 
 /// Hands member `i` back to its task.
@@ -445,4 +470,243 @@ fn hand_back(members: &mut Vec<Member>, i: usize, rest: Option<Bytes>) {
         rest,
     });
     m.slot.wake.notify_one();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    /// A relay frame (28-byte header, sequence at bytes 4..8) with `len` bytes of Opus.
+    fn frame(seq: u32, len: usize) -> Bytes {
+        let mut f = vec![0u8; crate::protocol::HEADER_LEN + len];
+        f[4..8].copy_from_slice(&seq.to_be_bytes());
+        f[crate::protocol::HEADER_LEN..].fill(seq as u8);
+        Bytes::from(f)
+    }
+
+    fn round(frames: &[Bytes], dropped_from: Option<u32>) -> Round {
+        let mut buf = BytesMut::new();
+        let mut at = Vec::new();
+        for f in frames {
+            at.push((sequence(f), buf.len()));
+            put_ws_header(&mut buf, f.len());
+            buf.put_slice(f);
+        }
+        Round {
+            bytes: buf.freeze(),
+            frames: at,
+            dropped_from,
+        }
+    }
+
+    fn shard_of(members: Vec<(Arc<Slot>, u32)>) -> Shard {
+        let members: Vec<Member> = members
+            .into_iter()
+            .enumerate()
+            .map(|(i, (slot, next))| {
+                slot.index.store(i, Ordering::Relaxed);
+                Member {
+                    slot,
+                    next,
+                    skipped: 0,
+                }
+            })
+            .collect();
+        Shard {
+            count: AtomicUsize::new(members.len()),
+            members: Mutex::new(members),
+            queue: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn slot(fd: RawFd) -> Arc<Slot> {
+        Listener::new(fd).slot.clone()
+    }
+
+    /// The WebSocket messages in `bytes`: (sequence, payload length) of each; panics on a
+    /// message cut or malformed.
+    fn messages(mut bytes: &[u8]) -> Vec<(u32, usize)> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            assert_eq!(bytes[0], 0x82, "a binary message, final, unmasked");
+            let (len, head) = match bytes[1] {
+                126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+                n => (n as usize, 2),
+            };
+            let payload = &bytes[head..head + len];
+            out.push((sequence(payload), len));
+            bytes = &bytes[head + len..];
+        }
+        out
+    }
+
+    fn small_pair() -> (UnixStream, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        let size: libc::c_int = 4096;
+        // SAFETY: a valid socket and option value of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                a.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        (a, b)
+    }
+
+    #[test]
+    fn a_full_socket_is_handed_back_with_the_end_of_the_message_it_began() {
+        let (tx, mut rx) = small_pair();
+        let s = slot(tx.as_raw_fd());
+        let shard = shard_of(vec![(s.clone(), 0)]);
+        let counters = Counters::default();
+        let mut seq = 0;
+        let mut sent_frames = 0;
+        // Rounds of five 1,000-byte frames until the socket cannot take one whole.
+        while s.index.load(Ordering::Relaxed) != NOT_A_MEMBER {
+            let frames: Vec<Bytes> = (seq..seq + 5).map(|n| frame(n, 1000)).collect();
+            send_round(&shard, &round(&frames, None), &counters);
+            seq += 5;
+            sent_frames += 5;
+            assert!(sent_frames < 200, "the socket never filled");
+        }
+        let back = s.back.lock().unwrap().take().expect("handed back");
+        let mut got = Vec::new();
+        let _ = rx.read_to_end(&mut got);
+        let cut = back.rest.is_some();
+        if let Some(rest) = &back.rest {
+            got.extend_from_slice(rest);
+        }
+        let messages = messages(&got);
+        // Whole messages, in order, from the first on, and the next one it needs after them.
+        for (i, (seq, len)) in messages.iter().enumerate() {
+            assert_eq!((*seq, *len), (i as u32, crate::protocol::HEADER_LEN + 1000));
+        }
+        assert_eq!(back.next, messages.len() as u32);
+        assert_eq!(
+            counters.delivered.load(Ordering::Relaxed),
+            messages.len() as u64
+        );
+        assert_eq!(counters.handed_back.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.cut.load(Ordering::Relaxed), cut as u64);
+        assert_eq!(shard.count.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_cut_write_leaves_the_rest_of_the_message_and_of_the_round() {
+        // Rounds of 30 frames into a 4 KiB socket: the socket takes part of the round, cutting
+        // a message (an AF_UNIX stream takes what fits of a write).
+        let (tx, mut rx) = small_pair();
+        let s = slot(tx.as_raw_fd());
+        let shard = shard_of(vec![(s.clone(), 0)]);
+        let counters = Counters::default();
+        let frames: Vec<Bytes> = (0..30).map(|n| frame(n, 1000)).collect();
+        send_round(&shard, &round(&frames, None), &counters);
+        let back = s.back.lock().unwrap().take().expect("handed back");
+        let rest = back.rest.expect("a write cut short");
+        let mut got = Vec::new();
+        let _ = rx.read_to_end(&mut got);
+        assert!(!got.is_empty() && !rest.is_empty());
+        got.extend_from_slice(&rest);
+        let seqs: Vec<u32> = messages(&got).iter().map(|m| m.0).collect();
+        assert_eq!(seqs, (0..30).collect::<Vec<_>>());
+        assert_eq!(back.next, 30);
+        assert_eq!(counters.cut.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn each_member_gets_the_frames_it_lacks_and_a_gap_is_handed_back() {
+        let pairs: Vec<(UnixStream, UnixStream)> =
+            (0..4).map(|_| UnixStream::pair().unwrap()).collect();
+        for (a, b) in &pairs {
+            a.set_nonblocking(true).unwrap();
+            b.set_nonblocking(true).unwrap();
+        }
+        let slots: Vec<Arc<Slot>> = pairs.iter().map(|(a, _)| slot(a.as_raw_fd())).collect();
+        // Member 0 needs frame 10 (the round's first); 1 has up to 11 already; 2 needs 13,
+        // after the round; 3 needs 8, which this writer does not have.
+        let shard = shard_of(vec![
+            (slots[0].clone(), 10),
+            (slots[1].clone(), 12),
+            (slots[2].clone(), 13),
+            (slots[3].clone(), 8),
+        ]);
+        let counters = Counters::default();
+        let frames: Vec<Bytes> = (10..13).map(|n| frame(n, 80)).collect();
+        send_round(&shard, &round(&frames, None), &counters);
+        let read = |i: usize| {
+            let mut got = Vec::new();
+            let _ = (&pairs[i].1).read_to_end(&mut got);
+            messages(&got).iter().map(|m| m.0).collect::<Vec<_>>()
+        };
+        assert_eq!(read(0), vec![10, 11, 12]);
+        assert_eq!(read(1), vec![12]);
+        assert_eq!(read(2), Vec::<u32>::new());
+        assert_eq!(read(3), Vec::<u32>::new());
+        let back = slots[3].back.lock().unwrap().take().expect("handed back");
+        assert_eq!((back.next, back.rest.is_none()), (8, true));
+        assert_eq!(counters.delivered.load(Ordering::Relaxed), 4);
+        let members = shard.members.lock().unwrap();
+        let next: Vec<u32> = members.iter().map(|m| m.next).collect();
+        assert_eq!(members.len(), 3);
+        assert!(next.iter().all(|n| *n == 13));
+        for (i, m) in members.iter().enumerate() {
+            assert_eq!(m.slot.index.load(Ordering::Relaxed), i);
+        }
+    }
+
+    #[test]
+    fn a_writer_that_fell_behind_moves_its_members_on_to_live() {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        let s = slot(a.as_raw_fd());
+        let shard = shard_of(vec![(s.clone(), 5)]);
+        let counters = Counters::default();
+        // Frames 5..=17 were dropped by the writer; the round holds the newest two.
+        let frames: Vec<Bytes> = (18..20).map(|n| frame(n, 80)).collect();
+        send_round(&shard, &round(&frames, Some(5)), &counters);
+        let mut got = Vec::new();
+        let _ = (&b).read_to_end(&mut got);
+        let seqs: Vec<u32> = messages(&got).iter().map(|m| m.0).collect();
+        assert_eq!(seqs, vec![18, 19]);
+        assert_eq!(counters.skipped.load(Ordering::Relaxed), 13);
+        let mut l = Listener {
+            slot: s,
+            joined: Some((Arc::new(shard), 5)),
+        };
+        let left = l.leave().expect("was a member");
+        assert_eq!(
+            left,
+            Left {
+                next: 20,
+                delivered: 2,
+                skipped: 13,
+                rest: None
+            }
+        );
+    }
+
+    #[test]
+    fn headers_follow_rfc_6455() {
+        let mut b = BytesMut::new();
+        put_ws_header(&mut b, 125);
+        put_ws_header(&mut b, 126);
+        put_ws_header(&mut b, 70_000);
+        assert_eq!(
+            &b[..],
+            &[0x82, 125, 0x82, 126, 0, 126, 0x82, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]
+        );
+        assert!(before(u32::MAX, 0) && !before(0, u32::MAX) && !before(3, 3));
+    }
 }

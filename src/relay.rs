@@ -116,12 +116,13 @@ impl Fanout {
     /// Frames written to listeners, by their tasks and by the channel's writers.
     pub fn delivered(&self) -> u64 {
         self.frames_delivered.load(Ordering::Relaxed)
-            + self.direct.delivered.load(Ordering::Relaxed)
+            + self.direct.counters.delivered.load(Ordering::Relaxed)
     }
 
     /// Frames skipped for listeners that fell behind, by their tasks and by the writers.
     pub fn skipped(&self) -> u64 {
-        self.frames_skipped.load(Ordering::Relaxed) + self.direct.skipped.load(Ordering::Relaxed)
+        self.frames_skipped.load(Ordering::Relaxed)
+            + self.direct.counters.skipped.load(Ordering::Relaxed)
     }
 
     /// Receivers of the channel's queue now: listeners, engineers, consoles hearing it as
@@ -1172,6 +1173,16 @@ impl Relay {
                 "counter",
                 "Frames skipped for lagging listeners.",
             ),
+            (
+                "boothcast_direct_listeners",
+                "gauge",
+                "Delegates the channel's writers send to now (caught up, plain TCP).",
+            ),
+            (
+                "boothcast_direct_handbacks_total",
+                "counter",
+                "Delegates handed back by a writer to their own task: their socket could not take a whole write.",
+            ),
         ];
         for (name, kind, help) in per_channel {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -1180,7 +1191,9 @@ impl Relay {
                     "boothcast_listeners" => f.listeners.load(Ordering::Relaxed) as u64,
                     "boothcast_frames_in_total" => f.frames_in.load(Ordering::Relaxed),
                     "boothcast_frames_delivered_total" => f.delivered(),
-                    _ => f.skipped(),
+                    "boothcast_frames_skipped_total" => f.skipped(),
+                    "boothcast_direct_listeners" => f.direct.members() as u64,
+                    _ => f.direct.counters.handed_back.load(Ordering::Relaxed),
                 };
                 let _ = writeln!(out, "{name}{{channel=\"{}\"}} {v}", c.id);
             }

@@ -683,6 +683,172 @@ async fn a_listener_that_never_reads_does_not_delay_a_healthy_one() {
     relay.stop().await;
 }
 
+/// The sequence number of the next audio frame on `ws`, and whether a pong came before it;
+/// panics if the stream is not whole WebSocket messages.
+async fn next_sequence<S>(ws: &mut S, pongs: &mut Vec<Vec<u8>>) -> u32
+where
+    S: futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let m = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a message in time")
+            .expect("the connection open")
+            .expect("a whole, valid WebSocket message");
+        match m {
+            Message::Binary(b) => {
+                return boothcast::protocol::FrameHeader::parse(&b)
+                    .expect("a valid frame")
+                    .sequence
+            }
+            Message::Pong(p) => pongs.push(p.to_vec()),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_delegate_that_stalls_is_handed_back_and_its_stream_stays_whole() {
+    use futures_util::SinkExt;
+    use tokio::net::TcpSocket;
+    use tokio_tungstenite::tungstenite::Message;
+    let relay = TestRelay::start().await;
+    let floor = Client::floor(&relay.url).await;
+    let index = relay
+        .relay
+        .event()
+        .channels
+        .iter()
+        .position(|c| c.id == "plenary/floor")
+        .unwrap() as u16;
+    let counters = &relay.relay.fanout(index).direct.counters;
+
+    // A delegate with a small receive window, read by the test when it chooses.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(relay.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(relay.url.as_str(), stream)
+        .await
+        .unwrap();
+    ws.send(Message::Text(
+        json!({"type": "hello", "role": "listener", "channel": "floor"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let mut healthy = Client::listener(&relay.url, "floor").await;
+    // Large frames (1000 bytes) fill its buffers within a second when it stops reading.
+    floor.pump(FLOOR, 1000);
+
+    // Caught up, both are written by the channel's writer, not by their own tasks.
+    let mut pongs = Vec::new();
+    let mut last = next_sequence(&mut ws, &mut pongs).await;
+    let mut direct = 0;
+    for _ in 0..100 {
+        let seq = next_sequence(&mut ws, &mut pongs).await;
+        assert_eq!(seq, last.wrapping_add(1), "a frame lost while reading");
+        last = seq;
+        direct = metric(
+            &relay.metrics().await,
+            "boothcast_direct_listeners{channel=\"plenary/floor\"}",
+        );
+        if direct == 2 {
+            break;
+        }
+    }
+    assert_eq!(direct, 2, "both delegates written by the channel's writer");
+
+    // A ping while the writer sends: its pong comes between whole frames.
+    ws.send(Message::Ping(b"still there".to_vec().into()))
+        .await
+        .unwrap();
+    while pongs.is_empty() {
+        let seq = next_sequence(&mut ws, &mut pongs).await;
+        assert_eq!(seq, last.wrapping_add(1), "a frame lost around the pong");
+        last = seq;
+    }
+    assert_eq!(pongs, vec![b"still there".to_vec()]);
+
+    // It stops reading three times until its buffers are full, and reads again: what comes is
+    // whole messages, in order; what it could not take is skipped, not queued. (A write the
+    // socket takes only part of, which a full buffer sometimes does, is finished by the
+    // delegate's task before anything else: `direct.rs`'s tests make it happen at will.)
+    let mut skipped_in_stream = 0;
+    for _ in 0..3 {
+        let handbacks = counters
+            .handed_back
+            .load(std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+        assert!(
+            counters
+                .handed_back
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > handbacks,
+            "a delegate that stopped reading was handed back to its task"
+        );
+        for _ in 0..50 {
+            let seq = next_sequence(&mut ws, &mut pongs).await;
+            let step = seq.wrapping_sub(last);
+            assert!((1..1000).contains(&step), "frame {seq} after {last}");
+            skipped_in_stream += step as u64 - 1;
+            last = seq;
+        }
+    }
+    // Caught up again: back with the writer, and not a frame lost from then on.
+    let mut rejoined = false;
+    for _ in 0..200 {
+        let seq = next_sequence(&mut ws, &mut pongs).await;
+        assert!(seq.wrapping_sub(last) >= 1 && seq.wrapping_sub(last) < 1000);
+        skipped_in_stream += (seq.wrapping_sub(last) - 1) as u64;
+        last = seq;
+        let m = relay.metrics().await;
+        if metric(&m, "boothcast_direct_listeners{channel=\"plenary/floor\"}") == 2 {
+            rejoined = true;
+            break;
+        }
+    }
+    assert!(rejoined, "the delegate never went back to the writer");
+    for _ in 0..25 {
+        let seq = next_sequence(&mut ws, &mut pongs).await;
+        assert_eq!(seq, last.wrapping_add(1), "a frame lost after catching up");
+        last = seq;
+    }
+
+    // The other delegate heard every frame in order meanwhile.
+    let mut frames = vec![];
+    while frames.len() < 150 {
+        frames.push(healthy.frame().await);
+    }
+    assert_contiguous(&frames);
+    let m = relay.metrics().await;
+    let skipped = metric(
+        &m,
+        "boothcast_frames_skipped_total{channel=\"plenary/floor\"}",
+    );
+    let handbacks = metric(
+        &m,
+        "boothcast_direct_handbacks_total{channel=\"plenary/floor\"}",
+    );
+    assert!(
+        skipped > 0 && skipped_in_stream > 0,
+        "frames it could not take were skipped"
+    );
+    println!(
+        "3 stalls of 1.2 s: {handbacks} hand-backs ({} with a message cut short), \
+         {skipped_in_stream} frames missing from its stream, {skipped} counted skipped",
+        counters.cut.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    relay.stop().await;
+}
+
 #[tokio::test]
 async fn the_engineer_sees_each_senders_connection_health() {
     use boothcast::protocol::ServerMessage;
