@@ -27,7 +27,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
@@ -72,8 +72,9 @@ pub fn before(a: u32, b: u32) -> bool {
 }
 
 /// One channel's shards. Lock order: a shard's members, then the channel's sequence lock
-/// (`relay.rs`); the sequence lock, then a shard's queue. Nothing takes a shard's members while
-/// holding the sequence lock, and the writer never holds both of its shard's locks.
+/// (`relay.rs`) or a member's state; the sequence lock, then a shard's queue. Nothing takes a
+/// shard's members while holding the sequence lock or a member's state, and the writer never
+/// holds both of its shard's locks.
 #[derive(Default)]
 pub struct Channel {
     shards: Mutex<Vec<Arc<Shard>>>,
@@ -95,7 +96,7 @@ pub struct Counters {
 
 /// One writer's listeners and the frames waiting for it.
 pub struct Shard {
-    members: Mutex<Vec<Member>>,
+    members: Mutex<Vec<Arc<Slot>>>,
     queue: Mutex<VecDeque<Bytes>>,
     ready: Notify,
     closed: AtomicBool,
@@ -103,43 +104,33 @@ pub struct Shard {
     count: AtomicUsize,
 }
 
-struct Member {
-    slot: Arc<Slot>,
-    /// The sequence number of the next frame this member needs.
-    next: u32,
-    /// Frames skipped for it by a writer that fell behind.
-    skipped: u64,
-}
-
-/// A listener's place in a shard, shared by its task and the writer.
+/// A listener's place in a shard, shared by its task and the writer: one allocation per
+/// delegate, its task keeping a pointer to it (a relay holds tens of thousands).
 pub struct Slot {
     fd: RawFd,
+    /// The sequence number of the next frame it needs; the writer's while it is a member
+    /// (changed under the members lock).
+    next: AtomicU32,
     /// Its index in its shard's members, or `NOT_A_MEMBER`; changed under the members lock.
     index: AtomicUsize,
-    /// Set by the writer when it hands the listener back.
-    back: Mutex<Option<Back>>,
     wake: Notify,
+    state: Mutex<State>,
 }
 
-/// Where a listener handed back by its writer stands.
-struct Back {
-    next: u32,
-    skipped: u64,
-    /// The end of a message the writer could not write whole: it goes first.
+/// What the task and, when it hands the listener back, the writer know of it.
+#[derive(Default)]
+struct State {
+    /// The shard it is in, and the sequence number it needed on joining.
+    joined: Option<(Arc<Shard>, u32)>,
+    /// Set by the writer on handing it back: frames it skipped for it while it was a member.
+    handed_back: Option<u64>,
+    /// After leaving: the frames on its queue before this sequence number were written.
+    resume: Option<u32>,
+    /// The end of a message the writer began: the task writes it before anything else.
     rest: Option<Bytes>,
-}
-
-/// What a listener that left its shard must do before anything else.
-#[derive(Debug, Default, PartialEq)]
-pub struct Left {
-    /// The next frame it needs: frames before it on its queue were written to it.
-    pub next: u32,
-    /// Frames written to it while it was a member.
-    pub delivered: u64,
-    /// Frames skipped for it while it was a member (its writer fell behind).
-    pub skipped: u64,
-    /// Bytes of a message the writer began: write them before anything else.
-    pub rest: Option<Bytes>,
+    /// Frames written and skipped for it by writers, over the connection.
+    delivered: u64,
+    skipped: u64,
 }
 
 impl Channel {
@@ -195,14 +186,9 @@ impl Channel {
         };
         let mut members = shard.members.lock().expect("direct members lock poisoned");
         let next = caught_up()?;
-        // A hand-back not yet taken (its wake-up still pending) is stale from here on.
-        slot.back.lock().expect("direct back lock poisoned").take();
+        slot.next.store(next, Ordering::Relaxed);
         slot.index.store(members.len(), Ordering::Relaxed);
-        members.push(Member {
-            slot: slot.clone(),
-            next,
-            skipped: 0,
-        });
+        members.push(slot.clone());
         shard.count.store(members.len(), Ordering::Relaxed);
         drop(members);
         Some(shard)
@@ -228,103 +214,123 @@ impl Drop for Channel {
 
 impl Shard {
     /// Removes member `i`, keeping the others' indices right.
-    fn remove(members: &mut Vec<Member>, i: usize) -> Member {
+    fn remove(members: &mut Vec<Arc<Slot>>, i: usize) -> Arc<Slot> {
         let m = members.swap_remove(i);
         if let Some(moved) = members.get(i) {
-            moved.slot.index.store(i, Ordering::Relaxed);
+            moved.index.store(i, Ordering::Relaxed);
         }
-        m.slot.index.store(NOT_A_MEMBER, Ordering::Relaxed);
+        m.index.store(NOT_A_MEMBER, Ordering::Relaxed);
         m
     }
 }
 
-/// A listener task's side of direct delivery: its slot, and the shard it is in.
-pub struct Listener {
-    slot: Arc<Slot>,
-    joined: Option<(Arc<Shard>, u32)>,
-}
+/// A listener task's side of direct delivery: one pointer in the task.
+pub struct Listener(Arc<Slot>);
 
 impl Listener {
     /// For a listener whose socket is the plain TCP socket `fd`, which must stay open for as
     /// long as this value lives.
     pub fn new(fd: RawFd) -> Listener {
-        Listener {
-            slot: Arc::new(Slot {
-                fd,
-                index: AtomicUsize::new(NOT_A_MEMBER),
-                back: Mutex::new(None),
-                wake: Notify::new(),
-            }),
-            joined: None,
-        }
+        Listener(Arc::new(Slot {
+            fd,
+            next: AtomicU32::new(0),
+            index: AtomicUsize::new(NOT_A_MEMBER),
+            wake: Notify::new(),
+            state: Mutex::new(State::default()),
+        }))
     }
 
-    pub fn is_joined(&self) -> bool {
-        self.joined.is_some()
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.state.lock().expect("direct state lock poisoned")
     }
 
-    /// Joins a shard of `channel` (see [`Channel::join`]); true if it did.
-    pub fn join(&mut self, channel: &Channel, caught_up: impl FnOnce() -> Option<u32>) -> bool {
-        if self.joined.is_some() {
-            return true;
+    /// Joins a shard of `channel` (see [`Channel::join`]); true if it did (or already was in
+    /// one). Not while it has a message's end to write.
+    pub fn join(&self, channel: &Channel, caught_up: impl FnOnce() -> Option<u32>) -> bool {
+        {
+            let mut state = self.state();
+            if state.joined.is_some() {
+                return true;
+            }
+            if state.rest.is_some() {
+                return false;
+            }
+            // A hand-back not yet taken (its wake-up still pending) is stale from here on.
+            state.handed_back = None;
         }
+        // Not holding its state: a writer takes its members lock, then a member's state.
         let mut at = None;
-        let shard = channel.join(&self.slot, || {
+        let shard = channel.join(&self.0, || {
             let next = caught_up()?;
             at = Some(next);
             Some(next)
         });
         if let (Some(shard), Some(at)) = (shard, at) {
-            self.joined = Some((shard, at));
+            let mut state = self.state();
+            state.joined = Some((shard, at));
+            state.resume = None;
+            return true;
         }
-        self.joined.is_some()
+        false
     }
 
     /// Waits until the writer hands this listener back (its socket is slow, or its writer
     /// lacks the frame it needs). Cancel-safe; pending forever when not a member.
     pub async fn handed_back(&self) {
-        if self.joined.is_none() {
+        if self.state().joined.is_none() {
             return std::future::pending().await;
         }
         loop {
-            let woken = self.slot.wake.notified();
-            if self.slot.index.load(Ordering::Relaxed) == NOT_A_MEMBER {
+            let woken = self.0.wake.notified();
+            if self.0.index.load(Ordering::Relaxed) == NOT_A_MEMBER {
                 return;
             }
             woken.await;
         }
     }
 
-    /// Leaves the shard (if in one): `None` when it was not in one.
-    pub fn leave(&mut self) -> Option<Left> {
-        let (shard, at) = self.joined.take()?;
-        let mut members = shard.members.lock().expect("direct members lock poisoned");
-        let i = self.slot.index.load(Ordering::Relaxed);
-        let (next, skipped, rest) = if i != NOT_A_MEMBER {
-            let m = Shard::remove(&mut members, i);
-            shard.count.store(members.len(), Ordering::Relaxed);
-            (m.next, m.skipped, None)
-        } else {
-            drop(members);
-            let back = self
-                .slot
-                .back
-                .lock()
-                .expect("direct back lock poisoned")
-                .take();
-            match back {
-                Some(b) => (b.next, b.skipped, b.rest),
-                // Not reachable: a member handed back always has its `Back`.
-                None => (at, 0, None),
-            }
+    /// Leaves the shard, if in one: from then on its task may write to its socket, after
+    /// [`Listener::take_rest`], and takes its frames from [`Listener::take_resume`] on.
+    pub fn leave(&self) {
+        let Some((shard, at)) = self.state().joined.take() else {
+            return;
         };
+        // Not holding its state: a writer takes its members lock, then a member's state.
+        let mut members = shard.members.lock().expect("direct members lock poisoned");
+        let i = self.0.index.load(Ordering::Relaxed);
+        if i != NOT_A_MEMBER {
+            Shard::remove(&mut members, i);
+            shard.count.store(members.len(), Ordering::Relaxed);
+        }
+        drop(members);
+        let mut state = self.state();
+        let next = self.0.next.load(Ordering::Relaxed);
+        let skipped = state.handed_back.take().unwrap_or(0);
         let moved = next.wrapping_sub(at) as u64;
-        Some(Left {
-            next,
-            delivered: moved.saturating_sub(skipped),
-            skipped,
-            rest,
-        })
+        state.delivered += moved.saturating_sub(skipped);
+        state.skipped += skipped;
+        state.resume = Some(next);
+    }
+
+    /// After leaving: frames on its queue before the returned sequence number were written.
+    pub fn take_resume(&self) -> Option<u32> {
+        self.state().resume.take()
+    }
+
+    /// After leaving: the end of a message the writer began, to be written before anything.
+    pub fn take_rest(&self) -> Option<Bytes> {
+        self.state().rest.take()
+    }
+
+    /// Whether it has a message's end to write.
+    pub fn has_rest(&self) -> bool {
+        self.state().rest.is_some()
+    }
+
+    /// Frames written and skipped for it by writers so far.
+    pub fn counts(&self) -> (u64, u64) {
+        let state = self.state();
+        (state.delivered, state.skipped)
     }
 }
 
@@ -395,21 +401,27 @@ fn send_round(shard: &Shard, round: &Round, counters: &Counters) {
     let mut members = shard.members.lock().expect("direct members lock poisoned");
     let mut i = 0;
     while i < members.len() {
-        let m = &mut members[i];
+        let m = &members[i];
+        let mut next = m.next.load(Ordering::Relaxed);
         if let Some(from) = round.dropped_from {
-            if !before(m.next, from) && before(m.next, first) {
-                let n = first.wrapping_sub(m.next) as u64;
-                m.skipped += n;
+            if !before(next, from) && before(next, first) {
+                let n = first.wrapping_sub(next) as u64;
+                *m.state
+                    .lock()
+                    .expect("direct state lock poisoned")
+                    .handed_back
+                    .get_or_insert(0) += n;
                 skipped += n;
-                m.next = first;
+                next = first;
+                m.next.store(next, Ordering::Relaxed);
             }
         }
-        if before(last, m.next) {
+        if before(last, next) {
             // It has every frame of this round already.
             i += 1;
             continue;
         }
-        let Some(k) = round.frames.iter().position(|f| f.0 == m.next) else {
+        let Some(k) = round.frames.iter().position(|f| f.0 == next) else {
             // It needs a frame this writer does not have: its task takes it from its queue.
             hand_back(&mut members, i, None);
             handed_back += 1;
@@ -421,7 +433,7 @@ fn send_round(shard: &Shard, round: &Round, counters: &Counters) {
         // and a listener leaves (under it) before its socket is closed (see the module doc).
         let sent = unsafe {
             libc::send(
-                m.slot.fd,
+                m.fd,
                 bytes.as_ptr().cast(),
                 bytes.len(),
                 libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
@@ -431,14 +443,14 @@ fn send_round(shard: &Shard, round: &Round, counters: &Counters) {
         match usize::try_from(sent) {
             Ok(sent) if sent == bytes.len() => {
                 delivered += n;
-                m.next = last.wrapping_add(1);
+                m.next.store(last.wrapping_add(1), Ordering::Relaxed);
                 i += 1;
             }
             // Part of it: the socket's buffer is full (a slow listener). The rest goes first
             // when its task writes next, so these frames are its, and counted now.
             Ok(sent) if sent > 0 => {
                 delivered += n;
-                m.next = last.wrapping_add(1);
+                m.next.store(last.wrapping_add(1), Ordering::Relaxed);
                 let rest = round.bytes.slice(from + sent..);
                 hand_back(&mut members, i, Some(rest));
                 handed_back += 1;
@@ -462,14 +474,13 @@ fn send_round(shard: &Shard, round: &Round, counters: &Counters) {
 }
 
 /// Hands member `i` back to its task.
-fn hand_back(members: &mut Vec<Member>, i: usize, rest: Option<Bytes>) {
+fn hand_back(members: &mut Vec<Arc<Slot>>, i: usize, rest: Option<Bytes>) {
     let m = Shard::remove(members, i);
-    *m.slot.back.lock().expect("direct back lock poisoned") = Some(Back {
-        next: m.next,
-        skipped: m.skipped,
-        rest,
-    });
-    m.slot.wake.notify_one();
+    let mut state = m.state.lock().expect("direct state lock poisoned");
+    state.handed_back.get_or_insert(0);
+    state.rest = rest;
+    drop(state);
+    m.wake.notify_one();
 }
 
 #[cfg(test)]
@@ -502,30 +513,28 @@ mod tests {
         }
     }
 
-    fn shard_of(members: Vec<(Arc<Slot>, u32)>) -> Shard {
-        let members: Vec<Member> = members
-            .into_iter()
-            .enumerate()
-            .map(|(i, (slot, next))| {
-                slot.index.store(i, Ordering::Relaxed);
-                Member {
-                    slot,
-                    next,
-                    skipped: 0,
-                }
-            })
-            .collect();
-        Shard {
-            count: AtomicUsize::new(members.len()),
-            members: Mutex::new(members),
+    /// A shard whose members are `listeners`, each needing frame `next` on.
+    fn shard_of(listeners: &[(&Listener, u32)]) -> Arc<Shard> {
+        let shard = Arc::new(Shard {
+            count: AtomicUsize::new(listeners.len()),
+            members: Mutex::new(Vec::new()),
             queue: Mutex::new(VecDeque::new()),
             ready: Notify::new(),
             closed: AtomicBool::new(false),
+        });
+        let mut members = shard.members.lock().unwrap();
+        for (i, (l, next)) in listeners.iter().enumerate() {
+            l.0.index.store(i, Ordering::Relaxed);
+            l.0.next.store(*next, Ordering::Relaxed);
+            l.state().joined = Some((shard.clone(), *next));
+            members.push(l.0.clone());
         }
+        drop(members);
+        shard
     }
 
-    fn slot(fd: RawFd) -> Arc<Slot> {
-        Listener::new(fd).slot.clone()
+    fn is_member(l: &Listener) -> bool {
+        l.0.index.load(Ordering::Relaxed) != NOT_A_MEMBER
     }
 
     /// The WebSocket messages in `bytes`: (sequence, payload length) of each; panics on a
@@ -567,24 +576,23 @@ mod tests {
     #[test]
     fn a_full_socket_is_handed_back_with_the_end_of_the_message_it_began() {
         let (tx, mut rx) = small_pair();
-        let s = slot(tx.as_raw_fd());
-        let shard = shard_of(vec![(s.clone(), 0)]);
+        let l = Listener::new(tx.as_raw_fd());
+        let shard = shard_of(&[(&l, 0)]);
         let counters = Counters::default();
         let mut seq = 0;
-        let mut sent_frames = 0;
         // Rounds of five 1,000-byte frames until the socket cannot take one whole.
-        while s.index.load(Ordering::Relaxed) != NOT_A_MEMBER {
+        while is_member(&l) {
             let frames: Vec<Bytes> = (seq..seq + 5).map(|n| frame(n, 1000)).collect();
             send_round(&shard, &round(&frames, None), &counters);
             seq += 5;
-            sent_frames += 5;
-            assert!(sent_frames < 200, "the socket never filled");
+            assert!(seq < 200, "the socket never filled");
         }
-        let back = s.back.lock().unwrap().take().expect("handed back");
+        l.leave();
         let mut got = Vec::new();
         let _ = rx.read_to_end(&mut got);
-        let cut = back.rest.is_some();
-        if let Some(rest) = &back.rest {
+        let rest = l.take_rest();
+        let cut = rest.is_some();
+        if let Some(rest) = &rest {
             got.extend_from_slice(rest);
         }
         let messages = messages(&got);
@@ -592,7 +600,8 @@ mod tests {
         for (i, (seq, len)) in messages.iter().enumerate() {
             assert_eq!((*seq, *len), (i as u32, crate::protocol::HEADER_LEN + 1000));
         }
-        assert_eq!(back.next, messages.len() as u32);
+        assert_eq!(l.take_resume(), Some(messages.len() as u32));
+        assert_eq!(l.counts(), (messages.len() as u64, 0));
         assert_eq!(
             counters.delivered.load(Ordering::Relaxed),
             messages.len() as u64
@@ -604,23 +613,28 @@ mod tests {
 
     #[test]
     fn a_cut_write_leaves_the_rest_of_the_message_and_of_the_round() {
-        // Rounds of 30 frames into a 4 KiB socket: the socket takes part of the round, cutting
-        // a message (an AF_UNIX stream takes what fits of a write).
+        // A round of 30 frames into a 4 KiB socket: the socket takes part of it, cutting a
+        // message (an AF_UNIX stream takes what fits of a write).
         let (tx, mut rx) = small_pair();
-        let s = slot(tx.as_raw_fd());
-        let shard = shard_of(vec![(s.clone(), 0)]);
+        let l = Listener::new(tx.as_raw_fd());
+        let shard = shard_of(&[(&l, 0)]);
         let counters = Counters::default();
         let frames: Vec<Bytes> = (0..30).map(|n| frame(n, 1000)).collect();
         send_round(&shard, &round(&frames, None), &counters);
-        let back = s.back.lock().unwrap().take().expect("handed back");
-        let rest = back.rest.expect("a write cut short");
+        assert!(!is_member(&l));
+        assert!(l.has_rest());
+        l.leave();
+        // It cannot join again before writing what was begun.
+        let channel = Channel::default();
+        assert!(!l.join(&channel, || Some(30)));
+        let rest = l.take_rest().expect("a write cut short");
         let mut got = Vec::new();
         let _ = rx.read_to_end(&mut got);
         assert!(!got.is_empty() && !rest.is_empty());
         got.extend_from_slice(&rest);
         let seqs: Vec<u32> = messages(&got).iter().map(|m| m.0).collect();
         assert_eq!(seqs, (0..30).collect::<Vec<_>>());
-        assert_eq!(back.next, 30);
+        assert_eq!(l.take_resume(), Some(30));
         assert_eq!(counters.cut.load(Ordering::Relaxed), 1);
     }
 
@@ -632,15 +646,13 @@ mod tests {
             a.set_nonblocking(true).unwrap();
             b.set_nonblocking(true).unwrap();
         }
-        let slots: Vec<Arc<Slot>> = pairs.iter().map(|(a, _)| slot(a.as_raw_fd())).collect();
+        let ls: Vec<Listener> = pairs
+            .iter()
+            .map(|(a, _)| Listener::new(a.as_raw_fd()))
+            .collect();
         // Member 0 needs frame 10 (the round's first); 1 has up to 11 already; 2 needs 13,
         // after the round; 3 needs 8, which this writer does not have.
-        let shard = shard_of(vec![
-            (slots[0].clone(), 10),
-            (slots[1].clone(), 12),
-            (slots[2].clone(), 13),
-            (slots[3].clone(), 8),
-        ]);
+        let shard = shard_of(&[(&ls[0], 10), (&ls[1], 12), (&ls[2], 13), (&ls[3], 8)]);
         let counters = Counters::default();
         let frames: Vec<Bytes> = (10..13).map(|n| frame(n, 80)).collect();
         send_round(&shard, &round(&frames, None), &counters);
@@ -653,16 +665,21 @@ mod tests {
         assert_eq!(read(1), vec![12]);
         assert_eq!(read(2), Vec::<u32>::new());
         assert_eq!(read(3), Vec::<u32>::new());
-        let back = slots[3].back.lock().unwrap().take().expect("handed back");
-        assert_eq!((back.next, back.rest.is_none()), (8, true));
+        assert!(!is_member(&ls[3]));
+        ls[3].leave();
+        assert_eq!((ls[3].take_resume(), ls[3].take_rest()), (Some(8), None));
         assert_eq!(counters.delivered.load(Ordering::Relaxed), 4);
-        let members = shard.members.lock().unwrap();
-        let next: Vec<u32> = members.iter().map(|m| m.next).collect();
-        assert_eq!(members.len(), 3);
-        assert!(next.iter().all(|n| *n == 13));
-        for (i, m) in members.iter().enumerate() {
-            assert_eq!(m.slot.index.load(Ordering::Relaxed), i);
+        {
+            let members = shard.members.lock().unwrap();
+            assert_eq!(members.len(), 3);
+            for (i, m) in members.iter().enumerate() {
+                assert_eq!(m.index.load(Ordering::Relaxed), i);
+                assert_eq!(m.next.load(Ordering::Relaxed), 13);
+            }
         }
+        ls[0].leave();
+        assert_eq!((ls[0].take_resume(), ls[0].counts()), (Some(13), (3, 0)));
+        assert_eq!(shard.count.load(Ordering::Relaxed), 2);
     }
 
     #[test]
@@ -670,8 +687,8 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
         b.set_nonblocking(true).unwrap();
-        let s = slot(a.as_raw_fd());
-        let shard = shard_of(vec![(s.clone(), 5)]);
+        let l = Listener::new(a.as_raw_fd());
+        let shard = shard_of(&[(&l, 5)]);
         let counters = Counters::default();
         // Frames 5..=17 were dropped by the writer; the round holds the newest two.
         let frames: Vec<Bytes> = (18..20).map(|n| frame(n, 80)).collect();
@@ -681,20 +698,58 @@ mod tests {
         let seqs: Vec<u32> = messages(&got).iter().map(|m| m.0).collect();
         assert_eq!(seqs, vec![18, 19]);
         assert_eq!(counters.skipped.load(Ordering::Relaxed), 13);
-        let mut l = Listener {
-            slot: s,
-            joined: Some((Arc::new(shard), 5)),
-        };
-        let left = l.leave().expect("was a member");
-        assert_eq!(
-            left,
-            Left {
-                next: 20,
-                delivered: 2,
-                skipped: 13,
-                rest: None
+        l.leave();
+        assert_eq!((l.take_resume(), l.counts()), (Some(20), (2, 13)));
+    }
+
+    #[tokio::test]
+    async fn a_listener_joins_when_caught_up_and_is_written_by_the_writer() {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        let channel = Channel::default();
+        let l = Listener::new(a.as_raw_fd());
+        assert!(!l.join(&channel, || None), "frames waiting: not caught up");
+        assert!(l.join(&channel, || Some(7)));
+        assert_eq!(channel.members(), 1);
+        for n in 7..10 {
+            channel.publish(&frame(n, 80));
+        }
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = (&b).read(&mut buf) {
+                got.extend_from_slice(&buf[..n]);
             }
-        );
+            if messages_whole(&got) >= 3 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let seqs: Vec<u32> = messages(&got).iter().map(|m| m.0).collect();
+        assert_eq!(seqs, vec![7, 8, 9]);
+        // Taking its socket back for a write of its own: it resumes after frame 9.
+        l.leave();
+        assert_eq!(channel.members(), 0);
+        assert_eq!((l.take_resume(), l.counts()), (Some(10), (3, 0)));
+    }
+
+    /// Whole messages at the start of `bytes`.
+    fn messages_whole(mut bytes: &[u8]) -> usize {
+        let mut n = 0;
+        while bytes.len() >= 2 {
+            let (len, head) = match bytes[1] {
+                126 if bytes.len() >= 4 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+                126 => return n,
+                k => (k as usize, 2),
+            };
+            if bytes.len() < head + len {
+                return n;
+            }
+            bytes = &bytes[head + len..];
+            n += 1;
+        }
+        n
     }
 
     #[test]

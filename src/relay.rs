@@ -104,7 +104,7 @@ impl Fanout {
     /// if nothing is waiting on `rx` for it (it is caught up); true if it joined.
     pub fn join_direct(
         &self,
-        listener: &mut crate::direct::Listener,
+        listener: &crate::direct::Listener,
         rx: &broadcast::Receiver<Bytes>,
     ) -> bool {
         listener.join(&self.direct, || {

@@ -689,8 +689,9 @@ struct Connection {
     wants_floor_under: bool,
     /// That floor, with its place in the floor's queue (none while a floor is heard).
     under: Option<(u16, broadcast::Receiver<Bytes>)>,
-    /// Frames written by the channel's writer while this delegate is caught up.
-    direct: Direct,
+    /// A delegate's place with its channel's writers (`direct.rs`): delegates of the live
+    /// class on plain TCP only.
+    direct: Option<crate::direct::Listener>,
     skipped: u64,
     delivered: u64,
     write_timeout: Duration,
@@ -698,42 +699,15 @@ struct Connection {
     released: bool,
 }
 
-/// A delegate's direct delivery (`direct.rs`): its place among its channel's writers' members,
-/// and what it must do after leaving them.
-#[derive(Default)]
-struct Direct {
-    /// Delegates of the live class on plain TCP only.
-    listener: Option<crate::direct::Listener>,
-    /// After leaving: the frames on the queue before this sequence number were written.
-    resume: Option<u32>,
-    /// After leaving: the end of a message the writer began, to be written before anything.
-    rest: Option<Bytes>,
-    /// Frames written by the writers, and skipped by them, for this delegate.
-    delivered: u64,
-    skipped: u64,
-}
-
-impl Direct {
-    /// Takes the socket back from the channel's writer, if it has it.
-    fn leave(&mut self) {
-        if let Some(left) = self.listener.as_mut().and_then(|l| l.leave()) {
-            self.resume = Some(left.next);
-            self.delivered += left.delivered;
-            self.skipped += left.skipped;
-            if left.rest.is_some() {
-                self.rest = left.rest;
-            }
-        }
-    }
-}
-
 impl Connection {
     fn hear(&mut self, channel: Option<u16>) {
         if self.audio.as_ref().map(|(c, _)| *c) != channel {
             // Another channel's numbering: what was written of this one no longer matters,
             // but a message begun must still be finished.
-            self.direct.leave();
-            self.direct.resume = None;
+            if let Some(d) = &self.direct {
+                d.leave();
+                d.take_resume();
+            }
             if let Some((old, _)) = self.audio.take() {
                 self.relay.unsubscribe(old, self.counted());
             }
@@ -983,12 +957,9 @@ async fn hello(
     }
     // A channel's writers send to delegates of the live class over plain TCP (`direct.rs`);
     // a TLS session's records are its own, and the relaxed class has its tick.
-    let direct = Direct {
-        listener: plain
-            .filter(|_| matches!(peer, Peer::Listener) && delivery == Delivery::Live)
-            .map(|p| crate::direct::Listener::new(p.0)),
-        ..Direct::default()
-    };
+    let direct = plain
+        .filter(|_| matches!(peer, Peer::Listener) && delivery == Delivery::Live)
+        .map(|p| crate::direct::Listener::new(p.0));
     let conn = Connection {
         relay,
         session,
@@ -1086,10 +1057,8 @@ where
         .unwrap_or("closed by the client");
     let session = conn.session;
     if matches!(conn.peer, Peer::Listener) {
-        let (delivered, skipped) = (
-            conn.delivered + conn.direct.delivered,
-            conn.skipped + conn.direct.skipped,
-        );
+        let (d, s) = conn.direct.as_ref().map_or((0, 0), |d| d.counts());
+        let (delivered, skipped) = (conn.delivered + d, conn.skipped + s);
         tracing::debug!(peer = %conn.addr, session, delivered, skipped, reason, "disconnected");
     } else {
         tracing::info!(peer = %conn.addr, session, delivered = conn.delivered, skipped = conn.skipped, reason, "disconnected");
@@ -1474,12 +1443,11 @@ async fn serve(
         }
     }
     let mut batch: Vec<Bytes> = Vec::new();
-    let mut no_direct = Direct::default();
     loop {
         tokio::select! {
             // Audio first: it is what every wake-up is for, nearly always.
             biased;
-            n = next_frames((&mut conn.audio, &mut conn.under), &mut batch, &mut relaxed, (&relay, &mut no_direct)) => {
+            n = next_frames((&mut conn.audio, &mut conn.under), &mut batch, &mut relaxed, (&relay, &None)) => {
                 if let Err(ending) = deliver(ws, conn, n, &mut batch).await {
                     return ending;
                 }
@@ -1594,7 +1562,7 @@ async fn listen(ws: &mut WebSocket, a: &mut Accepted) -> Option<Ending> {
         tokio::select! {
             // Audio first: it is what every wake-up is for, nearly always.
             biased;
-            n = next_frames((&mut conn.audio, &mut conn.under), &mut batch, &mut a.ticks.relaxed, (&conn.relay, &mut conn.direct)) => {
+            n = next_frames((&mut conn.audio, &mut conn.under), &mut batch, &mut a.ticks.relaxed, (&conn.relay, &conn.direct)) => {
                 if let Err(ending) = hold(ws, conn).await { return ending; }
                 if let Err(ending) = deliver(ws, conn, n, &mut batch).await {
                     return ending;
@@ -1800,13 +1768,13 @@ struct Taken {
 /// then the floor's. Pending forever when no channel is heard.
 ///
 /// A delegate with a [`Direct`] listener that is caught up joins the channel's writer instead
-/// of waiting on its queue, and returns once handed back: with `direct.rest` to write first,
-/// or with the frames its writer did not write.
+/// of waiting on its queue, and returns once handed back: with the end of a message to write
+/// first, or with the frames its writer did not write.
 async fn next_frames(
     (audio, under): (&mut Option<Heard>, &mut Option<Heard>),
     batch: &mut Vec<Bytes>,
     relaxed: &mut Option<watch::Receiver<bool>>,
-    (relay, direct): (&Relay, &mut Direct),
+    (relay, direct): (&Relay, &Option<crate::direct::Listener>),
 ) -> Taken {
     let Some((channel, rx)) = audio else {
         return std::future::pending().await;
@@ -1826,16 +1794,19 @@ async fn next_frames(
         None => {
             // Lagging is never fatal: the queue moved on without us; count and go on.
             loop {
-                if let Some(next) = direct.resume.take() {
+                if let Some(next) = direct.as_ref().and_then(|d| d.take_resume()) {
                     skipped += resume(rx, next, batch);
                 }
-                if !batch.is_empty() || first_under.is_some() || direct.rest.is_some() {
+                if !batch.is_empty()
+                    || first_under.is_some()
+                    || direct.as_ref().is_some_and(|d| d.has_rest())
+                {
                     break;
                 }
-                if let Some(listener) = direct.listener.as_mut().filter(|_| under.is_none()) {
+                if let Some(listener) = direct.as_ref().filter(|_| under.is_none()) {
                     if relay.fanout(*channel).join_direct(listener, rx) {
                         listener.handed_back().await;
-                        direct.leave();
+                        listener.leave();
                         continue;
                     }
                 }
@@ -1900,8 +1871,11 @@ fn resume(rx: &mut broadcast::Receiver<Bytes>, next: u32, batch: &mut Vec<Bytes>
 /// (within the write timeout): from here on its task may write. `Err` ends the connection as
 /// [`deliver`]'s does.
 async fn hold(ws: &mut WebSocket, conn: &mut Connection) -> Result<(), Option<Ending>> {
-    conn.direct.leave();
-    let Some(rest) = conn.direct.rest.take() else {
+    let Some(d) = &conn.direct else {
+        return Ok(());
+    };
+    d.leave();
+    let Some(rest) = d.take_rest() else {
         return Ok(());
     };
     use tokio::io::AsyncWriteExt;
