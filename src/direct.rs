@@ -113,7 +113,8 @@ pub struct Slot {
     next: AtomicU32,
     /// Its index in its shard's members, or `NOT_A_MEMBER`; changed under the members lock.
     index: AtomicUsize,
-    wake: Notify,
+    /// Its task, while it waits to be handed back.
+    waker: futures_util::task::AtomicWaker,
     state: Mutex<State>,
 }
 
@@ -219,7 +220,8 @@ impl Shard {
         if let Some(moved) = members.get(i) {
             moved.index.store(i, Ordering::Relaxed);
         }
-        m.index.store(NOT_A_MEMBER, Ordering::Relaxed);
+        // Release: seen by its task's check after registering its waker.
+        m.index.store(NOT_A_MEMBER, Ordering::Release);
         m
     }
 }
@@ -235,7 +237,7 @@ impl Listener {
             fd,
             next: AtomicU32::new(0),
             index: AtomicUsize::new(NOT_A_MEMBER),
-            wake: Notify::new(),
+            waker: futures_util::task::AtomicWaker::new(),
             state: Mutex::new(State::default()),
         }))
     }
@@ -275,18 +277,21 @@ impl Listener {
     }
 
     /// Waits until the writer hands this listener back (its socket is slow, or its writer
-    /// lacks the frame it needs). Cancel-safe; pending forever when not a member.
-    pub async fn handed_back(&self) {
-        if self.state().joined.is_none() {
-            return std::future::pending().await;
-        }
-        loop {
-            let woken = self.0.wake.notified();
-            if self.0.index.load(Ordering::Relaxed) == NOT_A_MEMBER {
-                return;
+    /// lacks the frame it needs). Cancel-safe; pending forever when not a member. A plain
+    /// function, not an `async fn`: its future is one pointer, in every delegate's task.
+    pub fn handed_back(&self) -> impl std::future::Future<Output = ()> + '_ {
+        let joined = self.state().joined.is_some();
+        std::future::poll_fn(move |cx| {
+            if !joined {
+                return std::task::Poll::Pending;
             }
-            woken.await;
-        }
+            self.0.waker.register(cx.waker());
+            if self.0.index.load(Ordering::Acquire) == NOT_A_MEMBER {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
     }
 
     /// Leaves the shard, if in one: from then on its task may write to its socket, after
@@ -480,7 +485,7 @@ fn hand_back(members: &mut Vec<Arc<Slot>>, i: usize, rest: Option<Bytes>) {
     state.handed_back.get_or_insert(0);
     state.rest = rest;
     drop(state);
-    m.wake.notify_one();
+    m.waker.wake();
 }
 
 #[cfg(test)]

@@ -1786,7 +1786,9 @@ async fn next_frames(
     let (mut skipped, mut under_skipped) = (0, 0);
     let (backlog, keep) = match relaxed {
         Some(tick) => {
-            if tick.changed().await.is_err() {
+            // Boxed: one allocation every 200 ms, and the future of every delegate's task
+            // stays the size of a plain queue wait.
+            if Box::pin(tick.changed()).await.is_err() {
                 return std::future::pending().await;
             }
             (RELAXED_BACKLOG, RELAXED_KEEP)
@@ -1812,11 +1814,18 @@ async fn next_frames(
                 }
                 let (got, is_under) = match under {
                     None => (rx.recv().await, false),
-                    Some((_, floor)) => tokio::select! {
-                        biased;
-                        f = rx.recv() => (f, false),
-                        f = floor.recv() => (f, true),
-                    },
+                    // Boxed, as above: only delegates with the floor underneath wait on two
+                    // queues.
+                    Some((_, floor)) => {
+                        Box::pin(async {
+                            tokio::select! {
+                                biased;
+                                f = rx.recv() => (f, false),
+                                f = floor.recv() => (f, true),
+                            }
+                        })
+                        .await
+                    }
                 };
                 match (got, is_under) {
                     (Ok(f), false) => batch.push(f),
@@ -1869,15 +1878,28 @@ fn resume(rx: &mut broadcast::Receiver<Bytes>, next: u32, batch: &mut Vec<Bytes>
 
 /// Takes a delegate's socket back from its channel's writer and writes what the writer began
 /// (within the write timeout): from here on its task may write. `Err` ends the connection as
-/// [`deliver`]'s does.
-async fn hold(ws: &mut WebSocket, conn: &mut Connection) -> Result<(), Option<Ending>> {
-    let Some(d) = &conn.direct else {
-        return Ok(());
-    };
-    d.leave();
-    let Some(rest) = d.take_rest() else {
-        return Ok(());
-    };
+/// [`deliver`]'s does. A plain function: the write, rare, is boxed, and the future every
+/// delegate's task holds for it is small.
+fn hold<'a>(
+    ws: &'a mut WebSocket,
+    conn: &'a mut Connection,
+) -> impl Future<Output = Result<(), Option<Ending>>> + 'a {
+    use futures_util::future::Either;
+    let rest = conn.direct.as_ref().and_then(|d| {
+        d.leave();
+        d.take_rest()
+    });
+    match rest {
+        None => Either::Left(std::future::ready(Ok(()))),
+        Some(rest) => Either::Right(Box::pin(write_rest(ws, conn, rest))),
+    }
+}
+
+async fn write_rest(
+    ws: &mut WebSocket,
+    conn: &mut Connection,
+    rest: Bytes,
+) -> Result<(), Option<Ending>> {
     use tokio::io::AsyncWriteExt;
     // The WebSocket's own write buffer is empty: a delegate joins its writer only after a
     // write of its own completed.
@@ -2141,7 +2163,7 @@ struct Reader {
     frames: Budget,
     control: Budget,
     /// A control message read past the budget, waiting for its turn.
-    held: Option<Message>,
+    held: Option<Box<Message>>,
 }
 
 impl Reader {
@@ -2194,7 +2216,7 @@ impl Reader {
                 silence
                     .as_mut()
                     .reset(tokio::time::Instant::now() + self.deadline());
-                let msg = self.held.take().expect("a held message");
+                let msg = *self.held.take().expect("a held message");
                 match self.take(msg) {
                     Some(read) => return read,
                     None => continue,
@@ -2226,7 +2248,7 @@ impl Reader {
                     {
                         tracing::warn!(peer = %self.addr.ip(), session = self.session, rate = CONTROL_RATE, "control messages faster than a person sends them: read at that pace");
                     }
-                    self.held = Some(msg);
+                    self.held = Some(Box::new(msg));
                     silence.as_mut().reset(tokio::time::Instant::now() + wait);
                     continue;
                 }
