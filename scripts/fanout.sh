@@ -28,7 +28,9 @@
 # Environment: FLOOR_PORT (18200), RELAY_PORT (18201), ICECAST_PORT (18202; with TLS also
 # ICECAST_TLS_PORT, 18203), RELAY_CPU (0), LOAD_CPU (1), WARM_UP seconds (3), SERVERS (default
 # "floor icecast boothcast"), TLS (0, 1 or both), BIN (a boothcast binary to run instead of
-# building one: a relay before and after a change).
+# building one: a relay before and after a change), ROUNDS (1: with more, the servers take
+# turns ROUNDS times and the table gives each figure's median over the rounds, and the range of
+# the per-round ratios to the floor).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-20}
@@ -149,7 +151,9 @@ run_boothcast() { # listeners
 
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 
+rounds=${ROUNDS:-1}
 load_before=$(load)
+for round in $(seq "$rounds"); do
 for n in "${counts[@]}"; do
     for s in "${servers[@]}"; do
         for mode in "${modes[@]}"; do
@@ -160,59 +164,73 @@ for n in "${counts[@]}"; do
                 tls_server_args=()
                 tls_client_args=()
             fi
-            echo "=== $s ($mode), $n listeners, ${seconds} s (load average $(load))"
-            "run_$s" "$n" | tee "$out/$s-$mode-$n.txt"
+            echo "=== round $round of $rounds: $s ($mode), $n listeners, ${seconds} s (load average $(load))"
+            "run_$s" "$n" | tee "$out/$s-$mode-$n-r$round.txt"
         done
     done
+done
 done
 load_after=$(load)
 
 # The tables, from the clients' `result` lines: one row per listener count, transport and
 # server, the ratio to the floor over the same transport; with both transports, what TLS adds.
-for n in "${counts[@]}"; do
-    for s in "${servers[@]}"; do
-        for mode in "${modes[@]}"; do
-            grep -h '^result ' "$out/$s-$mode-$n.txt" | tail -n 1
-        done
-    done
-done | awk -v counts="${counts[*]}" -v servers="${servers[*]}" -v modes="${modes[*]}" '
-    {
-        for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
-        k = f["listeners"] SUBSEP f["server"] SUBSEP f["tls"]
-        for (name in f) r[k, name] = f[name]
-        have[k] = 1
-        delete f
-    }
-    function label(s, t) { return s (t == 1 ? " over TLS" : "") }
-    END {
-        nc = split(counts, cs, " "); ns = split(servers, ss, " "); nm = split(modes, ms, " ")
-        print ""
-        print "| Listeners | Server | CPU s per million frames delivered | Ratio to the floor | Resident memory per listener | Frames lost | Delivered of expected | Bytes per frame (read) | Frames per read | Server CPU | Server waiting for a CPU | Client CPU |"
-        print "|---|---|---|---|---|---|---|---|---|---|---|---|"
-        for (c = 1; c <= nc; c++) for (m = 1; m <= nm; m++) for (j = 1; j <= ns; j++) {
-            n = cs[c]; t = (ms[m] == "tls") ? 1 : 0; k = n SUBSEP ss[j] SUBSEP t
-            if (!(k in have)) continue
-            per = r[k, "cpu_s_per_million"]; floor = r[n, "floor", t, "cpu_s_per_million"]
-            ratio = (floor != "" && floor != "na" && per != "na") ? sprintf("%.2f", per / floor) : "n/a"
-            listeners = (r[k, "connected"] == n) ? n : sprintf("%s (%s in)", n, r[k, "connected"])
-            expected = r[k, "expected"] > 0 ? r[k, "expected"] : 1
-            printf "| %s | %s | %s | %s | %s KiB | %s | %.2f %% | %s (%s) | %s | %.0f %% | %.1f %% | %.0f %% |\n",
-                listeners, label(ss[j], t), per, ratio, r[k, "rss_kib_per_listener"], r[k, "lost"],
-                100 * r[k, "frames"] / expected, r[k, "bytes_per_frame"], r[k, "wire_bytes_per_frame"],
-                r[k, "frames_per_read"], 100 * r[k, "cpu_s"] / r[k, "seconds"],
-                100 * r[k, "server_wait_share"], 100 * r[k, "client_cpu_share"]
-        }
-        if (nm < 2) exit
-        print ""
-        print "What TLS adds (CPU s per million frames = CPU µs per frame):"
-        print ""
-        print "| Listeners | Server | Plain | Over TLS | TLS adds, µs per frame | Over TLS / plain |"
-        print "|---|---|---|---|---|---|"
-        for (c = 1; c <= nc; c++) for (j = 1; j <= ns; j++) {
-            n = cs[c]; p = r[n, ss[j], 0, "cpu_s_per_million"]; q = r[n, ss[j], 1, "cpu_s_per_million"]
-            if (p == "" || q == "" || p == "na" || q == "na") continue
-            printf "| %s | %s | %s | %s | %.2f | %.2f |\n", n, ss[j], p, q, q - p, q / p
-        }
-    }'
+for f in "$out"/*-r*.txt; do
+    r=${f##*-r}
+    grep -h '^result ' "$f" | tail -n 1 | sed "s/\$/ round=${r%.txt}/"
+done | python3 -c '
+import sys, statistics, types
+counts, servers, modes = sys.argv[1].split(), sys.argv[2].split(), sys.argv[3].split()
+rows = {}
+for line in sys.stdin:
+    f = dict(kv.split("=", 1) for kv in line.split()[1:])
+    rows.setdefault((f["listeners"], f["server"], f["tls"]), {})[f["round"]] = f
+def med(runs, name):
+    v = [float(r[name]) for r in runs.values() if r.get(name, "na") != "na"]
+    return statistics.median(v) if v else None
+multi = len({r for runs in rows.values() for r in runs}) > 1
+print()
+print("| Listeners | Server | CPU s per million frames delivered | Ratio to the floor |"
+      + (" Ratio per round (min-max) |" if multi else "")
+      + " Resident memory per listener | Frames lost | Delivered of expected | Bytes per frame (read) | Frames per read | Server CPU | Server waiting for a CPU | Client CPU |")
+print("|---" * (13 if multi else 12) + "|")
+for n in counts:
+    for m in modes:
+        t = "1" if m == "tls" else "0"
+        floor = rows.get((n, "floor", t), {})
+        for s in servers:
+            runs = rows.get((n, s, t))
+            if not runs:
+                continue
+            per, fper = med(runs, "cpu_s_per_million"), med(floor, "cpu_s_per_million")
+            ratio = f"{per / fper:.2f}" if per and fper else "n/a"
+            each = [float(runs[k]["cpu_s_per_million"]) / float(floor[k]["cpu_s_per_million"])
+                    for k in runs if k in floor and "na" not in (runs[k]["cpu_s_per_million"], floor[k]["cpu_s_per_million"])]
+            spread = f" {min(each):.2f}-{max(each):.2f} |" if multi and each else (" n/a |" if multi else "")
+            conn = [r["connected"] for r in runs.values()]
+            label = n if all(c == n for c in conn) else f"{n} ({min(conn)} in)"
+            lost = sum(int(r["lost"]) for r in runs.values())
+            delivered = statistics.median(100 * float(r["frames"]) / max(float(r["expected"]), 1) for r in runs.values())
+            name = s + (" over TLS" if t == "1" else "")
+            keys = "rss_kib_per_listener bytes_per_frame wire_bytes_per_frame frames_per_read cpu_s seconds server_wait_share client_cpu_share"
+            d = types.SimpleNamespace(**{k: med(runs, k) for k in keys.split()})
+            print(f"| {label} | {name} | {per:.3f} | {ratio} |{spread} {d.rss_kib_per_listener:.3f} KiB | {lost} | {delivered:.2f} % | "
+                  f"{d.bytes_per_frame:.1f} ({d.wire_bytes_per_frame:.1f}) | {d.frames_per_read:.3f} | "
+                  f"{100 * d.cpu_s / d.seconds:.0f} % | {100 * d.server_wait_share:.1f} % | {100 * d.client_cpu_share:.0f} % |")
+if len(modes) < 2:
+    sys.exit()
+print()
+print("What TLS adds (CPU s per million frames = CPU µs per frame):")
+print()
+print("| Listeners | Server | Plain | Over TLS | TLS adds, µs per frame | Over TLS / plain |")
+print("|---|---|---|---|---|---|")
+for n in counts:
+    for s in servers:
+        p, q = rows.get((n, s, "0")), rows.get((n, s, "1"))
+        if not p or not q:
+            continue
+        p, q = med(p, "cpu_s_per_million"), med(q, "cpu_s_per_million")
+        if p and q:
+            print(f"| {n} | {s} | {p:.3f} | {q:.3f} | {q - p:.2f} | {q / p:.2f} |")
+' "${counts[*]}" "${servers[*]}" "${modes[*]}"
 echo
 echo "Load average (1, 5, 15 min): $load_before before, $load_after after. Logs: $out"
