@@ -72,11 +72,14 @@ pub struct Counters {
     pub accept_errors: AtomicU64,
 }
 
-/// A request's connection is plain TCP on this socket (not TLS): its WebSocket, if it
-/// becomes one, may be written by a channel's writer (`direct.rs`). Put in every such request's
-/// extensions.
-#[derive(Debug, Clone, Copy)]
-pub struct PlainSocket(pub std::os::fd::RawFd);
+/// A request's connection's socket, and its TLS session if it has one: its WebSocket, if it
+/// becomes a delegate's, may be written by a channel's writer (`direct.rs`). Put in every
+/// request's extensions.
+#[derive(Clone)]
+pub struct DirectSocket {
+    pub fd: std::os::fd::RawFd,
+    pub tls: Option<crate::tls::Session>,
+}
 
 /// What the accept loop needs.
 pub struct Accept {
@@ -186,15 +189,27 @@ async fn connection(
     stop: watch::Receiver<bool>,
 ) {
     use std::os::fd::AsRawFd;
-    let plain = PlainSocket(tcp.as_raw_fd());
+    let fd = tcp.as_raw_fd();
     // Every byte from the client is read within its address's budget until it proves to be a
     // sender (`admission::READ_RATE`).
     let tcp = ticket.paced(tcp);
     let conn = (peer, ticket);
     match &accept.tls {
-        None => serve_http(tcp, conn, Some(plain), app, accept, http, stop).await,
+        None => {
+            let direct = DirectSocket { fd, tls: None };
+            serve_http(tcp, conn, direct, app, accept, http, stop).await
+        }
         Some(tls) => match tokio::time::timeout(HANDSHAKE_DEADLINE, tls.accept(tcp)).await {
-            Ok(Ok(stream)) => serve_http(stream, conn, None, app, accept, http, stop).await,
+            Ok(Ok(stream)) => {
+                // Its session shared, so that a channel's writer can encrypt for it.
+                let (io, session) = stream.into_inner();
+                let stream = crate::tls::Shared::new(io, session);
+                let direct = DirectSocket {
+                    fd,
+                    tls: Some(stream.session()),
+                };
+                serve_http(stream, conn, direct, app, accept, http, stop).await
+            }
             Ok(Err(e)) => {
                 accept
                     .counters
@@ -216,7 +231,7 @@ async fn connection(
 async fn serve_http<I>(
     io: I,
     (peer, ticket): (SocketAddr, Ticket),
-    plain: Option<PlainSocket>,
+    direct: DirectSocket,
     app: Router,
     accept: &Accept,
     http: &http1::Builder,
@@ -229,6 +244,7 @@ async fn serve_http<I>(
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             let app = app.clone();
             let ticket = ticket.clone();
+            let direct = direct.clone();
             async move {
                 // A place in the reserve is for a booth, the floor or an engineer, which come
                 // through /ws: anything else there is refused and the place given back.
@@ -238,9 +254,7 @@ async fn serve_http<I>(
                 }
                 req.extensions_mut().insert(ConnectInfo(peer));
                 req.extensions_mut().insert(ticket);
-                if let Some(plain) = plain {
-                    req.extensions_mut().insert(plain);
-                }
+                req.extensions_mut().insert(direct);
                 app.oneshot(req).await
             }
         });

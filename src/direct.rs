@@ -2,13 +2,17 @@
 //! per [`SHARD_LISTENERS`] listeners, without waking each listener's task.
 //!
 //! A delegate's connection task (`server.rs`) hears its channel through the channel's
-//! broadcast queue. While it is caught up (nothing queued for it, its last write complete) and
-//! plain TCP (not TLS), it *joins* a shard of its channel and goes to sleep: from then on the
-//! shard's writer sends each frame, framed once as a WebSocket binary message (server frames
-//! are not masked, RFC 6455 §5.1, so the bytes are the same for every listener), to every
-//! member's socket with one non-blocking `send()` each. A member whose socket cannot take the
-//! whole message (its send buffer is full: it is slow, or gone) is *handed back* to its task,
-//! with what was left unsent of the message; the task writes that first and goes on from the
+//! broadcast queue. While it is caught up (nothing queued for it, its last write complete), it
+//! *joins* a shard of its channel and goes to sleep: from then on the shard's writer sends each
+//! frame, framed once as a WebSocket binary message (server frames are not masked, RFC 6455
+//! §5.1, so the bytes are the same for every listener), to every member's socket with one
+//! non-blocking `send()` each. Over TLS the writer puts the message into the member's own
+//! session (`tls::Session`, shared with its task behind a lock: one record, encrypted for it
+//! alone, RFC 8446 §5.2) and sends the session's queued records the same way. A member whose
+//! socket cannot take the whole message (its send buffer is full: it is slow, or gone) is
+//! *handed back* to its task, with what was left unsent of the message (over TLS, what the
+//! session did not take; records it took stay queued in it, and go first with the task's next
+//! write); the task writes that first and goes on from the
 //! channel's queue as before (skipping to live if it is far behind, closing it if nothing can
 //! be written for the write timeout), and joins again once caught up. The task also takes its
 //! socket back (leaves the shard) before writing anything of its own: a ping, the channel
@@ -108,6 +112,9 @@ pub struct Shard {
 /// delegate, its task keeping a pointer to it (a relay holds tens of thousands).
 pub struct Slot {
     fd: RawFd,
+    /// Its TLS session, when it has one: the writer encrypts the frame for it and sends the
+    /// record (`tls::Session`).
+    tls: Option<crate::tls::Session>,
     /// The sequence number of the next frame it needs; the writer's while it is a member
     /// (changed under the members lock).
     next: AtomicU32,
@@ -230,11 +237,12 @@ impl Shard {
 pub struct Listener(Arc<Slot>);
 
 impl Listener {
-    /// For a listener whose socket is the plain TCP socket `fd`, which must stay open for as
-    /// long as this value lives.
-    pub fn new(fd: RawFd) -> Listener {
+    /// For a listener whose socket is the TCP socket `fd`, which must stay open for as long as
+    /// this value lives, with its TLS session if it has one.
+    pub fn new(fd: RawFd, tls: Option<crate::tls::Session>) -> Listener {
         Listener(Arc::new(Slot {
             fd,
+            tls,
             next: AtomicU32::new(0),
             index: AtomicUsize::new(NOT_A_MEMBER),
             waker: futures_util::task::AtomicWaker::new(),
@@ -434,35 +442,25 @@ fn send_round(shard: &Shard, round: &Round, counters: &Counters) {
         };
         let from = round.frames[k].1;
         let bytes = &round.bytes[from..];
-        // SAFETY: `fd` is the member's open socket: members are written only under this lock,
-        // and a listener leaves (under it) before its socket is closed (see the module doc).
-        let sent = unsafe {
-            libc::send(
-                m.fd,
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
         let n = (round.frames.len() - k) as u64;
-        match usize::try_from(sent) {
-            Ok(sent) if sent == bytes.len() => {
+        match send(m, bytes) {
+            Sent::All => {
                 delivered += n;
                 m.next.store(last.wrapping_add(1), Ordering::Relaxed);
                 i += 1;
             }
             // Part of it: the socket's buffer is full (a slow listener). The rest goes first
             // when its task writes next, so these frames are its, and counted now.
-            Ok(sent) if sent > 0 => {
+            Sent::Part(sent) => {
                 delivered += n;
                 m.next.store(last.wrapping_add(1), Ordering::Relaxed);
-                let rest = round.bytes.slice(from + sent..);
-                hand_back(&mut members, i, Some(rest));
+                let rest = (sent < bytes.len()).then(|| round.bytes.slice(from + sent..));
+                cut += rest.is_some() as u64;
+                hand_back(&mut members, i, rest);
                 handed_back += 1;
-                cut += 1;
             }
             // None of it: full, or failed (its task will find out when it writes).
-            _ => {
+            Sent::Nothing => {
                 hand_back(&mut members, i, None);
                 handed_back += 1;
             }
@@ -476,6 +474,82 @@ fn send_round(shard: &Shard, round: &Round, counters: &Counters) {
         .handed_back
         .fetch_add(handed_back, Ordering::Relaxed);
     counters.cut.fetch_add(cut, Ordering::Relaxed);
+}
+
+/// What one member's socket took of a write.
+enum Sent {
+    All,
+    /// The first this many bytes (some, not all); over TLS, or all of them with records still
+    /// waiting in the session.
+    Part(usize),
+    Nothing,
+}
+
+/// Sends `bytes` to a member: one `send()` on a plain socket; over TLS, the bytes into the
+/// session (one record, encrypted for it alone) and its queued records out with `send()`.
+fn send(m: &Slot, bytes: &[u8]) -> Sent {
+    let Some(tls) = &m.tls else {
+        // SAFETY: `fd` is the member's open socket: members are written only under their
+        // shard's lock, and a listener leaves (under it) before its socket is closed (see the
+        // module doc).
+        let sent = unsafe {
+            libc::send(
+                m.fd,
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        return match usize::try_from(sent) {
+            Ok(n) if n == bytes.len() => Sent::All,
+            Ok(n) if n > 0 => Sent::Part(n),
+            _ => Sent::Nothing,
+        };
+    };
+    use std::io::Write;
+    let mut session = tls.lock().expect("TLS session lock poisoned");
+    let taken = match session.writer().write(bytes) {
+        Ok(n) => n,
+        Err(_) => return Sent::Nothing,
+    };
+    let mut socket = Socket(m.fd);
+    let mut flushed = true;
+    while session.wants_write() {
+        match session.write_tls(&mut socket) {
+            Ok(n) if n > 0 => {}
+            _ => {
+                flushed = false;
+                break;
+            }
+        }
+    }
+    match (taken, flushed) {
+        (n, true) if n == bytes.len() => Sent::All,
+        (0, _) => Sent::Nothing,
+        (n, _) => Sent::Part(n),
+    }
+}
+
+/// A member's socket as a `std::io::Write` of non-blocking sends, for rustls's `write_tls`.
+struct Socket(RawFd);
+
+impl std::io::Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // SAFETY: as in `send`: the member's open socket, under its shard's lock.
+        let sent = unsafe {
+            libc::send(
+                self.0,
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        usize::try_from(sent).map_err(|_| std::io::Error::last_os_error())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Hands member `i` back to its task.
@@ -581,7 +655,7 @@ mod tests {
     #[test]
     fn a_full_socket_is_handed_back_with_the_end_of_the_message_it_began() {
         let (tx, mut rx) = small_pair();
-        let l = Listener::new(tx.as_raw_fd());
+        let l = Listener::new(tx.as_raw_fd(), None);
         let shard = shard_of(&[(&l, 0)]);
         let counters = Counters::default();
         let mut seq = 0;
@@ -621,7 +695,7 @@ mod tests {
         // A round of 30 frames into a 4 KiB socket: the socket takes part of it, cutting a
         // message (an AF_UNIX stream takes what fits of a write).
         let (tx, mut rx) = small_pair();
-        let l = Listener::new(tx.as_raw_fd());
+        let l = Listener::new(tx.as_raw_fd(), None);
         let shard = shard_of(&[(&l, 0)]);
         let counters = Counters::default();
         let frames: Vec<Bytes> = (0..30).map(|n| frame(n, 1000)).collect();
@@ -653,7 +727,7 @@ mod tests {
         }
         let ls: Vec<Listener> = pairs
             .iter()
-            .map(|(a, _)| Listener::new(a.as_raw_fd()))
+            .map(|(a, _)| Listener::new(a.as_raw_fd(), None))
             .collect();
         // Member 0 needs frame 10 (the round's first); 1 has up to 11 already; 2 needs 13,
         // after the round; 3 needs 8, which this writer does not have.
@@ -692,7 +766,7 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
         b.set_nonblocking(true).unwrap();
-        let l = Listener::new(a.as_raw_fd());
+        let l = Listener::new(a.as_raw_fd(), None);
         let shard = shard_of(&[(&l, 5)]);
         let counters = Counters::default();
         // Frames 5..=17 were dropped by the writer; the round holds the newest two.
@@ -713,7 +787,7 @@ mod tests {
         a.set_nonblocking(true).unwrap();
         b.set_nonblocking(true).unwrap();
         let channel = Channel::default();
-        let l = Listener::new(a.as_raw_fd());
+        let l = Listener::new(a.as_raw_fd(), None);
         assert!(!l.join(&channel, || None), "frames waiting: not caught up");
         assert!(l.join(&channel, || Some(7)));
         assert_eq!(channel.members(), 1);

@@ -1176,7 +1176,7 @@ impl Relay {
             (
                 "boothcast_direct_listeners",
                 "gauge",
-                "Delegates the channel's writers send to now (caught up, plain TCP).",
+                "Delegates the channel's writers send to now (caught up).",
             ),
             (
                 "boothcast_direct_handbacks_total",

@@ -531,7 +531,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 async fn ws_handler(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ticket: Option<axum::Extension<Ticket>>,
-    plain: Option<axum::Extension<crate::accept::PlainSocket>>,
+    socket: Option<axum::Extension<crate::accept::DirectSocket>>,
     State(state): State<AppState>,
     mut req: axum::extract::Request,
 ) -> axum::response::Response {
@@ -551,8 +551,8 @@ async fn ws_handler(
     };
     let client = crate::admission::client_addr(peer.ip(), req.headers(), &state.gate);
     let peer = SocketAddr::new(client, if client == peer.ip() { peer.port() } else { 0 });
-    let plain = plain.map(|axum::Extension(p)| p);
-    tokio::spawn(connection(on_upgrade, state, (peer, plain), ticket));
+    let socket = socket.map(|axum::Extension(p)| p);
+    tokio::spawn(connection(on_upgrade, state, (peer, socket), ticket));
     (
         axum::http::StatusCode::SWITCHING_PROTOCOLS,
         [
@@ -690,7 +690,7 @@ struct Connection {
     /// That floor, with its place in the floor's queue (none while a floor is heard).
     under: Option<(u16, broadcast::Receiver<Bytes>)>,
     /// A delegate's place with its channel's writers (`direct.rs`): delegates of the live
-    /// class on plain TCP only.
+    /// class only.
     direct: Option<crate::direct::Listener>,
     skipped: u64,
     delivered: u64,
@@ -819,7 +819,7 @@ impl Drop for Connection {
 fn connection(
     on_upgrade: hyper::upgrade::OnUpgrade,
     state: AppState,
-    (addr, plain): (SocketAddr, Option<crate::accept::PlainSocket>),
+    (addr, socket): (SocketAddr, Option<crate::accept::DirectSocket>),
     ticket: Ticket,
 ) -> impl Future<Output = ()> + Send {
     async move {
@@ -838,7 +838,7 @@ fn connection(
         .await;
         // Declared after `ws`, and so dropped before it: a channel's writer may be writing to
         // this socket until the delegate leaves it (`direct.rs`), which dropping it does.
-        let Some(mut admitted) = hello(&mut ws, &state, (addr, plain), &ticket).await else {
+        let Some(mut admitted) = hello(&mut ws, &state, (addr, socket), &ticket).await else {
             return;
         };
         if matches!(admitted.conn.peer, Peer::Listener) {
@@ -868,7 +868,7 @@ struct Accepted {
 async fn hello(
     ws: &mut WebSocket,
     state: &AppState,
-    (addr, plain): (SocketAddr, Option<crate::accept::PlainSocket>),
+    (addr, socket): (SocketAddr, Option<crate::accept::DirectSocket>),
     ticket: &Ticket,
 ) -> Option<Accepted> {
     let relay = state.relay.clone();
@@ -955,11 +955,11 @@ async fn hello(
     } else {
         tracing::info!(peer = %addr, session, who = ?peer, "connected");
     }
-    // A channel's writers send to delegates of the live class over plain TCP (`direct.rs`);
-    // a TLS session's records are its own, and the relaxed class has its tick.
-    let direct = plain
+    // A channel's writers send to delegates of the live class (`direct.rs`); the relaxed
+    // class has its tick.
+    let direct = socket
         .filter(|_| matches!(peer, Peer::Listener) && delivery == Delivery::Live)
-        .map(|p| crate::direct::Listener::new(p.0));
+        .map(|p| crate::direct::Listener::new(p.fd, p.tls));
     let conn = Connection {
         relay,
         session,

@@ -716,11 +716,68 @@ where
 
 #[tokio::test]
 async fn a_delegate_that_stalls_is_handed_back_and_its_stream_stays_whole() {
-    use futures_util::SinkExt;
-    use tokio::net::TcpSocket;
-    use tokio_tungstenite::tungstenite::Message;
     let relay = TestRelay::start().await;
+    let stream = small_window(relay.addr).await;
+    let (ws, _) = tokio_tungstenite::client_async(relay.url.as_str(), stream)
+        .await
+        .unwrap();
     let floor = Client::floor(&relay.url).await;
+    let healthy = Client::listener(&relay.url, "floor").await;
+    stall_and_resume(&relay, ws, floor, healthy).await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_delegate_over_tls_that_stalls_is_handed_back_and_its_stream_stays_whole() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("relay-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = self_signed(&dir);
+    let options = boothcast::server::Options {
+        tls: Some(boothcast::tls::load(&cert, &key).expect("certificate loads")),
+        ..Default::default()
+    };
+    let relay = TestRelay::start_opts(EVENT, &|_| None, options).await;
+    let url = format!("wss://localhost:{}/ws", relay.addr.port());
+    let tls = tls_client(small_window(relay.addr).await, &cert).await;
+    let (ws, _) = tokio_tungstenite::client_async(&url, tls).await.unwrap();
+    let over_tls = |hello: serde_json::Value| {
+        let (url, cert) = (url.clone(), cert.clone());
+        async move {
+            let tcp = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+            let tls = tokio_tungstenite::MaybeTlsStream::Rustls(tls_client(tcp, &cert).await);
+            let (ws, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
+            let mut c = Client::from_ws(ws, hello);
+            c.welcome().await;
+            c
+        }
+    };
+    let floor = over_tls(json!({"type": "hello", "role": "floor", "secret": "floor-secret"})).await;
+    let healthy = over_tls(json!({"type": "hello", "role": "listener", "channel": "floor"})).await;
+    stall_and_resume(&relay, ws, floor, healthy).await;
+    relay.stop().await;
+}
+
+/// A connection to `addr` with a small receive window (4 KiB).
+async fn small_window(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// A delegate on `ws`, read by the test when it chooses, beside a healthy one: written by the
+/// channel's writer once caught up, a ping answered between whole frames, three stalls until
+/// its buffers are full, and whole frames in order after each.
+async fn stall_and_resume<S>(
+    relay: &TestRelay,
+    mut ws: tokio_tungstenite::WebSocketStream<S>,
+    floor: Client,
+    mut healthy: Client,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
     let index = relay
         .relay
         .event()
@@ -728,15 +785,9 @@ async fn a_delegate_that_stalls_is_handed_back_and_its_stream_stays_whole() {
         .iter()
         .position(|c| c.id == "plenary/floor")
         .unwrap() as u16;
-    let counters = &relay.relay.fanout(index).direct.counters;
-
-    // A delegate with a small receive window, read by the test when it chooses.
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(relay.addr).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async(relay.url.as_str(), stream)
-        .await
-        .unwrap();
+    // Read from the relay itself: over TLS, /metrics is too.
+    let fanout = relay.relay.fanout(index);
+    let counters = &fanout.direct.counters;
     ws.send(Message::Text(
         json!({"type": "hello", "role": "listener", "channel": "floor"})
             .to_string()
@@ -744,7 +795,6 @@ async fn a_delegate_that_stalls_is_handed_back_and_its_stream_stays_whole() {
     ))
     .await
     .unwrap();
-    let mut healthy = Client::listener(&relay.url, "floor").await;
     // Large frames (1000 bytes) fill its buffers within a second when it stops reading.
     floor.pump(FLOOR, 1000);
 
@@ -756,10 +806,7 @@ async fn a_delegate_that_stalls_is_handed_back_and_its_stream_stays_whole() {
         let seq = next_sequence(&mut ws, &mut pongs).await;
         assert_eq!(seq, last.wrapping_add(1), "a frame lost while reading");
         last = seq;
-        direct = metric(
-            &relay.metrics().await,
-            "boothcast_direct_listeners{channel=\"plenary/floor\"}",
-        );
+        direct = fanout.direct.members();
         if direct == 2 {
             break;
         }
@@ -809,8 +856,7 @@ async fn a_delegate_that_stalls_is_handed_back_and_its_stream_stays_whole() {
         assert!(seq.wrapping_sub(last) >= 1 && seq.wrapping_sub(last) < 1000);
         skipped_in_stream += (seq.wrapping_sub(last) - 1) as u64;
         last = seq;
-        let m = relay.metrics().await;
-        if metric(&m, "boothcast_direct_listeners{channel=\"plenary/floor\"}") == 2 {
+        if fanout.direct.members() == 2 {
             rejoined = true;
             break;
         }
@@ -828,15 +874,10 @@ async fn a_delegate_that_stalls_is_handed_back_and_its_stream_stays_whole() {
         frames.push(healthy.frame().await);
     }
     assert_contiguous(&frames);
-    let m = relay.metrics().await;
-    let skipped = metric(
-        &m,
-        "boothcast_frames_skipped_total{channel=\"plenary/floor\"}",
-    );
-    let handbacks = metric(
-        &m,
-        "boothcast_direct_handbacks_total{channel=\"plenary/floor\"}",
-    );
+    let skipped = fanout.skipped();
+    let handbacks = counters
+        .handed_back
+        .load(std::sync::atomic::Ordering::Relaxed);
     assert!(
         skipped > 0 && skipped_in_stream > 0,
         "frames it could not take were skipped"
@@ -846,7 +887,7 @@ async fn a_delegate_that_stalls_is_handed_back_and_its_stream_stays_whole() {
          {skipped_in_stream} frames missing from its stream, {skipped} counted skipped",
         counters.cut.load(std::sync::atomic::Ordering::Relaxed)
     );
-    relay.stop().await;
+    drop(floor);
 }
 
 #[tokio::test]
