@@ -335,6 +335,12 @@ impl Listener {
         self.state().rest.take()
     }
 
+    /// Keeps `rest` as what must be written before anything else (a write of it that did not
+    /// finish).
+    pub fn keep_rest(&self, rest: Bytes) {
+        self.state().rest = Some(rest);
+    }
+
     /// Whether it has a message's end to write.
     pub fn has_rest(&self) -> bool {
         self.state().rest.is_some()

@@ -585,8 +585,15 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             if let Some(dir) = web_dir {
                 options.web_dir = dir;
             }
-            let shutdown = async {
-                let _ = tokio::signal::ctrl_c().await;
+            // Ctrl-C at a terminal, SIGTERM from systemd, docker or kill: both stop the relay
+            // in order (every connection told, recordings closed).
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let shutdown = async move {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
             };
             server::run(listener, relay, options, shutdown).await?;
             Ok(())

@@ -994,7 +994,7 @@ async fn hello(
 async fn listener(ws: &mut WebSocket, a: &mut Accepted) {
     let ending = listen(ws, a).await;
     // The close goes after whatever a channel's writer began, or not at all.
-    if hold(ws, &mut a.conn).await.is_err() {
+    if hold_within(ws, &mut a.conn, CLOSE_WITHIN).await.is_err() {
         a.conn.release(None);
         return;
     }
@@ -1884,6 +1884,16 @@ fn hold<'a>(
     ws: &'a mut WebSocket,
     conn: &'a mut Connection,
 ) -> impl Future<Output = Result<(), Option<Ending>>> + 'a {
+    let limit = conn.write_timeout;
+    hold_within(ws, conn, limit)
+}
+
+/// [`hold`], the write given `limit`.
+fn hold_within<'a>(
+    ws: &'a mut WebSocket,
+    conn: &'a mut Connection,
+    limit: Duration,
+) -> impl Future<Output = Result<(), Option<Ending>>> + 'a {
     use futures_util::future::Either;
     let rest = conn.direct.as_ref().and_then(|d| {
         d.leave();
@@ -1891,28 +1901,45 @@ fn hold<'a>(
     });
     match rest {
         None => Either::Left(std::future::ready(Ok(()))),
-        Some(rest) => Either::Right(Box::pin(write_rest(ws, conn, rest))),
+        Some(rest) => Either::Right(Box::pin(write_rest(ws, conn, rest, limit))),
     }
 }
 
+/// Writes the end of a message the writer began. What could not be written within `limit` is
+/// kept as the delegate's rest: nothing else may be written before it (the close included).
 async fn write_rest(
     ws: &mut WebSocket,
     conn: &mut Connection,
     rest: Bytes,
+    limit: Duration,
 ) -> Result<(), Option<Ending>> {
     use tokio::io::AsyncWriteExt;
     // The WebSocket's own write buffer is empty: a delegate joins its writer only after a
     // write of its own completed.
-    match tokio::time::timeout(conn.write_timeout, ws.get_mut().write_all(&rest)).await {
+    let mut at = 0;
+    let write = async {
+        let at = &mut at;
+        while *at < rest.len() {
+            match ws.get_mut().write(&rest[*at..]).await? {
+                0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                n => *at += n,
+            }
+        }
+        ws.get_mut().flush().await
+    };
+    match tokio::time::timeout(limit, write).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(None),
         Err(_) => {
+            if let Some(d) = &conn.direct {
+                d.keep_rest(rest.slice(at..));
+            }
             conn.relay.stats.slow_closed.fetch_add(1, Ordering::Relaxed);
             Err(Some(Ending::new(
                 ErrorCode::TooSlow,
                 format!(
                     "not reading: no frame could be written for {:.1} s",
-                    conn.write_timeout.as_secs_f64()
+                    limit.as_secs_f64()
                 ),
             )))
         }

@@ -158,3 +158,45 @@ fn a_wrong_secret_is_refused_with_the_reason_and_without_the_secret() {
         "a secret reached the logs:\n{logs}"
     );
 }
+
+#[test]
+fn sigterm_stops_the_relay_in_order_telling_every_delegate_why() {
+    use std::io::BufRead;
+    use tokio_tungstenite::tungstenite::{connect, Message};
+    let mut relay = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(relay.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(i) = line.find("http://") {
+            break line[i + 7..].trim().trim_end_matches('/').to_string();
+        }
+    };
+    let (mut ws, _) = connect(format!("ws://{addr}/ws")).unwrap();
+    ws.send(Message::Text(
+        r#"{"type":"hello","role":"listener","channel":"en"}"#.into(),
+    ))
+    .unwrap();
+    assert!(matches!(ws.read().unwrap(), Message::Text(t) if t.contains("welcome")));
+    // SIGTERM, as systemd, docker and `kill` send.
+    let status = Command::new("kill")
+        .args(["-TERM", &relay.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let close = loop {
+        match ws.read() {
+            Ok(Message::Close(c)) => break c,
+            Ok(_) => {}
+            Err(e) => panic!("the connection broke without a close: {e}"),
+        }
+    };
+    let close = close.expect("a close code and reason");
+    assert_eq!(close.reason.as_str(), "shutting_down", "{close:?}");
+    let exit = relay.wait().unwrap();
+    assert!(exit.success(), "the relay stopped in order: {exit:?}");
+}

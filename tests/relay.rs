@@ -758,6 +758,93 @@ async fn a_delegate_over_tls_that_stalls_is_handed_back_and_its_stream_stays_who
     relay.stop().await;
 }
 
+#[tokio::test]
+async fn delegates_closed_for_not_reading_get_whole_messages_then_the_reason() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let options = boothcast::server::Options {
+        write_timeout: std::time::Duration::from_secs(2),
+        ..Default::default()
+    };
+    let relay = TestRelay::start_opts(EVENT, &|_| None, options).await;
+    let floor = Client::floor(&relay.url).await;
+    // Frames of many sizes (up to 3,800 bytes): a full socket then often takes part of one.
+    let sending = {
+        let floor = floor.clone_sender();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(20));
+            for n in 0u32.. {
+                tick.tick().await;
+                let size = 40 + (n as usize * 397) % 3760;
+                floor(sender_frame(Source::Floor, FLOOR, n, size));
+            }
+        })
+    };
+    let mut delegates = Vec::new();
+    for _ in 0..12 {
+        let (mut ws, _) =
+            tokio_tungstenite::client_async(relay.url.as_str(), small_window(relay.addr).await)
+                .await
+                .unwrap();
+        ws.send(Message::Text(
+            json!({"type": "hello", "role": "listener", "channel": "floor"})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+        delegates.push(ws);
+    }
+    let mut pongs = Vec::new();
+    for ws in &mut delegates {
+        next_sequence(ws, &mut pongs).await;
+    }
+    // Frozen past the write timeout, then awake: each was written part of a message when its
+    // socket filled, perhaps; it must get the end of it, then the reason, then the close.
+    tokio::time::sleep(std::time::Duration::from_millis(2800)).await;
+    for (i, ws) in delegates.iter_mut().enumerate() {
+        let mut reason = None;
+        loop {
+            let m = tokio::time::timeout(WAIT, ws.next())
+                .await
+                .expect("the close in time");
+            match m {
+                Some(Ok(Message::Binary(b))) => {
+                    boothcast::protocol::FrameHeader::parse(&b).expect("a whole frame");
+                }
+                Some(Ok(Message::Text(t))) => reason = Some(t.to_string()),
+                Some(Ok(Message::Close(c))) => {
+                    let c = c.expect("a close code and reason");
+                    assert!(c.reason.contains("too_slow"), "delegate {i}: {c:?}");
+                    break;
+                }
+                Some(Ok(_)) => {}
+                other => panic!("delegate {i}: the stream broke before its close: {other:?}"),
+            }
+        }
+        let reason = reason.expect("the reason as an error message");
+        assert!(reason.contains("not reading"), "delegate {i}: {reason}");
+    }
+    let cut = relay
+        .relay
+        .fanout(0)
+        .direct
+        .counters
+        .cut
+        .load(std::sync::atomic::Ordering::Relaxed)
+        + relay
+            .relay
+            .fanout(1)
+            .direct
+            .counters
+            .cut
+            .load(std::sync::atomic::Ordering::Relaxed);
+    println!("12 delegates closed for not reading, each with whole messages, its reason and a close ({cut} writes cut short)");
+    sending.abort();
+    drop(floor);
+    relay.stop().await;
+}
+
 /// A connection to `addr` with a small receive window (4 KiB).
 async fn small_window(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();

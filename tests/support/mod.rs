@@ -367,6 +367,15 @@ impl Client {
         let _ = self.tx.send(Out::Text(t.to_string()));
     }
 
+    /// A function that sends a binary message on this client's connection, for a task of the
+    /// test's own.
+    pub fn clone_sender(&self) -> impl Fn(Bytes) + Send + 'static {
+        let tx = self.tx.clone();
+        move |b| {
+            let _ = tx.send(Out::Frame(b));
+        }
+    }
+
     pub fn binary(&self, b: Bytes) {
         let _ = self.tx.send(Out::Frame(b));
     }
