@@ -308,9 +308,15 @@ fn connect_error(url: &str, e: tokio_tungstenite::tungstenite::Error) -> Error {
             .get_ref()
             .and_then(|inner| inner.downcast_ref::<tokio_rustls::rustls::Error>())
         {
-            return Error::Tls(format!(
-                "{url}: {tls} (trust the relay's certificate with {CA_CERT_ENV}=FILE)"
-            ));
+            let hint = if tls.to_string().contains("CaUsedAsEndEntity") {
+                // openssl req -x509 marks a certificate a CA unless told otherwise.
+                "the relay's certificate says it is a certificate authority: make it with \
+                 `-addext basicConstraints=critical,CA:FALSE` (README, HTTPS)"
+                    .to_string()
+            } else {
+                format!("trust the relay's certificate with {CA_CERT_ENV}=FILE")
+            };
+            return Error::Tls(format!("{url}: {tls} ({hint})"));
         }
     }
     Error::Connect {

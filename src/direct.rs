@@ -262,7 +262,7 @@ impl Listener {
             if state.joined.is_some() {
                 return true;
             }
-            if state.rest.is_some() {
+            if state.rest.is_some() || self.records_waiting() {
                 return false;
             }
             // A hand-back not yet taken (its wake-up still pending) is stale from here on.
@@ -341,9 +341,18 @@ impl Listener {
         self.state().rest = Some(rest);
     }
 
-    /// Whether it has a message's end to write.
+    /// Whether it has something to write before it is caught up: a message's end, or (over
+    /// TLS) records its session took and its socket did not.
     pub fn has_rest(&self) -> bool {
-        self.state().rest.is_some()
+        self.state().rest.is_some() || self.records_waiting()
+    }
+
+    /// Over TLS: records waiting in its session for its socket.
+    pub fn records_waiting(&self) -> bool {
+        self.0
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.lock().expect("TLS session lock poisoned").wants_write())
     }
 
     /// Frames written and skipped for it by writers so far.

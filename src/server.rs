@@ -1895,9 +1895,11 @@ fn hold_within<'a>(
     limit: Duration,
 ) -> impl Future<Output = Result<(), Option<Ending>>> + 'a {
     use futures_util::future::Either;
+    // The end of a message begun, or (over TLS) records the session holds for the socket.
     let rest = conn.direct.as_ref().and_then(|d| {
         d.leave();
         d.take_rest()
+            .or_else(|| d.records_waiting().then(Bytes::new))
     });
     match rest {
         None => Either::Left(std::future::ready(Ok(()))),
@@ -1905,8 +1907,9 @@ fn hold_within<'a>(
     }
 }
 
-/// Writes the end of a message the writer began. What could not be written within `limit` is
-/// kept as the delegate's rest: nothing else may be written before it (the close included).
+/// Writes the end of a message the writer began, and sends what the connection holds (over
+/// TLS, its session's records). What could not be written within `limit` is kept as the
+/// delegate's rest: nothing else may be written before it (the close included).
 async fn write_rest(
     ws: &mut WebSocket,
     conn: &mut Connection,

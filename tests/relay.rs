@@ -727,34 +727,113 @@ async fn a_delegate_that_stalls_is_handed_back_and_its_stream_stays_whole() {
     relay.stop().await;
 }
 
-#[tokio::test]
-async fn a_delegate_over_tls_that_stalls_is_handed_back_and_its_stream_stays_whole() {
+/// A relay over TLS with a self-signed certificate, and the certificate's path.
+async fn tls_relay(name: &str) -> (TestRelay, std::path::PathBuf) {
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("relay-tls-{}", std::process::id()));
+        .join(format!("relay-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, key) = self_signed(&dir);
     let options = boothcast::server::Options {
         tls: Some(boothcast::tls::load(&cert, &key).expect("certificate loads")),
         ..Default::default()
     };
-    let relay = TestRelay::start_opts(EVENT, &|_| None, options).await;
+    (TestRelay::start_opts(EVENT, &|_| None, options).await, cert)
+}
+
+/// A test client over WSS saying `hello`, welcomed.
+async fn tls_peer(relay: &TestRelay, cert: &std::path::Path, hello: serde_json::Value) -> Client {
+    let tcp = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    let tls = tokio_tungstenite::MaybeTlsStream::Rustls(tls_client(tcp, cert).await);
+    let url = format!("wss://localhost:{}/ws", relay.addr.port());
+    let (ws, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
+    let mut c = Client::from_ws(ws, hello);
+    c.welcome().await;
+    c
+}
+
+#[tokio::test]
+async fn a_delegate_over_tls_that_stalls_is_handed_back_and_its_stream_stays_whole() {
+    let (relay, cert) = tls_relay("stall").await;
     let url = format!("wss://localhost:{}/ws", relay.addr.port());
     let tls = tls_client(small_window(relay.addr).await, &cert).await;
     let (ws, _) = tokio_tungstenite::client_async(&url, tls).await.unwrap();
-    let over_tls = |hello: serde_json::Value| {
-        let (url, cert) = (url.clone(), cert.clone());
-        async move {
-            let tcp = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
-            let tls = tokio_tungstenite::MaybeTlsStream::Rustls(tls_client(tcp, &cert).await);
-            let (ws, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
-            let mut c = Client::from_ws(ws, hello);
-            c.welcome().await;
-            c
-        }
-    };
-    let floor = over_tls(json!({"type": "hello", "role": "floor", "secret": "floor-secret"})).await;
-    let healthy = over_tls(json!({"type": "hello", "role": "listener", "channel": "floor"})).await;
+    let floor = json!({"type": "hello", "role": "floor", "secret": "floor-secret"});
+    let floor = tls_peer(&relay, &cert, floor).await;
+    let healthy = json!({"type": "hello", "role": "listener", "channel": "floor"});
+    let healthy = tls_peer(&relay, &cert, healthy).await;
     stall_and_resume(&relay, ws, floor, healthy).await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn tls_delegates_that_stall_as_their_channel_goes_quiet_get_the_last_frames_at_once() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let (relay, cert) = tls_relay("quiet").await;
+    let index = relay
+        .relay
+        .event()
+        .channels
+        .iter()
+        .position(|c| c.id == "plenary/floor")
+        .unwrap();
+    let url = format!("wss://localhost:{}/ws", relay.addr.port());
+    let floor = json!({"type": "hello", "role": "floor", "secret": "floor-secret"});
+    let floor = tls_peer(&relay, &cert, floor).await;
+    floor.pump(FLOOR, 1000);
+    // Ten delegates with small windows stop reading 150 ms apart, so that when the floor
+    // stops each is somewhere else in filling its buffers; then all read again.
+    let start = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
+    let quiet = start + std::time::Duration::from_millis(1600);
+    let awake = quiet + std::time::Duration::from_millis(400);
+    let mut delegates = Vec::new();
+    for i in 0..10u64 {
+        let tls = tls_client(small_window(relay.addr).await, &cert).await;
+        let (mut ws, _) = tokio_tungstenite::client_async(&url, tls).await.unwrap();
+        ws.send(Message::Text(
+            json!({"type": "hello", "role": "listener", "channel": "floor"})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+        let r = relay.relay.clone();
+        delegates.push(tokio::spawn(async move {
+            let mut pongs = Vec::new();
+            let stall = start + std::time::Duration::from_millis(150 * i);
+            while tokio::time::Instant::now() < stall {
+                next_sequence(&mut ws, &mut pongs).await;
+            }
+            tokio::time::sleep_until(awake).await;
+            // What the relay holds for it comes now, not with its next ping (5 s on).
+            let last = r.next_sequences()[index].wrapping_sub(1);
+            let mut seq = 0;
+            while seq != last {
+                seq = tokio::time::timeout(
+                    std::time::Duration::from_millis(2500),
+                    next_sequence(&mut ws, &mut pongs),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("delegate {i}: frame {last}, the channel's last, held back; {seq} came")
+                });
+            }
+            awake.elapsed()
+        }));
+    }
+    tokio::time::sleep_until(quiet).await;
+    floor.stop_pump();
+    let mut slowest = std::time::Duration::ZERO;
+    for d in delegates {
+        slowest = slowest.max(
+            d.await
+                .expect("every delegate got the channel's last frame"),
+        );
+    }
+    println!(
+        "10 delegates: the channel's last frame within {:.0} ms of reading again",
+        slowest.as_secs_f64() * 1000.0
+    );
     relay.stop().await;
 }
 
