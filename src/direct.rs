@@ -809,16 +809,20 @@ mod tests {
         for n in 7..10 {
             channel.publish(&frame(n, 80));
         }
+        // Read as the writer sends, without holding up this test's runtime.
+        let mut b = tokio::net::UnixStream::from_std(b).unwrap();
         let mut got = Vec::new();
-        for _ in 0..100 {
+        while messages_whole(&got) < 3 {
             let mut buf = [0u8; 4096];
-            if let Ok(n) = (&b).read(&mut buf) {
-                got.extend_from_slice(&buf[..n]);
-            }
-            if messages_whole(&got) >= 3 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            let n = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                tokio::io::AsyncReadExt::read(&mut b, &mut buf),
+            )
+            .await
+            .expect("the writer's frames in time")
+            .unwrap();
+            assert!(n > 0, "the writer's socket closed");
+            got.extend_from_slice(&buf[..n]);
         }
         let seqs: Vec<u32> = messages(&got).iter().map(|m| m.0).collect();
         assert_eq!(seqs, vec![7, 8, 9]);

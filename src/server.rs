@@ -1805,7 +1805,10 @@ async fn next_frames(
                 {
                     break;
                 }
-                if let Some(listener) = direct.as_ref().filter(|_| under.is_none()) {
+                // Looked at first without a lock: a delegate on its own queue (one that fell
+                // behind) has frames waiting at nearly every wake-up.
+                if let Some(listener) = direct.as_ref().filter(|_| under.is_none() && rx.is_empty())
+                {
                     if relay.fanout(*channel).join_direct(listener, rx) {
                         listener.handed_back().await;
                         listener.leave();

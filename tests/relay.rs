@@ -767,16 +767,8 @@ async fn a_delegate_over_tls_that_stalls_is_handed_back_and_its_stream_stays_who
 
 #[tokio::test]
 async fn tls_delegates_that_stall_as_their_channel_goes_quiet_get_the_last_frames_at_once() {
-    use futures_util::SinkExt;
-    use tokio_tungstenite::tungstenite::Message;
     let (relay, cert) = tls_relay("quiet").await;
-    let index = relay
-        .relay
-        .event()
-        .channels
-        .iter()
-        .position(|c| c.id == "plenary/floor")
-        .unwrap();
+    let index = floor_index(&relay);
     let url = format!("wss://localhost:{}/ws", relay.addr.port());
     let floor = json!({"type": "hello", "role": "floor", "secret": "floor-secret"});
     let floor = tls_peer(&relay, &cert, floor).await;
@@ -790,13 +782,7 @@ async fn tls_delegates_that_stall_as_their_channel_goes_quiet_get_the_last_frame
     for i in 0..10u64 {
         let tls = tls_client(small_window(relay.addr).await, &cert).await;
         let (mut ws, _) = tokio_tungstenite::client_async(&url, tls).await.unwrap();
-        ws.send(Message::Text(
-            json!({"type": "hello", "role": "listener", "channel": "floor"})
-                .to_string()
-                .into(),
-        ))
-        .await
-        .unwrap();
+        hello_floor(&mut ws).await;
         let r = relay.relay.clone();
         delegates.push(tokio::spawn(async move {
             let mut pongs = Vec::new();
@@ -839,7 +825,7 @@ async fn tls_delegates_that_stall_as_their_channel_goes_quiet_get_the_last_frame
 
 #[tokio::test]
 async fn delegates_closed_for_not_reading_get_whole_messages_then_the_reason() {
-    use futures_util::{SinkExt, StreamExt};
+    use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
     let options = boothcast::server::Options {
         write_timeout: std::time::Duration::from_secs(2),
@@ -865,13 +851,7 @@ async fn delegates_closed_for_not_reading_get_whole_messages_then_the_reason() {
             tokio_tungstenite::client_async(relay.url.as_str(), small_window(relay.addr).await)
                 .await
                 .unwrap();
-        ws.send(Message::Text(
-            json!({"type": "hello", "role": "listener", "channel": "floor"})
-                .to_string()
-                .into(),
-        ))
-        .await
-        .unwrap();
+        hello_floor(&mut ws).await;
         delegates.push(ws);
     }
     let mut pongs = Vec::new();
@@ -924,6 +904,32 @@ async fn delegates_closed_for_not_reading_get_whole_messages_then_the_reason() {
     relay.stop().await;
 }
 
+/// Says a delegate's `hello` for the floor channel on `ws`.
+async fn hello_floor<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        json!({"type": "hello", "role": "listener", "channel": "floor"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+}
+
+/// The index of `plenary/floor` in the relay's channels.
+fn floor_index(relay: &TestRelay) -> usize {
+    relay
+        .relay
+        .event()
+        .channels
+        .iter()
+        .position(|c| c.id == "plenary/floor")
+        .unwrap()
+}
+
 /// A connection to `addr` with a small receive window (4 KiB).
 async fn small_window(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -944,23 +950,11 @@ async fn stall_and_resume<S>(
 {
     use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
-    let index = relay
-        .relay
-        .event()
-        .channels
-        .iter()
-        .position(|c| c.id == "plenary/floor")
-        .unwrap() as u16;
+    let index = floor_index(relay) as u16;
     // Read from the relay itself: over TLS, /metrics is too.
     let fanout = relay.relay.fanout(index);
     let counters = &fanout.direct.counters;
-    ws.send(Message::Text(
-        json!({"type": "hello", "role": "listener", "channel": "floor"})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .unwrap();
+    hello_floor(&mut ws).await;
     // Large frames (1000 bytes) fill its buffers within a second when it stops reading.
     floor.pump(FLOOR, 1000);
 

@@ -646,22 +646,12 @@ pub async fn tls_client(
     tcp: tokio::net::TcpStream,
     cert: &std::path::Path,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    use rustls_pki_types::pem::PemObject;
-    use tokio_rustls::rustls;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_file_iter(cert).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    // The configuration boothcast's own clients use, trusting the relay's certificate.
+    let config = boothcast::tls::client_config(Some(cert)).expect("the certificate loads");
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     tokio::time::timeout(
         WAIT,
-        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
     )
     .await
     .expect("handshake in time")
